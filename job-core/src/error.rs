@@ -1,0 +1,339 @@
+//! Error classification ([`Classify`], [`ErrorClass`]) and the runtime's own errors.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::job::JobId;
+
+/// A boxed error, used at trait-object boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What the runtime does with a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Retry after the job's backoff, until its attempts run out.
+    Transient,
+    /// Dead-letter now: retrying cannot help.
+    Permanent,
+    /// Retry after exactly this long (a rate limit said so); still counts as an attempt.
+    RetryAfter(Duration),
+}
+
+/// Decides whether an error is worth retrying.
+///
+/// Derive it with [`#[derive(JobError)]`](crate::JobError), which makes you mark every
+/// variant. Provided impls:
+///
+/// | type | class |
+/// |---|---|
+/// | `std::io::Error` | transient for `TimedOut`, `Interrupted`, `WouldBlock`, `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`, `NotConnected`, `BrokenPipe`, `UnexpectedEof`, `AddrInUse`, `AddrNotAvailable`, `ResourceBusy`, `HostUnreachable`, `NetworkUnreachable`, `NetworkDown`; permanent for every other kind |
+/// | `anyhow::Error` (feature `anyhow`) | transient, unless its chain holds a [`Permanent`] |
+/// | `Box<dyn Error + Send + Sync>` | transient, unless it is or wraps a [`Permanent`] |
+/// | `std::convert::Infallible` | never happens |
+///
+/// # Examples
+/// ```
+/// use job_core::{Classify, ErrorClass};
+///
+/// #[derive(Debug)]
+/// struct Bounce;
+/// impl Classify for Bounce {
+///     fn classify(&self) -> ErrorClass { ErrorClass::Permanent }
+/// }
+/// assert_eq!(Bounce.classify(), ErrorClass::Permanent);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not say whether it is worth retrying",
+    label = "the job's error type must implement `job_core::Classify`",
+    note = "derive it with `#[derive(JobError)]` and mark each variant `#[job(transient)]`, `#[job(permanent)]` or `#[job(retry_after)]`, or return `anyhow::Error`, `std::io::Error` or `Box<dyn Error + Send + Sync>`"
+)]
+pub trait Classify {
+    /// The class of this error.
+    fn classify(&self) -> ErrorClass;
+}
+
+impl Classify for std::io::Error {
+    fn classify(&self) -> ErrorClass {
+        use std::io::ErrorKind as K;
+        match self.kind() {
+            K::TimedOut
+            | K::Interrupted
+            | K::WouldBlock
+            | K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::UnexpectedEof
+            | K::AddrInUse
+            | K::AddrNotAvailable
+            | K::ResourceBusy
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
+        }
+    }
+}
+
+impl Classify for BoxError {
+    fn classify(&self) -> ErrorClass {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self.as_ref());
+        while let Some(e) = cur {
+            if e.is::<Permanent>() {
+                return ErrorClass::Permanent;
+            }
+            cur = e.source();
+        }
+        ErrorClass::Transient
+    }
+}
+
+#[cfg(feature = "anyhow")]
+impl Classify for anyhow::Error {
+    fn classify(&self) -> ErrorClass {
+        if self.chain().any(|e| e.is::<Permanent>()) {
+            ErrorClass::Permanent
+        } else {
+            ErrorClass::Transient
+        }
+    }
+}
+
+impl Classify for std::convert::Infallible {
+    fn classify(&self) -> ErrorClass {
+        match *self {}
+    }
+}
+
+/// Marks an error as permanent for the catch-all error types (`anyhow::Error`,
+/// `Box<dyn Error + Send + Sync>`), which are otherwise retried.
+///
+/// # Examples
+/// ```
+/// use job_core::{Classify, ErrorClass, Permanent};
+///
+/// let err = anyhow::Error::new(Permanent::new("address does not exist"));
+/// assert_eq!(err.classify(), ErrorClass::Permanent);
+/// let err = anyhow::anyhow!("connection reset");
+/// assert_eq!(err.classify(), ErrorClass::Transient);
+/// ```
+#[derive(Debug)]
+pub struct Permanent(BoxError);
+
+impl Permanent {
+    /// Wraps an error (or a message) as permanent.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self(error.into())
+    }
+}
+
+impl fmt::Display for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Permanent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Why a job could not be enqueued. Every variant gives the job back
+/// ([`into_inner`](EnqueueError::into_inner)), so nothing is lost.
+#[non_exhaustive]
+pub enum EnqueueError<J> {
+    /// The runtime is at capacity (only from `try_enqueue`; `enqueue` waits).
+    QueueFull(J),
+    /// The runtime is shutting down and takes no new work.
+    ShuttingDown(J),
+    /// `Job::enqueue` was called while no runtime is running.
+    NoRuntime(J),
+    /// The job's type is not registered with this runtime.
+    NotRegistered(J),
+    /// The serialized job is larger than the runtime's payload limit.
+    PayloadTooLarge {
+        /// The job.
+        job: J,
+        /// Its serialized size in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The job could not be serialized (its `Serialize` impl failed).
+    Serialize {
+        /// The job.
+        job: J,
+        /// What serde said.
+        message: String,
+    },
+}
+
+impl<J> EnqueueError<J> {
+    /// The job that was not enqueued.
+    pub fn into_inner(self) -> J {
+        match self {
+            Self::QueueFull(j)
+            | Self::ShuttingDown(j)
+            | Self::NoRuntime(j)
+            | Self::NotRegistered(j) => j,
+            Self::PayloadTooLarge { job, .. } | Self::Serialize { job, .. } => job,
+        }
+    }
+
+    /// A reference to the job that was not enqueued.
+    pub fn job(&self) -> &J {
+        match self {
+            Self::QueueFull(j)
+            | Self::ShuttingDown(j)
+            | Self::NoRuntime(j)
+            | Self::NotRegistered(j) => j,
+            Self::PayloadTooLarge { job, .. } | Self::Serialize { job, .. } => job,
+        }
+    }
+
+    /// True for [`EnqueueError::QueueFull`].
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::QueueFull(_))
+    }
+
+    /// True for [`EnqueueError::ShuttingDown`].
+    pub fn is_shutting_down(&self) -> bool {
+        matches!(self, Self::ShuttingDown(_))
+    }
+}
+
+impl<J> fmt::Display for EnqueueError<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::QueueFull(_) => f.write_str("job queue is full"),
+            Self::ShuttingDown(_) => f.write_str("job runtime is shutting down"),
+            Self::NoRuntime(_) => f.write_str(
+                "no job runtime is running: call `JobRuntime::builder().start()` first, or enqueue through `runtime.client()`",
+            ),
+            Self::NotRegistered(_) => f.write_str(
+                "job type is not registered with this runtime: use `#[job]`, or `JobRuntimeBuilder::register::<J>()` for a hand-written impl",
+            ),
+            Self::PayloadTooLarge { size, limit, .. } => {
+                write!(f, "job payload is {size} bytes, over the {limit}-byte limit")
+            }
+            Self::Serialize { message, .. } => write!(f, "job payload does not serialize: {message}"),
+        }
+    }
+}
+
+impl<J> fmt::Debug for EnqueueError<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Self::QueueFull(_) => "QueueFull",
+            Self::ShuttingDown(_) => "ShuttingDown",
+            Self::NoRuntime(_) => "NoRuntime",
+            Self::NotRegistered(_) => "NotRegistered",
+            Self::PayloadTooLarge { .. } => "PayloadTooLarge",
+            Self::Serialize { .. } => "Serialize",
+        };
+        f.debug_struct("EnqueueError")
+            .field("kind", &name)
+            .field("message", &self.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<J> std::error::Error for EnqueueError<J> {}
+
+/// Why a runtime refused to start. Every problem found is listed, not just the first.
+#[derive(Debug, thiserror::Error)]
+#[error("job runtime refused to start: {}", .problems.join("; "))]
+pub struct StartError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+/// Why a dead job could not be requeued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequeueError {
+    /// No dead letter with this id is stored (never died, already requeued, or evicted).
+    #[error("no dead letter with id {0}")]
+    NotFound(JobId),
+    /// The stored payload no longer decodes as the job's type.
+    #[error("dead letter {id} does not decode as job `{job}`: {message}")]
+    Decode {
+        /// The job id.
+        id: JobId,
+        /// The job name.
+        job: String,
+        /// What serde said.
+        message: String,
+    },
+    /// The job name is not registered with this runtime.
+    #[error("dead letter {id} names job `{job}`, which this runtime does not know")]
+    UnknownJob {
+        /// The job id.
+        id: JobId,
+        /// The job name.
+        job: String,
+    },
+    /// The runtime is shutting down.
+    #[error("job runtime is shutting down")]
+    ShuttingDown,
+    /// The runtime is at capacity.
+    #[error("job queue is full")]
+    QueueFull,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn io_errors() {
+        assert_eq!(
+            io::Error::from(io::ErrorKind::TimedOut).classify(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            io::Error::from(io::ErrorKind::ConnectionReset).classify(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            io::Error::from(io::ErrorKind::NotFound).classify(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            io::Error::from(io::ErrorKind::InvalidData).classify(),
+            ErrorClass::Permanent
+        );
+    }
+
+    #[test]
+    fn boxed_and_anyhow() {
+        let e: BoxError = "flaky".into();
+        assert_eq!(e.classify(), ErrorClass::Transient);
+        let e: BoxError = Box::new(Permanent::new("bad"));
+        assert_eq!(e.classify(), ErrorClass::Permanent);
+        let e = anyhow::Error::new(Permanent::new("bad")).context("sending");
+        assert_eq!(e.classify(), ErrorClass::Permanent);
+        assert_eq!(anyhow::anyhow!("x").classify(), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn enqueue_error_gives_the_job_back() {
+        let e = EnqueueError::QueueFull(7);
+        assert!(e.is_full());
+        assert_eq!(e.to_string(), "job queue is full");
+        assert_eq!(e.into_inner(), 7);
+        let e = EnqueueError::PayloadTooLarge {
+            job: 1,
+            size: 10,
+            limit: 5,
+        };
+        assert_eq!(
+            e.to_string(),
+            "job payload is 10 bytes, over the 5-byte limit"
+        );
+        assert!(format!("{e:?}").contains("PayloadTooLarge"));
+    }
+}

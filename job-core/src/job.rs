@@ -1,0 +1,310 @@
+//! The [`Job`] trait, [`JobId`] and [`JobOptions`].
+
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::{Dependencies, JobContext};
+use crate::error::{BoxError, Classify, EnqueueError};
+use crate::retry::Backoff;
+use crate::runtime::Client;
+
+/// A unit of background work: a serializable value plus what to do with it.
+///
+/// Most jobs are written with the [`#[job]`](crate::job) attribute on an `async fn`, which
+/// generates this impl. Implement it by hand when you want full control; register
+/// hand-written jobs with [`JobRuntimeBuilder::register`](crate::JobRuntimeBuilder::register).
+///
+/// `run` borrows the job: the runtime keeps the value for later attempts and for the
+/// dead-letter record, so nothing is cloned or serialized on the way to a worker.
+///
+/// # Examples
+///
+/// ```
+/// use job_core::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct Resize { image: u64 }
+///
+/// impl Job for Resize {
+///     const NAME: &'static str = "resize";
+///     type Error = std::io::Error;
+///     fn options() -> JobOptions { JobOptions::new().queue("images").max_attempts(5) }
+///     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
+///         tracing::info!(image = self.image, attempt = cx.attempt(), "resizing");
+///         Ok(())
+///     }
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let runtime = JobRuntime::builder().register::<Resize>().start()?;
+/// let id = runtime.client().enqueue(Resize { image: 7 }).await?;
+/// # runtime.shutdown().await;
+/// # let _ = id; Ok(()) }
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
+    /// The stable wire name of the job. It is what durable backends store, so renaming the
+    /// Rust type must not change it. Must match `[A-Za-z0-9_.-]{1,64}`.
+    const NAME: &'static str;
+
+    /// The error an attempt can fail with. [`Classify`] decides whether it is retried.
+    type Error: Classify + Into<BoxError> + Send + 'static;
+
+    /// Queue, attempts, backoff and timeout. Read once, when the job is registered.
+    fn options() -> JobOptions {
+        JobOptions::default()
+    }
+
+    /// Declares the injected values `run` needs, so the runtime can refuse to start when one
+    /// is missing instead of failing when the job first runs.
+    fn dependencies(deps: &mut Dependencies) {
+        let _ = deps;
+    }
+
+    /// Runs one attempt.
+    fn run(&self, cx: &JobContext) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Enqueues this job on the ambient runtime (the one most recently started) and returns
+    /// its id at once; waits while the runtime is at capacity.
+    ///
+    /// # Errors
+    /// See [`Client::enqueue`]; [`EnqueueError::NoRuntime`] when no runtime is running.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped before it completes, the job was not enqueued.
+    fn enqueue(self) -> impl Future<Output = Result<JobId, EnqueueError<Self>>> + Send {
+        async move {
+            match Client::ambient() {
+                Some(client) => client.enqueue(self).await,
+                None => Err(EnqueueError::NoRuntime(self)),
+            }
+        }
+    }
+
+    /// Enqueues this job on the ambient runtime without waiting.
+    ///
+    /// # Errors
+    /// [`EnqueueError::QueueFull`] with the job when the runtime is at capacity; see
+    /// [`Client::try_enqueue`].
+    fn try_enqueue(self) -> Result<JobId, EnqueueError<Self>> {
+        match Client::ambient() {
+            Some(client) => client.try_enqueue(self),
+            None => Err(EnqueueError::NoRuntime(self)),
+        }
+    }
+
+    /// Enqueues this job on the ambient runtime to start no earlier than `delay` from now.
+    ///
+    /// # Errors
+    /// See [`Client::enqueue_in`].
+    fn enqueue_in(
+        self,
+        delay: Duration,
+    ) -> impl Future<Output = Result<JobId, EnqueueError<Self>>> + Send {
+        async move {
+            match Client::ambient() {
+                Some(client) => client.enqueue_in(self, delay).await,
+                None => Err(EnqueueError::NoRuntime(self)),
+            }
+        }
+    }
+
+    /// Enqueues this job on the ambient runtime to start no earlier than `at`.
+    ///
+    /// # Errors
+    /// See [`Client::enqueue_at`].
+    fn enqueue_at(
+        self,
+        at: SystemTime,
+    ) -> impl Future<Output = Result<JobId, EnqueueError<Self>>> + Send {
+        async move {
+            match Client::ambient() {
+                Some(client) => client.enqueue_at(self, at).await,
+                None => Err(EnqueueError::NoRuntime(self)),
+            }
+        }
+    }
+}
+
+/// The id of one enqueued job: a UUIDv7, made at enqueue, ordered by creation time.
+///
+/// It is a field of the job's tracing span and the key of its status.
+///
+/// # Examples
+/// ```
+/// let id = job_core::JobId::new();
+/// let parsed: job_core::JobId = id.to_string().parse().unwrap();
+/// assert_eq!(id, parsed);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct JobId(uuid::Uuid);
+
+impl JobId {
+    /// A fresh UUIDv7 for the current time.
+    pub fn new() -> Self {
+        let millis = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let random = fastrand::u128(..).to_le_bytes();
+        let mut bytes = [0u8; 10];
+        bytes.copy_from_slice(&random[..10]);
+        Self(uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid())
+    }
+
+    /// The underlying UUID.
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+
+    /// The low bits of the id, used to spread ids over shards.
+    pub(crate) fn shard_key(&self) -> u64 {
+        self.0.as_u64_pair().1
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<uuid::Uuid> for JobId {
+    fn from(value: uuid::Uuid) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JobId({})", self.0)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// Per-job settings: queue, attempts, backoff and timeout.
+///
+/// Defaults: queue `"default"`, 3 attempts, backoff from 1 s doubling to at most 5 min with
+/// 20% jitter, no timeout.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use job_core::{Backoff, JobOptions};
+///
+/// let options = JobOptions::new()
+///     .queue("email")
+///     .max_attempts(5)
+///     .backoff(Backoff::new(Duration::from_secs(2), Duration::from_secs(60), 0.2))
+///     .timeout(Duration::from_secs(30));
+/// assert_eq!(options.queue, "email");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct JobOptions {
+    /// Queue name, `[A-Za-z0-9_.-]{1,64}`.
+    pub queue: &'static str,
+    /// Attempts in all, the first included; at least 1.
+    pub max_attempts: u32,
+    /// Delay between attempts after a transient failure.
+    pub backoff: Backoff,
+    /// Longest one attempt may run; it then fails as transient. `None`: no limit.
+    pub timeout: Option<Duration>,
+}
+
+impl JobOptions {
+    /// The defaults.
+    pub const fn new() -> Self {
+        Self {
+            queue: "default",
+            max_attempts: 3,
+            backoff: Backoff::DEFAULT,
+            timeout: None,
+        }
+    }
+
+    /// Sets the queue.
+    pub const fn queue(mut self, queue: &'static str) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// Sets the number of attempts in all (values below 1 are treated as 1).
+    pub const fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = if max_attempts == 0 { 1 } else { max_attempts };
+        self
+    }
+
+    /// Sets the backoff.
+    pub const fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets the per-attempt timeout.
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Checks a queue or job name against `[A-Za-z0-9_.-]{1,64}`, the rule that keeps names
+/// safe to use in Redis keys and Postgres channels.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_v7_and_round_trip() {
+        let id = JobId::new();
+        assert_eq!(id.as_uuid().get_version_num(), 7);
+        assert_eq!(id.to_string().parse::<JobId>().unwrap(), id);
+        assert!("not-a-uuid".parse::<JobId>().is_err());
+    }
+
+    #[test]
+    fn ids_are_distinct() {
+        let ids: std::collections::HashSet<_> = (0..10_000).map(|_| JobId::new()).collect();
+        assert_eq!(ids.len(), 10_000);
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("send_email.v2-x"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("a:b"));
+        assert!(!is_valid_name("{q}"));
+        assert!(!is_valid_name(&"a".repeat(65)));
+    }
+}

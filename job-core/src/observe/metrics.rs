@@ -1,0 +1,88 @@
+//! Metrics through the `metrics` facade, and the in-process [`Stats`] snapshot.
+//!
+//! Names (labelled `job` and `queue`): `jobs_enqueued_total`, `jobs_started_total`,
+//! `jobs_succeeded_total`, `jobs_failed_total` (failed attempts), `jobs_retried_total`,
+//! `jobs_dead_lettered_total`, `jobs_queue_depth` (admitted and not finished) and the
+//! histogram `job_duration_seconds` (one observation per attempt).
+//!
+//! Handles are taken when the runtime starts: install your recorder (for example
+//! `metrics-exporter-prometheus`) before calling `start()`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::{Counter, Gauge, Histogram};
+
+/// The metric handles of one job type.
+#[derive(Debug)]
+pub(crate) struct JobMetrics {
+    pub(crate) enqueued: Counter,
+    pub(crate) started: Counter,
+    pub(crate) succeeded: Counter,
+    pub(crate) failed: Counter,
+    pub(crate) retried: Counter,
+    pub(crate) dead_lettered: Counter,
+    pub(crate) depth: Gauge,
+    pub(crate) duration: Histogram,
+}
+
+impl JobMetrics {
+    pub(crate) fn new(job: &'static str, queue: &'static str) -> Self {
+        let labels = [("job", job), ("queue", queue)];
+        Self {
+            enqueued: metrics::counter!("jobs_enqueued_total", &labels),
+            started: metrics::counter!("jobs_started_total", &labels),
+            succeeded: metrics::counter!("jobs_succeeded_total", &labels),
+            failed: metrics::counter!("jobs_failed_total", &labels),
+            retried: metrics::counter!("jobs_retried_total", &labels),
+            dead_lettered: metrics::counter!("jobs_dead_lettered_total", &labels),
+            depth: metrics::gauge!("jobs_queue_depth", &labels),
+            duration: metrics::histogram!("job_duration_seconds", &labels),
+        }
+    }
+}
+
+/// Runtime-wide counters, kept whether or not a metrics recorder is installed.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) enqueued: AtomicU64,
+    pub(crate) started: AtomicU64,
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of a runtime's counters and load, for status pages and health checks without
+/// a metrics exporter.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Jobs accepted since start.
+    pub enqueued: u64,
+    /// Attempts started.
+    pub started: u64,
+    /// Jobs that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed (each retry's failure counts).
+    pub failed: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Jobs dead-lettered.
+    pub dead_lettered: u64,
+    /// Jobs admitted and not finished: ready, scheduled, waiting to retry, or running.
+    pub depth: usize,
+    /// The most jobs the runtime holds at once.
+    pub capacity: usize,
+    /// Attempts running now.
+    pub in_flight: usize,
+    /// True until shutdown begins.
+    pub is_running: bool,
+    /// True once shutdown has begun.
+    pub is_stopping: bool,
+}

@@ -1,0 +1,347 @@
+//! [`JobRuntimeBuilder`]: configuration, validation, start.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::context::{DataMap, DependencyKind, ScopedFactory};
+use crate::dead_letter::{DeadLetter, DeadLetterHook, HookOutcome};
+use crate::error::{BoxError, StartError};
+use crate::job::Job;
+use crate::observe::health::HealthThresholds;
+use crate::registry::{JobType, Registry};
+use crate::runtime::shutdown::ShutdownReport;
+use crate::runtime::{Client, JobRuntime};
+use crate::schedule::{CronSchedule, ScheduleSpec};
+
+pub(crate) type ShutdownHook = Arc<dyn Fn(&ShutdownReport) + Send + Sync>;
+
+/// Configures and starts a [`JobRuntime`]. Get one from [`JobRuntime::builder`].
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use job_core::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, Serialize, Deserialize)] struct Noop;
+/// # impl Job for Noop {
+/// #     const NAME: &'static str = "noop";
+/// #     type Error = std::io::Error;
+/// #     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> { Ok(()) }
+/// # }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let runtime = JobRuntime::builder()
+///     .capacity(1_000)
+///     .concurrency(8)
+///     .shutdown_timeout(Duration::from_secs(10))
+///     .on_dead_letter(|dead: DeadLetter| async move {
+///         tracing::error!(job = %dead.job, error = %dead.error_message(), "job died");
+///     })
+/// #   .register::<Noop>()
+///     .start()?;
+/// runtime.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `start()` is called"]
+pub struct JobRuntimeBuilder {
+    pub(crate) capacity: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) data: DataMap,
+    pub(crate) scoped: HashMap<TypeId, ScopedFactory>,
+    pub(crate) hooks: Vec<DeadLetterHook>,
+    pub(crate) shutdown_hooks: Vec<ShutdownHook>,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) cancel_grace: Duration,
+    pub(crate) drain_queue: bool,
+    pub(crate) thresholds: HealthThresholds,
+    pub(crate) payload_limit: Option<usize>,
+    pub(crate) retry_panics: bool,
+    pub(crate) status_retention: Duration,
+    pub(crate) status_capacity: usize,
+    pub(crate) dead_letter_capacity: usize,
+    pub(crate) manual: Vec<JobType>,
+    pub(crate) schedules: Vec<ScheduleSpec>,
+    pub(crate) problems: Vec<String>,
+}
+
+impl Default for JobRuntimeBuilder {
+    fn default() -> Self {
+        Self {
+            capacity: 100,
+            concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            data: DataMap::default(),
+            scoped: HashMap::new(),
+            hooks: Vec::new(),
+            shutdown_hooks: Vec::new(),
+            shutdown_timeout: Duration::from_secs(25),
+            cancel_grace: Duration::from_secs(1),
+            drain_queue: false,
+            thresholds: HealthThresholds::default(),
+            payload_limit: Some(256 * 1024),
+            retry_panics: false,
+            status_retention: Duration::from_secs(3600),
+            status_capacity: 100_000,
+            dead_letter_capacity: 10_000,
+            manual: Vec::new(),
+            schedules: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for JobRuntimeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobRuntimeBuilder")
+            .field("capacity", &self.capacity)
+            .field("concurrency", &self.concurrency)
+            .field("data", &self.data)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("payload_limit", &self.payload_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobRuntimeBuilder {
+    /// The most jobs held at once, counting ready, scheduled, waiting-to-retry and running
+    /// jobs (default 100). `enqueue` waits and `try_enqueue` fails while it is reached.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// The most attempts running at once (default: the machine's available parallelism).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Registers a shared value; a `#[job]` fn receives it as `&T`, a hand-written job via
+    /// [`JobContext::data`](crate::JobContext::data). `T` may be unsized:
+    /// `.data::<dyn Mailer>(Arc::new(SmtpMailer::new()))`.
+    pub fn data<T: ?Sized + Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.data.insert(value);
+        self
+    }
+
+    /// Registers a factory for a per-attempt dependency: a `#[job]` fn declaring `&mut T`
+    /// gets a fresh `T` for each attempt, dropped when the attempt ends (a database
+    /// transaction or connection, say). A factory error fails the attempt as transient.
+    pub fn scoped<T, F, Fut>(mut self, factory: F) -> Self
+    where
+        T: Send + 'static,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, BoxError>> + Send + 'static,
+    {
+        self.scoped
+            .insert(TypeId::of::<T>(), ScopedFactory::new(factory));
+        self
+    }
+
+    /// Adds a hook called with every dead letter. Hooks run in their own tasks: one that
+    /// fails (returns `Err`) or panics is logged and stops nothing.
+    pub fn on_dead_letter<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(DeadLetter) -> Fut + Send + Sync + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: HookOutcome,
+    {
+        self.hooks.push(DeadLetterHook::new(hook));
+        self
+    }
+
+    /// Adds a hook called once with the [`ShutdownReport`], naming every job left behind.
+    pub fn on_shutdown<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&ShutdownReport) + Send + Sync + 'static,
+    {
+        self.shutdown_hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// How long running attempts get to finish once shutdown begins (default 25 s, under
+    /// Kubernetes' 30 s grace period). Then their cancellation tokens fire.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long attempts get to return after their tokens fire before they are dropped
+    /// (default 1 s).
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// When true, shutdown also runs the jobs already queued (within the same window);
+    /// by default it only lets running attempts finish and reports the queued ones.
+    pub fn drain_queue_on_shutdown(mut self, drain: bool) -> Self {
+        self.drain_queue = drain;
+        self
+    }
+
+    /// Loads (fractions of capacity) at which health turns degraded and unhealthy
+    /// (default 0.75 and 0.95).
+    pub fn health_thresholds(mut self, degraded: f64, unhealthy: f64) -> Self {
+        self.thresholds = HealthThresholds {
+            degraded,
+            unhealthy,
+        };
+        self
+    }
+
+    /// Largest serialized payload accepted, in bytes (default 256 KiB); `None` for no limit.
+    /// The check serializes into a byte counter and allocates nothing.
+    pub fn payload_limit(mut self, limit: Option<usize>) -> Self {
+        self.payload_limit = limit;
+        self
+    }
+
+    /// Whether a panicking attempt is retried like a transient error (default false: a
+    /// panic is a bug and the job is dead-lettered at once).
+    pub fn retry_panics(mut self, retry: bool) -> Self {
+        self.retry_panics = retry;
+        self
+    }
+
+    /// How long statuses of finished jobs are kept (default 1 h).
+    pub fn status_retention(mut self, retention: Duration) -> Self {
+        self.status_retention = retention;
+        self
+    }
+
+    /// The most statuses of finished jobs kept (default 100,000); the oldest go first.
+    pub fn status_capacity(mut self, capacity: usize) -> Self {
+        self.status_capacity = capacity;
+        self
+    }
+
+    /// The most dead letters kept for listing and requeue (default 10,000); the oldest are
+    /// evicted, with a warning. Hooks see every dead letter regardless.
+    pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
+        self.dead_letter_capacity = capacity;
+        self
+    }
+
+    /// Registers a job type by hand. `#[job]` types register themselves through
+    /// `inventory`; use this for hand-written impls and for targets where `inventory`
+    /// collects nothing. Registering a type twice is harmless.
+    pub fn register<J: Job>(mut self) -> Self {
+        self.manual.push(JobType::of::<J>());
+        self
+    }
+
+    /// Enqueues `make()` every `period`, measured from the start (no drift: a slow enqueue
+    /// does not push later ticks back; missed ticks are skipped). Starts with the runtime,
+    /// stops at shutdown.
+    pub fn every<J, F>(mut self, period: Duration, make: F) -> Self
+    where
+        J: Job,
+        F: FnMut() -> J + Send + 'static,
+    {
+        if period.is_zero() {
+            self.problems
+                .push("`every` needs a period greater than zero".to_owned());
+        } else {
+            self.schedules.push(ScheduleSpec::every(period, make));
+        }
+        self
+    }
+
+    /// Enqueues `make()` at each time matching a cron expression, in UTC: five fields
+    /// (`min hour day month weekday`) or six with seconds first. An invalid expression
+    /// makes `start()` fail.
+    pub fn cron<J, F>(mut self, expression: &str, make: F) -> Self
+    where
+        J: Job,
+        F: FnMut() -> J + Send + 'static,
+    {
+        match CronSchedule::parse(expression) {
+            Ok(schedule) => self.schedules.push(ScheduleSpec::cron(schedule, make)),
+            Err(e) => self.problems.push(e.to_string()),
+        }
+        self
+    }
+
+    /// Validates the configuration and the job registry, spawns the workers on the current
+    /// tokio runtime, and installs this runtime as the ambient one used by
+    /// [`Job::enqueue`](crate::Job::enqueue). When several runtimes are started, the one
+    /// started last is ambient; enqueue on the others through their [`Client`].
+    ///
+    /// # Errors
+    /// [`StartError`] listing every problem: not inside a tokio runtime, capacity or
+    /// concurrency of 0, bad thresholds, an empty registry, two job types with one name, an
+    /// invalid job or queue name, a job needing a `data` or `scoped` value nobody registered,
+    /// an invalid cron expression.
+    pub fn start(mut self) -> Result<JobRuntime, StartError> {
+        let mut problems = std::mem::take(&mut self.problems);
+        let handle = tokio::runtime::Handle::try_current();
+        if handle.is_err() {
+            problems.push(
+                "`start()` must be called inside a tokio runtime (for example from `#[tokio::main]`)"
+                    .to_owned(),
+            );
+        }
+        if self.capacity == 0 {
+            problems.push("capacity must be at least 1".to_owned());
+        }
+        if self.capacity > tokio::sync::Semaphore::MAX_PERMITS {
+            problems.push(format!(
+                "capacity must be at most {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            ));
+        }
+        if self.concurrency == 0 {
+            problems.push("concurrency must be at least 1".to_owned());
+        }
+        let t = self.thresholds;
+        if !(t.degraded > 0.0 && t.degraded <= t.unhealthy && t.unhealthy <= 1.0) {
+            problems.push(format!(
+                "health thresholds must satisfy 0 < degraded <= unhealthy <= 1 (got {} and {})",
+                t.degraded, t.unhealthy
+            ));
+        }
+        let registry = Registry::build(std::mem::take(&mut self.manual), &mut problems);
+        if registry.is_empty() {
+            problems.push(
+                "no job types are registered: define jobs with `#[job]` (and make sure their crate is linked, e.g. `use my_jobs as _;`) or call `.register::<J>()`"
+                    .to_owned(),
+            );
+        }
+        for entry in registry.kinds() {
+            for dep in &entry.ty.dependencies.items {
+                match dep.kind {
+                    DependencyKind::Data if !self.data.contains(dep.type_id) => {
+                        problems.push(format!(
+                            "job `{}` needs `&{}`, but it was not registered: add `.data::<{}>(Arc::new(...))` to the builder",
+                            entry.ty.name, dep.type_name, dep.type_name
+                        ));
+                    }
+                    DependencyKind::Scoped if !self.scoped.contains_key(&dep.type_id) => {
+                        problems.push(format!(
+                            "job `{}` needs `&mut {}`, but no factory was registered: add `.scoped::<{}, _, _>(|| async {{ ... }})` to the builder",
+                            entry.ty.name, dep.type_name, dep.type_name
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(StartError { problems });
+        }
+        tracing::info!(
+            jobs = ?registry.names(),
+            capacity = self.capacity,
+            concurrency = self.concurrency,
+            "job runtime starting"
+        );
+        let runtime = JobRuntime::launch(self, registry);
+        Client::install_ambient(runtime.client());
+        Ok(runtime)
+    }
+}

@@ -1,0 +1,500 @@
+//! The runtime: builder, client, worker pool, timer, shutdown.
+//!
+//! # How the in-memory runtime works
+//!
+//! A semaphore of `capacity` permits admits jobs: each job holds one permit from `enqueue`
+//! until it succeeds or dies, whether it is ready, scheduled, waiting to retry or running.
+//! Ready jobs wait in a multi-consumer channel that the permits bound; delayed jobs and
+//! retries wait in a timer task's heap, keyed by their start time. A retry therefore never
+//! needs room it might not get (the seed's single consumer re-enqueueing into a full channel
+//! deadlocks), and never makes a worker sleep.
+//!
+//! `concurrency` worker tasks each run one attempt at a time, polling it in place with
+//! `catch_unwind` rather than spawning a task per attempt (spawning costs more than a no-op
+//! job); the attempt is still isolated: a panic, an error or a timeout ends the attempt, never
+//! the worker.
+
+mod builder;
+pub(crate) mod shutdown;
+mod timer;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Semaphore, TryAcquireError, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use builder::JobRuntimeBuilder;
+pub use shutdown::ShutdownReport;
+
+use crate::context::{DataMap, ScopedFactory};
+use crate::dead_letter::{DeadLetter, DeadLetterHook, DeadLetterStore};
+use crate::error::{EnqueueError, RequeueError};
+use crate::job::{Job, JobId};
+use crate::observe::health::{Health, HealthThresholds};
+use crate::observe::metrics::{Counters, Stats};
+use crate::observe::status::{JobState, JobStatus, StatusStore};
+use crate::registry::{ErasedJob, Registry};
+use builder::ShutdownHook;
+use timer::Timed;
+
+/// One admitted job.
+pub(crate) struct Envelope {
+    pub(crate) id: JobId,
+    /// Attempts made so far.
+    pub(crate) attempts: u32,
+    pub(crate) kind: u16,
+    pub(crate) job: Box<dyn ErasedJob>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) registry: Registry,
+    /// Per kind, the scoped factories its attempts need.
+    pub(crate) scoped: Vec<Vec<(std::any::TypeId, ScopedFactory)>>,
+    pub(crate) data: Arc<DataMap>,
+    pub(crate) capacity: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) permits: Semaphore,
+    pub(crate) ready_tx: async_channel::Sender<Envelope>,
+    pub(crate) ready_rx: async_channel::Receiver<Envelope>,
+    pub(crate) timer_tx: mpsc::UnboundedSender<Timed>,
+    pub(crate) status: StatusStore,
+    pub(crate) counters: Counters,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) dead: DeadLetterStore,
+    pub(crate) hooks: Vec<DeadLetterHook>,
+    pub(crate) shutdown_hooks: Vec<ShutdownHook>,
+    pub(crate) thresholds: HealthThresholds,
+    pub(crate) payload_limit: Option<usize>,
+    pub(crate) retry_panics: bool,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) cancel_grace: Duration,
+    pub(crate) drain_queue: bool,
+    pub(crate) stopping: AtomicBool,
+    /// Workers stop taking jobs.
+    pub(crate) stop_fetch: CancellationToken,
+    /// Running attempts are asked to stop (their `JobContext` token).
+    pub(crate) job_cancel: CancellationToken,
+    /// The timer and the schedules stop.
+    pub(crate) stop_background: CancellationToken,
+    pub(crate) workers: TaskTracker,
+    pub(crate) background: TaskTracker,
+    pub(crate) worker_handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    pub(crate) tally: shutdown::Tally,
+    pub(crate) report: tokio::sync::OnceCell<ShutdownReport>,
+}
+
+/// A handle for enqueueing jobs and reading their status. Cheap to clone.
+///
+/// Get one from [`JobRuntime::client`]; `Job::enqueue` uses the ambient runtime's.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("capacity", &self.inner.capacity)
+            .field("concurrency", &self.inner.concurrency)
+            .field("depth", &self.inner.depth())
+            .field("stopping", &self.inner.stopping.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+static AMBIENT: RwLock<Option<Client>> = RwLock::new(None);
+
+impl Client {
+    /// The ambient client: that of the runtime started last and not yet shut down.
+    pub fn ambient() -> Option<Client> {
+        AMBIENT
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn install_ambient(client: Client) {
+        *AMBIENT
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client);
+    }
+
+    pub(crate) fn clear_ambient(inner: &Arc<Inner>) {
+        let mut ambient = AMBIENT
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ambient
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.inner, inner))
+        {
+            *ambient = None;
+        }
+    }
+
+    /// Enqueues a job and returns its id as soon as it is admitted; waits while the runtime
+    /// is at capacity (backpressure).
+    ///
+    /// # Errors
+    /// Gives the job back with [`EnqueueError::ShuttingDown`] once shutdown has begun (also
+    /// while waiting), [`EnqueueError::NotRegistered`] for a type the runtime does not know,
+    /// [`EnqueueError::PayloadTooLarge`] over the payload limit.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future before it completes leaves the job unenqueued (and
+    /// loses the caller's place in line for capacity).
+    pub async fn enqueue<J: Job>(&self, job: J) -> Result<JobId, EnqueueError<J>> {
+        let kind = match self.inner.check::<J>(&job) {
+            Ok(kind) => kind,
+            Err(e) => return Err(e.with(job)),
+        };
+        match self.inner.permits.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(EnqueueError::ShuttingDown(job)),
+        }
+        self.inner.admit(job, kind, None)
+    }
+
+    /// Enqueues a job without waiting.
+    ///
+    /// # Errors
+    /// [`EnqueueError::QueueFull`] with the job when the runtime is at capacity; otherwise as
+    /// [`enqueue`](Self::enqueue).
+    pub fn try_enqueue<J: Job>(&self, job: J) -> Result<JobId, EnqueueError<J>> {
+        let kind = match self.inner.check::<J>(&job) {
+            Ok(kind) => kind,
+            Err(e) => return Err(e.with(job)),
+        };
+        match self.inner.permits.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => return Err(EnqueueError::QueueFull(job)),
+            Err(TryAcquireError::Closed) => return Err(EnqueueError::ShuttingDown(job)),
+        }
+        self.inner.admit(job, kind, None)
+    }
+
+    /// Enqueues a job to start no earlier than `delay` from now. The job holds its place in
+    /// capacity while it waits; no worker waits with it.
+    ///
+    /// # Errors
+    /// As [`enqueue`](Self::enqueue).
+    ///
+    /// # Cancel safety
+    /// As [`enqueue`](Self::enqueue).
+    pub async fn enqueue_in<J: Job>(
+        &self,
+        job: J,
+        delay: Duration,
+    ) -> Result<JobId, EnqueueError<J>> {
+        let kind = match self.inner.check::<J>(&job) {
+            Ok(kind) => kind,
+            Err(e) => return Err(e.with(job)),
+        };
+        match self.inner.permits.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(EnqueueError::ShuttingDown(job)),
+        }
+        self.inner.admit(job, kind, Some(delay))
+    }
+
+    /// Enqueues a job to start no earlier than the wall-clock time `at` (now, if `at` has
+    /// passed).
+    ///
+    /// # Errors
+    /// As [`enqueue`](Self::enqueue).
+    ///
+    /// # Cancel safety
+    /// As [`enqueue`](Self::enqueue).
+    pub async fn enqueue_at<J: Job>(
+        &self,
+        job: J,
+        at: SystemTime,
+    ) -> Result<JobId, EnqueueError<J>> {
+        let delay = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        self.enqueue_in(job, delay).await
+    }
+
+    /// The status of a job, while it is live and for the retention time after it finished.
+    pub async fn status(&self, id: JobId) -> Option<JobStatus> {
+        self.inner.status.get(id)
+    }
+
+    /// Health from load (admitted jobs against capacity).
+    pub fn health(&self) -> Health {
+        self.inner.health()
+    }
+
+    /// Counters and load.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// The dead letters kept, oldest first.
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.inner.dead.list()
+    }
+
+    /// One dead letter by job id.
+    pub async fn dead_letter(&self, id: JobId) -> Option<DeadLetter> {
+        self.inner.dead.get(id)
+    }
+
+    /// Requeues a dead job by id: decoded from its stored payload, with the same id and a
+    /// fresh attempt budget. Does not wait for capacity.
+    ///
+    /// # Errors
+    /// [`RequeueError`]: not found, no longer decodes, unknown job, full, shutting down. The
+    /// dead letter stays in the store on every error.
+    pub async fn requeue(&self, id: JobId) -> Result<JobId, RequeueError> {
+        self.inner.requeue(id)
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// Errors found before admission; the caller attaches the job.
+pub(crate) enum Rejected {
+    NotRegistered,
+    TooLarge { size: usize, limit: usize },
+    Serialize(String),
+}
+
+impl Rejected {
+    fn with<J>(self, job: J) -> EnqueueError<J> {
+        match self {
+            Self::NotRegistered => EnqueueError::NotRegistered(job),
+            Self::TooLarge { size, limit } => EnqueueError::PayloadTooLarge { job, size, limit },
+            Self::Serialize(message) => EnqueueError::Serialize { job, message },
+        }
+    }
+}
+
+impl Inner {
+    fn check<J: Job>(&self, job: &J) -> Result<u16, Rejected> {
+        let kind = self
+            .registry
+            .kind_of(std::any::TypeId::of::<J>())
+            .ok_or(Rejected::NotRegistered)?;
+        if let Some(limit) = self.payload_limit {
+            let size =
+                ErasedJob::encoded_len(job).map_err(|e| Rejected::Serialize(e.to_string()))?;
+            if size > limit {
+                return Err(Rejected::TooLarge { size, limit });
+            }
+        }
+        Ok(kind)
+    }
+
+    /// Admits a job whose permit is already taken.
+    fn admit<J: Job>(
+        &self,
+        job: J,
+        kind: u16,
+        delay: Option<Duration>,
+    ) -> Result<JobId, EnqueueError<J>> {
+        let id = JobId::new();
+        let entry = self.registry.kind(kind);
+        let state = if delay.is_some() {
+            JobState::Scheduled
+        } else {
+            JobState::Queued
+        };
+        self.status.insert(id, kind, state);
+        let envelope = Envelope {
+            id,
+            attempts: 0,
+            kind,
+            job: Box::new(job),
+        };
+        let sent = match delay {
+            None => self.ready_tx.try_send(envelope).map_err(|e| e.into_inner()),
+            Some(delay) => self
+                .timer_tx
+                .send(Timed::new(delay, envelope))
+                .map_err(|e| e.0.envelope),
+        };
+        if let Err(envelope) = sent {
+            // Shutdown closed the way in between admission and hand-over: give the job back.
+            self.status.forget(id);
+            self.permits.add_permits(1);
+            let job = downcast::<J>(envelope.job);
+            return match job {
+                Some(job) => Err(EnqueueError::ShuttingDown(job)),
+                None => Ok(id),
+            };
+        }
+        Counters::bump(&self.counters.enqueued);
+        entry.metrics.enqueued.increment(1);
+        entry.metrics.depth.increment(1.0);
+        Ok(id)
+    }
+
+    pub(crate) fn depth(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.permits.available_permits())
+    }
+
+    /// A job finished for good (succeeded or dead): free its slot.
+    pub(crate) fn release(&self, kind: u16) {
+        self.permits.add_permits(1);
+        self.registry.kind(kind).metrics.depth.decrement(1.0);
+    }
+
+    fn health(&self) -> Health {
+        self.thresholds.judge(
+            self.depth(),
+            self.capacity,
+            self.stopping.load(Ordering::Acquire),
+        )
+    }
+
+    fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let stopping = self.stopping.load(Ordering::Acquire);
+        Stats {
+            enqueued: c.enqueued.load(Ordering::Relaxed),
+            started: c.started.load(Ordering::Relaxed),
+            succeeded: c.succeeded.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            depth: self.depth(),
+            capacity: self.capacity,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            is_running: !stopping,
+            is_stopping: stopping,
+        }
+    }
+
+    fn requeue(&self, id: JobId) -> Result<JobId, RequeueError> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(RequeueError::ShuttingDown);
+        }
+        let dead = self.dead.take(id).ok_or(RequeueError::NotFound(id))?;
+        let Some(entry) = self.registry.by_name(&dead.job) else {
+            let err = RequeueError::UnknownJob {
+                id,
+                job: dead.job.clone(),
+            };
+            self.dead.put_back(dead);
+            return Err(err);
+        };
+        let job = match (entry.ty.decode)(&dead.payload) {
+            Ok(job) => job,
+            Err(e) => {
+                let err = RequeueError::Decode {
+                    id,
+                    job: dead.job.clone(),
+                    message: e.to_string(),
+                };
+                self.dead.put_back(dead);
+                return Err(err);
+            }
+        };
+        match self.permits.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(e) => {
+                self.dead.put_back(dead);
+                return Err(match e {
+                    TryAcquireError::NoPermits => RequeueError::QueueFull,
+                    TryAcquireError::Closed => RequeueError::ShuttingDown,
+                });
+            }
+        }
+        self.status.requeued(id, entry.kind);
+        let envelope = Envelope {
+            id,
+            attempts: 0,
+            kind: entry.kind,
+            job,
+        };
+        if self.ready_tx.try_send(envelope).is_err() {
+            self.permits.add_permits(1);
+            self.dead.put_back(dead);
+            return Err(RequeueError::ShuttingDown);
+        }
+        Counters::bump(&self.counters.enqueued);
+        entry.metrics.enqueued.increment(1);
+        entry.metrics.depth.increment(1.0);
+        tracing::info!(job_id = %id, job = entry.ty.name, "dead job requeued");
+        Ok(id)
+    }
+}
+
+fn downcast<J: Job>(job: Box<dyn ErasedJob>) -> Option<J> {
+    let any: Box<dyn std::any::Any> = job.into_any();
+    any.downcast::<J>().ok().map(|b| *b)
+}
+
+/// A running job runtime: workers, timer, status, dead letters. Stop it with
+/// [`shutdown`](Self::shutdown); dropping the handle does not stop it.
+#[derive(Clone, Debug)]
+pub struct JobRuntime {
+    client: Client,
+}
+
+impl JobRuntime {
+    /// A builder with the defaults: capacity 100, concurrency = available parallelism,
+    /// shutdown timeout 25 s, health thresholds 75% / 95%, payload limit 256 KiB.
+    pub fn builder() -> JobRuntimeBuilder {
+        JobRuntimeBuilder::default()
+    }
+
+    /// A client for this runtime.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The status of a job.
+    pub async fn status(&self, id: JobId) -> Option<JobStatus> {
+        self.client.status(id).await
+    }
+
+    /// Health from load.
+    pub fn health(&self) -> Health {
+        self.client.health()
+    }
+
+    /// Counters and load.
+    pub fn stats(&self) -> Stats {
+        self.client.stats()
+    }
+
+    /// The dead letters kept, oldest first.
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.client.dead_letters().await
+    }
+
+    /// Requeues a dead job by id. See [`Client::requeue`].
+    ///
+    /// # Errors
+    /// See [`Client::requeue`].
+    pub async fn requeue(&self, id: JobId) -> Result<JobId, RequeueError> {
+        self.client.requeue(id).await
+    }
+
+    /// Stops the runtime: refuses new jobs at once, stops starting queued ones (unless
+    /// [`drain_queue_on_shutdown`](JobRuntimeBuilder::drain_queue_on_shutdown)), gives running
+    /// attempts the shutdown timeout, then fires their cancellation tokens and, after the
+    /// cancel grace, drops them. Returns a report naming every job left behind; the same
+    /// report goes to the `on_shutdown` hooks and the log.
+    ///
+    /// Calling it again, or from several tasks, is harmless: all get the same report.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        let inner = self.client.inner.clone();
+        self.client
+            .inner
+            .report
+            .get_or_init(|| shutdown::run(inner))
+            .await
+            .clone()
+    }
+}

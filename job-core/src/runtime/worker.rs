@@ -1,0 +1,376 @@
+//! Launching the runtime, and the worker loop that runs attempts.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::builder::JobRuntimeBuilder;
+use super::{Client, Envelope, Inner, JobRuntime, shutdown, timer};
+use crate::context::JobContext;
+use crate::dead_letter::{DeadLetter, DeadLetterStore};
+use crate::error::ErrorClass;
+use crate::observe::metrics::Counters;
+use crate::observe::status::{JobState, StatusStore};
+use crate::registry::{Failure, Registry};
+
+impl JobRuntime {
+    pub(crate) fn launch(builder: JobRuntimeBuilder, registry: Registry) -> JobRuntime {
+        let JobRuntimeBuilder {
+            capacity,
+            concurrency,
+            data,
+            mut scoped,
+            hooks,
+            shutdown_hooks,
+            shutdown_timeout,
+            cancel_grace,
+            drain_queue,
+            thresholds,
+            payload_limit,
+            retry_panics,
+            status_retention,
+            status_capacity,
+            dead_letter_capacity,
+            schedules,
+            ..
+        } = builder;
+        let kinds: Vec<_> = registry
+            .kinds()
+            .iter()
+            .map(|e| (e.ty.name, e.ty.options.queue))
+            .collect();
+        let scoped_per_kind = registry
+            .kinds()
+            .iter()
+            .map(|e| {
+                e.ty.dependencies
+                    .items
+                    .iter()
+                    .filter_map(|d| scoped.get(&d.type_id).map(|f| (d.type_id, f.clone())))
+                    .collect()
+            })
+            .collect();
+        scoped.clear();
+        let (ready_tx, ready_rx) = async_channel::unbounded();
+        let (timer_tx, timer_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            registry,
+            scoped: scoped_per_kind,
+            data: Arc::new(data),
+            capacity,
+            concurrency,
+            permits: Semaphore::new(capacity),
+            ready_tx,
+            ready_rx,
+            timer_tx,
+            status: StatusStore::new(kinds, status_retention, status_capacity),
+            counters: Counters::default(),
+            in_flight: AtomicUsize::new(0),
+            dead: DeadLetterStore::new(dead_letter_capacity),
+            hooks,
+            shutdown_hooks,
+            thresholds,
+            payload_limit,
+            retry_panics,
+            shutdown_timeout,
+            cancel_grace,
+            drain_queue,
+            stopping: AtomicBool::new(false),
+            stop_fetch: CancellationToken::new(),
+            job_cancel: CancellationToken::new(),
+            stop_background: CancellationToken::new(),
+            workers: TaskTracker::new(),
+            background: TaskTracker::new(),
+            worker_handles: Mutex::new(Vec::new()),
+            tally: shutdown::Tally::default(),
+            report: tokio::sync::OnceCell::new(),
+        });
+        let handles: Vec<_> = (0..concurrency)
+            .map(|_| inner.workers.spawn(worker(inner.clone())))
+            .collect();
+        *inner
+            .worker_handles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
+        inner.workers.close();
+        inner.background.spawn(timer::run(inner.clone(), timer_rx));
+        inner.background.spawn(maintenance(inner.clone()));
+        let client = Client {
+            inner: inner.clone(),
+        };
+        for spec in schedules {
+            let token = inner.stop_background.clone();
+            inner.background.spawn(spec.run(client.clone(), token));
+        }
+        JobRuntime { client }
+    }
+}
+
+/// Prunes expired statuses once a second.
+async fn maintenance(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = inner.stop_background.cancelled() => return,
+            _ = tick.tick() => inner.status.prune(),
+        }
+    }
+}
+
+async fn worker(inner: Arc<Inner>) {
+    let mut cx = JobContext {
+        id: crate::JobId::from(uuid::Uuid::nil()),
+        attempt: 0,
+        max_attempts: 0,
+        job: "",
+        queue: "",
+        cancel: inner.job_cancel.clone(),
+        data: inner.data.clone(),
+        scoped: Mutex::new(Vec::new()),
+    };
+    loop {
+        if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
+            return;
+        }
+        let envelope = match inner.ready_rx.try_recv() {
+            Ok(envelope) => envelope,
+            Err(async_channel::TryRecvError::Closed) => return,
+            Err(async_channel::TryRecvError::Empty) => {
+                let next = if inner.drain_queue {
+                    inner.ready_rx.recv().await.ok()
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = inner.stop_fetch.cancelled() => None,
+                        r = inner.ready_rx.recv() => r.ok(),
+                    }
+                };
+                match next {
+                    Some(envelope) => envelope,
+                    None => return,
+                }
+            }
+        };
+        run_attempt(&inner, &mut cx, envelope).await;
+    }
+}
+
+enum Outcome {
+    Ok,
+    Failed(Failure),
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope) {
+    let entry = inner.registry.kind(env.kind);
+    let ty = &entry.ty;
+    env.attempts += 1;
+    let attempt = env.attempts;
+    cx.id = env.id;
+    cx.attempt = attempt;
+    cx.max_attempts = ty.options.max_attempts;
+    cx.job = ty.name;
+    cx.queue = ty.options.queue;
+
+    inner.status.set(env.id, JobState::Running, Some(attempt));
+    Counters::bump(&inner.counters.started);
+    entry.metrics.started.increment(1);
+    inner.in_flight.fetch_add(1, Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+
+    let span = tracing::info_span!(
+        "job",
+        job_id = %env.id,
+        job = ty.name,
+        queue = ty.options.queue,
+        attempt
+    );
+    let outcome = async {
+        if let Some(failure) = build_scoped(inner, cx, env.kind).await {
+            return Outcome::Failed(failure);
+        }
+        let fut = AssertUnwindSafe(env.job.run(cx)).catch_unwind();
+        let result = match ty.options.timeout {
+            None => Ok(fut.await),
+            Some(limit) => tokio::time::timeout(limit, fut).await.map_err(|_| limit),
+        };
+        match result {
+            Ok(Ok(Ok(()))) => Outcome::Ok,
+            Ok(Ok(Err(failure))) => Outcome::Failed(failure),
+            Ok(Err(panic)) => {
+                let class = if inner.retry_panics {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                };
+                Outcome::Failed(Failure::new(
+                    class,
+                    format!("job panicked: {}", panic_message(panic.as_ref())),
+                ))
+            }
+            Err(limit) => Outcome::Failed(Failure::new(
+                ErrorClass::Transient,
+                format!("attempt timed out after {limit:?}"),
+            )),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    // Scoped values not taken by the job are dropped with the attempt.
+    cx.scoped
+        .get_mut()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
+    entry
+        .metrics
+        .duration
+        .record(started.elapsed().as_secs_f64());
+    inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+
+    let _enter = span.enter();
+    let interrupted = inner.job_cancel.is_cancelled();
+    match outcome {
+        Outcome::Ok => {
+            inner.status.succeeded(env.id);
+            Counters::bump(&inner.counters.succeeded);
+            entry.metrics.succeeded.increment(1);
+            inner.release(env.kind);
+            if inner.stopping.load(Ordering::Acquire) {
+                inner.tally.completed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Outcome::Failed(failure) => {
+            Counters::bump(&inner.counters.failed);
+            entry.metrics.failed.increment(1);
+            let message = failure.message();
+            let retry_in = match failure.class {
+                _ if interrupted => None,
+                ErrorClass::Permanent => None,
+                _ if attempt >= ty.options.max_attempts => None,
+                ErrorClass::Transient => Some(ty.options.backoff.delay(attempt, fastrand::f64())),
+                ErrorClass::RetryAfter(d) => Some(d),
+            };
+            if interrupted {
+                tracing::warn!(error = %message, "attempt interrupted by shutdown");
+                inner.status.failed(
+                    env.id,
+                    JobState::Retrying,
+                    &format!("interrupted by shutdown: {message}"),
+                );
+                inner.tally.cancelled(env.id);
+            } else if let Some(delay) = retry_in {
+                tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
+                inner.status.failed(env.id, JobState::Retrying, &message);
+                Counters::bump(&inner.counters.retried);
+                entry.metrics.retried.increment(1);
+                if let Err(e) = inner.timer_tx.send(timer::Timed::new(delay, env)) {
+                    inner.tally.left_behind(e.0.envelope.id);
+                }
+            } else {
+                let reason = match failure.class {
+                    ErrorClass::Permanent => "permanent error",
+                    _ => "out of attempts",
+                };
+                tracing::error!(error = %message, reason, "job dead-lettered");
+                inner.status.failed(env.id, JobState::Dead, &message);
+                dead_letter(inner, &env, failure.chain);
+                inner.release(env.kind);
+                if inner.stopping.load(Ordering::Acquire) {
+                    inner.tally.completed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Builds the scoped values the job declared; a failing factory fails the attempt.
+async fn build_scoped(inner: &Inner, cx: &mut JobContext, kind: u16) -> Option<Failure> {
+    let factories = &inner.scoped[kind as usize];
+    if factories.is_empty() {
+        return None;
+    }
+    let mut built = Vec::with_capacity(factories.len());
+    for (type_id, factory) in factories {
+        match AssertUnwindSafe((factory.make)()).catch_unwind().await {
+            Ok(Ok(value)) => built.push((*type_id, value)),
+            Ok(Err(e)) => {
+                return Some(Failure::new(
+                    ErrorClass::Transient,
+                    format!("could not build scoped `{}`: {e}", factory.type_name),
+                ));
+            }
+            Err(panic) => {
+                return Some(Failure::new(
+                    ErrorClass::Transient,
+                    format!(
+                        "factory of scoped `{}` panicked: {}",
+                        factory.type_name,
+                        panic_message(panic.as_ref())
+                    ),
+                ));
+            }
+        }
+    }
+    *cx.scoped
+        .get_mut()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = built;
+    None
+}
+
+fn dead_letter(inner: &Arc<Inner>, env: &Envelope, error: Vec<String>) {
+    let entry = inner.registry.kind(env.kind);
+    let payload = env
+        .job
+        .to_json()
+        .unwrap_or_else(|e| serde_json::Value::String(format!("<payload did not serialize: {e}>")));
+    let enqueued_at = inner
+        .status
+        .get(env.id)
+        .map_or_else(SystemTime::now, |s| s.enqueued_at);
+    let dead = DeadLetter {
+        job_id: env.id,
+        job: entry.ty.name.to_owned(),
+        queue: entry.ty.options.queue.to_owned(),
+        payload,
+        attempts: env.attempts,
+        error,
+        enqueued_at,
+        died_at: SystemTime::now(),
+    };
+    Counters::bump(&inner.counters.dead_lettered);
+    entry.metrics.dead_lettered.increment(1);
+    for hook in &inner.hooks {
+        let fut = (hook.0)(dead.clone());
+        let id = dead.job_id;
+        inner.background.spawn(async move {
+            match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(job_id = %id, error = %e, "dead-letter hook failed"),
+                Err(panic) => tracing::error!(
+                    job_id = %id,
+                    panic = %panic_message(panic.as_ref()),
+                    "dead-letter hook panicked"
+                ),
+            }
+        });
+    }
+    inner.dead.push(dead);
+}
