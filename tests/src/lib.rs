@@ -1,1 +1,1 @@
-//! Integration tests for the workspace live in `tests/`.
+//! Integration tests for the workspace live in `tests/tests/`; UI tests in `tests/ui/`.
