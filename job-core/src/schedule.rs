@@ -17,7 +17,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::Job;
@@ -234,13 +234,12 @@ async fn every_loop<J: Job, F: FnMut() -> J>(
     mut make: F,
     token: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut next = Instant::now() + period;
     loop {
         tokio::select! {
             biased;
             _ = token.cancelled() => return,
-            _ = ticks.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
         if client.is_stopping() {
             return;
@@ -249,6 +248,14 @@ async fn every_loop<J: Job, F: FnMut() -> J>(
             biased;
             _ = token.cancelled() => return,
             more = fire(&client, make()) => if !more { return },
+        }
+        // The next grid point not yet passed: ticks missed while enqueue waited are skipped.
+        next += period;
+        let now = Instant::now();
+        if next < now {
+            let behind = (now - next).as_nanos() / period.as_nanos();
+            let skip = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+            next += period.saturating_mul(skip);
         }
     }
 }

@@ -345,3 +345,102 @@ impl JobRuntimeBuilder {
         Ok(runtime)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{JobContext, JobOptions};
+
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    struct A;
+    impl Job for A {
+        const NAME: &'static str = "same";
+        type Error = std::io::Error;
+        async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    struct B;
+    impl Job for B {
+        const NAME: &'static str = "same";
+        type Error = std::io::Error;
+        fn options() -> JobOptions {
+            JobOptions::new().queue("bad queue!")
+        }
+        fn dependencies(deps: &mut crate::Dependencies) {
+            deps.data::<String>();
+        }
+        async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    struct NeedsData;
+    impl Job for NeedsData {
+        const NAME: &'static str = "needs_data";
+        type Error = std::io::Error;
+        fn options() -> JobOptions {
+            JobOptions::new().queue("bad queue!")
+        }
+        fn dependencies(deps: &mut crate::Dependencies) {
+            deps.data::<dyn std::any::Any + Send + Sync>();
+        }
+        async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    fn problems(b: JobRuntimeBuilder) -> Vec<String> {
+        match b.start() {
+            Ok(_) => panic!("start should fail"),
+            Err(e) => e.problems,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_registry_is_refused() {
+        let p = problems(JobRuntime::builder());
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("no job types are registered"), "{p:?}");
+    }
+
+    #[tokio::test]
+    async fn every_problem_is_listed() {
+        let p = problems(
+            JobRuntime::builder()
+                .register::<A>()
+                .register::<A>()
+                .register::<B>()
+                .register::<NeedsData>()
+                .capacity(0)
+                .concurrency(0)
+                .health_thresholds(0.9, 0.5),
+        );
+        let all = p.join("\n");
+        assert!(all.contains("capacity must be at least 1"), "{all}");
+        assert!(all.contains("concurrency must be at least 1"), "{all}");
+        assert!(all.contains("health thresholds"), "{all}");
+        assert!(
+            all.contains("two job types are named `same`: `job_core::runtime::builder::tests::A` and `job_core::runtime::builder::tests::B`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("job `needs_data` has an invalid queue name `bad queue!`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("job `needs_data` needs `&dyn core::any::Any + core::marker::Send + core::marker::Sync`, but it was not registered"),
+            "{all}"
+        );
+        assert_eq!(p.len(), 6, "{all}");
+    }
+
+    #[test]
+    fn start_outside_tokio_is_refused() {
+        let p = problems(JobRuntime::builder().register::<A>());
+        assert!(p[0].contains("inside a tokio runtime"), "{p:?}");
+    }
+}

@@ -1,0 +1,231 @@
+//! Jobs and helpers shared by the runtime's integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use job_core::prelude::*;
+use job_core::{JobRuntimeBuilder, StartError};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// What a [`Probe`] does on each attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Behavior {
+    Succeed,
+    /// Fails transiently this many times, then succeeds.
+    FailTimes(u32),
+    /// Fails permanently.
+    Permanent,
+    /// Panics.
+    Panic,
+    /// Asks to be retried after this many ms, this many times, then succeeds.
+    RetryAfterMs(u64, u32),
+    /// Sleeps this many ms, then succeeds.
+    SleepMs(u64),
+    /// Sleeps this many ms unless cancelled first (then returns an error).
+    SleepUnlessCancelledMs(u64),
+    /// Waits for a permit of the recorder's gate, then succeeds.
+    Gate,
+    /// Fails with a nested error chain, permanently.
+    Chain,
+}
+
+/// A hand-written job whose behaviour is data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    pub key: u64,
+    pub behavior: Behavior,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("transient failure {0}")]
+    Transient(u32),
+    #[error("permanent failure")]
+    Permanent,
+    #[error("rate limited")]
+    RateLimited(Duration),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("sending failed")]
+    Outer(#[source] std::io::Error),
+}
+
+impl Classify for ProbeError {
+    fn classify(&self) -> ErrorClass {
+        match self {
+            Self::Transient(_) | Self::Cancelled => ErrorClass::Transient,
+            Self::Permanent | Self::Outer(_) => ErrorClass::Permanent,
+            Self::RateLimited(d) => ErrorClass::RetryAfter(*d),
+        }
+    }
+}
+
+/// One attempt as the job saw it.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub key: u64,
+    pub id: JobId,
+    pub attempt: u32,
+    pub at: Instant,
+}
+
+/// Shared with the jobs through `.data(...)`.
+#[derive(Debug)]
+pub struct Recorder {
+    pub runs: Mutex<Vec<Run>>,
+    pub gate: tokio::sync::Semaphore,
+    pub running: AtomicUsize,
+    pub max_running: AtomicUsize,
+    pub successes: AtomicUsize,
+}
+
+impl Recorder {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            runs: Mutex::new(Vec::new()),
+            gate: tokio::sync::Semaphore::new(0),
+            running: AtomicUsize::new(0),
+            max_running: AtomicUsize::new(0),
+            successes: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn runs(&self) -> Vec<Run> {
+        self.runs.lock().unwrap().clone()
+    }
+
+    pub fn attempts_of(&self, key: u64) -> Vec<Run> {
+        self.runs().into_iter().filter(|r| r.key == key).collect()
+    }
+
+    pub fn runs_per_key(&self) -> HashMap<u64, usize> {
+        let mut m = HashMap::new();
+        for r in self.runs.lock().unwrap().iter() {
+            *m.entry(r.key).or_default() += 1;
+        }
+        m
+    }
+
+    pub fn successes(&self) -> usize {
+        self.successes.load(Ordering::SeqCst)
+    }
+
+    /// Lets `n` gated jobs through.
+    pub fn open(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+}
+
+impl Job for Probe {
+    const NAME: &'static str = "probe";
+    type Error = ProbeError;
+
+    fn options() -> JobOptions {
+        JobOptions::new().max_attempts(3).backoff(Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+            0.0,
+        ))
+    }
+
+    fn dependencies(deps: &mut job_core::Dependencies) {
+        deps.data::<Recorder>();
+    }
+
+    async fn run(&self, cx: &JobContext) -> Result<(), ProbeError> {
+        let rec = cx.data::<Recorder>().expect("recorder registered");
+        rec.runs.lock().unwrap().push(Run {
+            key: self.key,
+            id: cx.id(),
+            attempt: cx.attempt(),
+            at: Instant::now(),
+        });
+        let now = rec.running.fetch_add(1, Ordering::SeqCst) + 1;
+        rec.max_running.fetch_max(now, Ordering::SeqCst);
+        let result = self.act(cx, rec).await;
+        rec.running.fetch_sub(1, Ordering::SeqCst);
+        if result.is_ok() {
+            rec.successes.fetch_add(1, Ordering::SeqCst);
+        }
+        result
+    }
+}
+
+impl Probe {
+    pub fn new(key: u64, behavior: Behavior) -> Self {
+        Self { key, behavior }
+    }
+
+    async fn act(&self, cx: &JobContext, rec: &Recorder) -> Result<(), ProbeError> {
+        match self.behavior {
+            Behavior::Succeed => Ok(()),
+            Behavior::FailTimes(n) if cx.attempt() <= n => Err(ProbeError::Transient(cx.attempt())),
+            Behavior::FailTimes(_) => Ok(()),
+            Behavior::Permanent => Err(ProbeError::Permanent),
+            Behavior::Panic => panic!("probe {} panicked on purpose", self.key),
+            Behavior::RetryAfterMs(ms, n) if cx.attempt() <= n => {
+                Err(ProbeError::RateLimited(Duration::from_millis(ms)))
+            }
+            Behavior::RetryAfterMs(..) => Ok(()),
+            Behavior::SleepMs(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(())
+            }
+            Behavior::SleepUnlessCancelledMs(ms) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
+                    _ = cx.cancelled() => Err(ProbeError::Cancelled),
+                }
+            }
+            Behavior::Gate => {
+                rec.gate.acquire().await.expect("gate open").forget();
+                Ok(())
+            }
+            Behavior::Chain => Err(ProbeError::Outer(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "smtp server refused",
+            ))),
+        }
+    }
+}
+
+/// A builder with the probe registered and a fresh recorder.
+pub fn builder(rec: &Arc<Recorder>) -> JobRuntimeBuilder {
+    JobRuntime::builder()
+        .register::<Probe>()
+        .data::<Recorder>(rec.clone())
+}
+
+pub fn start(b: JobRuntimeBuilder) -> Result<JobRuntime, StartError> {
+    b.start()
+}
+
+/// Polls until `f` is true, failing the test after `limit`.
+pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut f: F) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until the job reaches `state`.
+pub async fn wait_state(rt: &JobRuntime, id: JobId, state: JobState, limit: Duration) -> JobStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = rt.status(id).await.expect("status known");
+        if status.state == state {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} did not reach {state:?}; last status {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
