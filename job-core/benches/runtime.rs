@@ -294,10 +294,7 @@ fn main() {
     );
     let row = |name: &str, unit: &str, v: Vec<f64>| {
         let (med, min, max) = stats(v);
-        println!(
-            "{:<52} {:>12.0} {:>12.0} {:>12.0}  {unit}",
-            name, med, min, max
-        );
+        println!("{name:<52} {med:>12.0} {min:>12.0} {max:>12.0}  {unit}");
         med
     };
 
