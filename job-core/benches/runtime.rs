@@ -177,6 +177,30 @@ fn raw_mpsc(jobs: usize) -> f64 {
     })
 }
 
+/// The same channel, but the consumer spawns a task per message (the cost a
+/// task-per-attempt design pays): jobs/s until every spawned task has run.
+fn mpsc_spawn_each(jobs: usize) -> f64 {
+    rt().block_on(async move {
+        DONE.store(0, Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Noop>(1024);
+        let start = Instant::now();
+        tokio::spawn(async move {
+            while let Some(j) = rx.recv().await {
+                tokio::spawn(async move {
+                    std::hint::black_box(j);
+                    DONE.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+        });
+        for i in 0..jobs {
+            let _ = tx.send(job(i as u64)).await;
+        }
+        drop(tx);
+        wait_done(jobs).await;
+        jobs as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
 /// Enqueue-to-start latency (p50, p99 in µs) at `rate` jobs/s. The producer is an OS thread
 /// (like a request handler on another runtime) that enqueues with `try_enqueue` in small
 /// batches every 100 µs, so arrivals are close to even.
@@ -313,11 +337,13 @@ fn main() {
         return;
     }
     let mut mpsc = Vec::new();
+    let mut spawn_each = Vec::new();
     let mut e2e = std::collections::BTreeMap::<(usize, usize, usize), Vec<f64>>::new();
     let mut enq = Vec::new();
     let mut proc = Vec::new();
     for _ in 0..rounds {
         mpsc.push(raw_mpsc(jobs));
+        spawn_each.push(mpsc_spawn_each(jobs));
         for &(p, c) in &[(1, 2), (1, 4), (4, 2), (4, 4)] {
             for &cap in &[100, 10_000] {
                 e2e.entry((p, c, cap))
@@ -330,6 +356,7 @@ fn main() {
         proc.push(pr);
     }
     let ceiling = row("tokio mpsc(1024), 1 producer, 1 consumer", "msgs/s", mpsc);
+    row("tokio mpsc(1024), consumer spawns a task per message", "msgs/s", spawn_each);
     let mut peak: f64 = 0.0;
     for ((p, c, cap), v) in e2e {
         let med = row(
