@@ -36,6 +36,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod backend;
 mod context;
 mod dead_letter;
 mod error;
@@ -81,7 +82,9 @@ pub mod __private {
     use std::marker::PhantomData;
 
     pub use crate::registry::JobRegistration;
+    pub use core::clone::Clone;
     pub use core::convert::From;
+    pub use core::fmt::Debug;
     pub use core::future::Future;
     pub use core::marker::Send;
     pub use core::option::Option;
@@ -90,8 +93,44 @@ pub mod __private {
     pub use inventory;
     pub use serde;
     pub use std::boxed::Box;
+    pub use std::time::SystemTime;
 
-    use crate::JobContext;
+    use crate::{ErrorClass, JobContext};
+
+    /// The return type of a `#[job]` fn: any `Result<T, E>` (aliases such as
+    /// `anyhow::Result<()>` included); `E` becomes `Job::Error` and `Ok(_)` success.
+    #[diagnostic::on_unimplemented(
+        message = "a `#[job]` fn must return `Result<_, E>`, not `{Self}`",
+        label = "expected `Result<_, E>` where `E: job_core::Classify`",
+        note = "return `Result<(), MyError>` with `#[derive(JobError)]` on `MyError`, or `anyhow::Result<()>`, or `std::io::Result<()>`"
+    )]
+    pub trait JobReturn {
+        type Error;
+        fn into_result(self) -> Result<(), Self::Error>;
+    }
+
+    impl<T, E> JobReturn for Result<T, E> {
+        type Error = E;
+        fn into_result(self) -> Result<(), E> {
+            self.map(|_| ())
+        }
+    }
+
+    /// The field of a `#[job(retry_after)]` variant: the delay before the retry.
+    #[diagnostic::on_unimplemented(
+        message = "`#[job(retry_after)]` needs the variant's field to be a `std::time::Duration`, not `{Self}`",
+        label = "the delay before the retry must be a `Duration`",
+        note = "hold the delay as `std::time::Duration`, or mark the variant `#[job(transient)]` to retry with the job's backoff"
+    )]
+    pub trait RetryDelay {
+        fn retry_after(&self) -> ErrorClass;
+    }
+
+    impl RetryDelay for Duration {
+        fn retry_after(&self) -> ErrorClass {
+            ErrorClass::RetryAfter(*self)
+        }
+    }
 
     /// Resolves a borrowed parameter of a `#[job]` fn. `Inject::<JobContext>` resolves
     /// through an inherent method (which method lookup prefers); any other type through

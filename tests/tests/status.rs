@@ -22,7 +22,7 @@ async fn queued_running_retrying_succeeded() {
 
     let s = rt.status(id).await.unwrap();
     assert_eq!(
-        (s.state, s.attempts, s.job, s.queue),
+        (s.state, s.attempts, s.job.as_ref(), s.queue.as_ref()),
         (JobState::Queued, 0, "probe", "default")
     );
     assert!(s.last_error.is_none());

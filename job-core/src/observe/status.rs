@@ -2,6 +2,7 @@
 //! finished ones (succeeded or dead) expire after the retention time or once more than the
 //! retention count are kept, oldest first.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -54,9 +55,9 @@ pub struct JobStatus {
     /// The job's id.
     pub job_id: JobId,
     /// The job's name.
-    pub job: &'static str,
+    pub job: Cow<'static, str>,
     /// The job's queue.
-    pub queue: &'static str,
+    pub queue: Cow<'static, str>,
     /// Where it is.
     pub state: JobState,
     /// Attempts started so far.
@@ -250,8 +251,8 @@ impl StatusStore {
         let (job, queue) = self.kinds.get(r.kind as usize).copied()?;
         Some(JobStatus {
             job_id: id,
-            job,
-            queue,
+            job: Cow::Borrowed(job),
+            queue: Cow::Borrowed(queue),
             state: r.state,
             attempts: r.attempts,
             last_error: r.last_error.as_deref().map(str::to_owned),

@@ -1,0 +1,514 @@
+//! [`MemoryBackend`]: the [`Backend`] contract kept in process memory.
+//!
+//! It stores serialized envelopes with leases, fencing, recoveries and dead letters exactly
+//! as a durable store would, but in this process: it survives nothing. It exists as the
+//! reference implementation of the contract, for tests of the durable code path without a
+//! server (lease expiry follows tokio's clock, so paused-time tests can expire leases), and
+//! as a model for new backends. The runtime's default (no `.backend(..)`) is the faster
+//! typed in-memory queue, not this.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{
+    Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
+    Retry, from_unix_ms, unix_ms,
+};
+use crate::dead_letter::DeadLetter;
+use crate::job::JobId;
+use crate::observe::status::{JobState, JobStatus};
+
+enum Body {
+    Envelope(Envelope),
+    Raw { queue: String, raw: String },
+}
+
+struct Stored {
+    body: Body,
+    state: JobState,
+    last_error: Option<String>,
+    updated_ms: u64,
+    lease: Option<(LeaseToken, Instant)>,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<JobId, Stored>,
+    ready: HashMap<String, VecDeque<JobId>>,
+    scheduled: BTreeSet<(u64, JobId)>,
+    dead: VecDeque<DeadLetter>,
+    finished: VecDeque<(Instant, JobId)>,
+}
+
+/// The backend contract in process memory. See the [module docs](self).
+pub struct MemoryBackend {
+    state: Mutex<State>,
+    work: Notify,
+    dead_capacity: usize,
+    retention: Duration,
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackend").finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// An empty backend keeping 10,000 dead letters and finished statuses for an hour.
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            work: Notify::new(),
+            dead_capacity: 10_000,
+            retention: Duration::from_secs(3600),
+        }
+    }
+
+    /// Wakes fetchers waiting now, and leaves a permit for one that is about to wait.
+    fn wake(&self) {
+        self.work.notify_waiters();
+        self.work.notify_one();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stores bytes that are not a valid envelope under `id` in `queue`, as a corrupted or
+    /// foreign record would appear in a real store (for tests of the bad-payload path).
+    pub fn insert_raw(&self, id: JobId, queue: &str, raw: &str) {
+        let mut st = self.lock();
+        st.jobs.insert(
+            id,
+            Stored {
+                body: Body::Raw {
+                    queue: queue.to_owned(),
+                    raw: raw.to_owned(),
+                },
+                state: JobState::Queued,
+                last_error: None,
+                updated_ms: unix_ms(SystemTime::now()),
+                lease: None,
+            },
+        );
+        st.ready.entry(queue.to_owned()).or_default().push_back(id);
+        drop(st);
+        self.wake();
+    }
+
+    fn promote(st: &mut State, now_ms: u64) {
+        while let Some(&(at, id)) = st.scheduled.first() {
+            if at > now_ms {
+                break;
+            }
+            st.scheduled.pop_first();
+            let queue = match st.jobs.get(&id).map(|s| &s.body) {
+                Some(Body::Envelope(e)) => e.queue.clone(),
+                Some(Body::Raw { queue, .. }) => queue.clone(),
+                None => continue,
+            };
+            st.ready.entry(queue).or_default().push_back(id);
+        }
+    }
+
+    fn retire(&self, st: &mut State, id: JobId) {
+        let now = Instant::now();
+        st.finished.push_back((now, id));
+        while let Some(&(at, old)) = st.finished.front() {
+            if now.saturating_duration_since(at) < self.retention {
+                break;
+            }
+            st.finished.pop_front();
+            if st.jobs.get(&old).is_some_and(|s| s.state.is_finished()) {
+                st.jobs.remove(&old);
+            }
+        }
+    }
+
+    /// Checks the lease and returns the stored job.
+    fn held(st: &mut State, id: JobId, token: LeaseToken) -> Result<&mut Stored, BackendError> {
+        match st.jobs.get_mut(&id) {
+            Some(s) if s.lease.is_some_and(|(t, _)| t == token) => Ok(s),
+            _ => Err(BackendError::LeaseLost(id)),
+        }
+    }
+
+    fn push_dead(&self, st: &mut State, record: DeadLetter) {
+        if st.dead.len() >= self.dead_capacity {
+            st.dead.pop_front();
+        }
+        st.dead.push_back(record);
+    }
+}
+
+fn ready_now<T>(value: T) -> BoxFuture<'static, T>
+where
+    T: Send + 'static,
+{
+    Box::pin(std::future::ready(value))
+}
+
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        ready_now(Ok(()))
+    }
+
+    fn enqueue(
+        &self,
+        envelope: Envelope,
+        capacity: u64,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut st = self.lock();
+        let live = st.jobs.values().filter(|s| !s.state.is_finished()).count() as u64;
+        if live >= capacity {
+            return ready_now(Err(BackendError::Full));
+        }
+        let id = envelope.id;
+        let now_ms = unix_ms(SystemTime::now());
+        let delayed = envelope.not_before.filter(|&t| t > now_ms);
+        let queue = envelope.queue.clone();
+        st.jobs.insert(
+            id,
+            Stored {
+                body: Body::Envelope(envelope),
+                state: if delayed.is_some() {
+                    JobState::Scheduled
+                } else {
+                    JobState::Queued
+                },
+                last_error: None,
+                updated_ms: now_ms,
+                lease: None,
+            },
+        );
+        match delayed {
+            Some(at) => {
+                st.scheduled.insert((at, id));
+            }
+            None => st.ready.entry(queue).or_default().push_back(id),
+        }
+        drop(st);
+        self.wake();
+        ready_now(Ok(()))
+    }
+
+    fn reserve<'a>(
+        &'a self,
+        queues: &'a [String],
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Reservation>, BackendError>> {
+        let mut st = self.lock();
+        let now_ms = unix_ms(SystemTime::now());
+        Self::promote(&mut st, now_ms);
+        let expiry = Instant::now() + lease;
+        let mut out = Vec::new();
+        'queues: for queue in queues {
+            while out.len() < max {
+                let Some(id) = st.ready.get_mut(queue).and_then(VecDeque::pop_front) else {
+                    continue 'queues;
+                };
+                let Some(stored) = st.jobs.get_mut(&id) else {
+                    continue;
+                };
+                let token = LeaseToken::random();
+                stored.lease = Some((token, expiry));
+                stored.state = JobState::Running;
+                stored.updated_ms = now_ms;
+                match &mut stored.body {
+                    Body::Envelope(env) => {
+                        env.attempt += 1;
+                        env.lease = Some(token);
+                        out.push(Reservation::Job {
+                            envelope: env.clone(),
+                            token,
+                        });
+                    }
+                    Body::Raw { raw, .. } => out.push(Reservation::Malformed {
+                        id,
+                        token,
+                        raw: raw.clone(),
+                        reason: "stored record is not a job envelope".to_owned(),
+                    }),
+                }
+            }
+            break;
+        }
+        ready_now(Ok(out))
+    }
+
+    fn wait_for_work<'a>(&'a self, _queues: &'a [String], timeout: Duration) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(timeout, self.work.notified()).await;
+        })
+    }
+
+    fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut st = self.lock();
+        let result = Self::held(&mut st, id, token).map(|s| {
+            s.lease = None;
+            s.state = JobState::Succeeded;
+            s.updated_ms = unix_ms(SystemTime::now());
+        });
+        if result.is_ok() {
+            self.retire(&mut st, id);
+        }
+        ready_now(result)
+    }
+
+    fn retry(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        retry: Retry,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut st = self.lock();
+        let at = unix_ms(retry.at);
+        let result = Self::held(&mut st, id, token).map(|s| {
+            s.lease = None;
+            s.state = JobState::Retrying;
+            s.last_error = Some(retry.error);
+            s.updated_ms = unix_ms(SystemTime::now());
+            if let Body::Envelope(env) = &mut s.body {
+                env.lease = None;
+                env.not_before = Some(at);
+            }
+        });
+        if result.is_ok() {
+            st.scheduled.insert((at, id));
+        }
+        drop(st);
+        self.wake();
+        ready_now(result)
+    }
+
+    fn dead_letter(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        record: DeadLetter,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut st = self.lock();
+        let result = Self::held(&mut st, id, token).map(|s| {
+            s.lease = None;
+            s.state = JobState::Dead;
+            s.last_error = Some(record.error_message());
+            s.updated_ms = unix_ms(SystemTime::now());
+        });
+        if result.is_ok() {
+            self.push_dead(&mut st, record);
+            self.retire(&mut st, id);
+        }
+        ready_now(result)
+    }
+
+    fn extend<'a>(
+        &'a self,
+        leases: &'a [(JobId, LeaseToken)],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        let mut st = self.lock();
+        let expiry = Instant::now() + lease;
+        let mut lost = Vec::new();
+        for &(id, token) in leases {
+            match Self::held(&mut st, id, token) {
+                Ok(s) => s.lease = Some((token, expiry)),
+                Err(_) => lost.push(id),
+            }
+        }
+        ready_now(Ok(lost))
+    }
+
+    fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut st = self.lock();
+        let result = Self::held(&mut st, id, token).map(|s| {
+            s.lease = None;
+            s.state = JobState::Queued;
+            let queue = match &mut s.body {
+                Body::Envelope(env) => {
+                    // The interrupted attempt does not count.
+                    env.attempt = env.attempt.saturating_sub(1);
+                    env.lease = None;
+                    env.queue.clone()
+                }
+                Body::Raw { queue, .. } => queue.clone(),
+            };
+            queue
+        });
+        let result = result.map(|queue| st.ready.entry(queue).or_default().push_front(id));
+        drop(st);
+        self.wake();
+        ready_now(result)
+    }
+
+    fn reap(&self, max_recoveries: u32) -> BoxFuture<'_, Result<Reaped, BackendError>> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let now_ms = unix_ms(SystemTime::now());
+        let expired: Vec<JobId> = st
+            .jobs
+            .iter()
+            .filter(|(_, s)| s.lease.is_some_and(|(_, exp)| exp <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut reaped = Reaped::default();
+        for id in expired {
+            let Some(s) = st.jobs.get_mut(&id) else {
+                continue;
+            };
+            s.lease = None;
+            s.updated_ms = now_ms;
+            let (queue, poison) = match &mut s.body {
+                Body::Envelope(env) => {
+                    env.lease = None;
+                    env.recoveries += 1;
+                    (env.queue.clone(), env.recoveries >= max_recoveries)
+                }
+                Body::Raw { queue, .. } => (queue.clone(), true),
+            };
+            if poison {
+                let reason = format!(
+                    "worker lost {max_recoveries} times while running this job (crash-recovered); dead-lettered as a poison pill"
+                );
+                s.state = JobState::Dead;
+                s.last_error = Some(reason.clone());
+                let record = match &s.body {
+                    Body::Envelope(env) => DeadLetter {
+                        job_id: id,
+                        job: env.job.clone(),
+                        queue: env.queue.clone(),
+                        payload: env.payload.clone(),
+                        attempts: env.attempt,
+                        error: vec![reason],
+                        enqueued_at: from_unix_ms(env.enqueued_at),
+                        died_at: SystemTime::now(),
+                    },
+                    Body::Raw { queue, raw } => DeadLetter {
+                        job_id: id,
+                        job: String::new(),
+                        queue: queue.clone(),
+                        payload: serde_json::Value::String(raw.clone()),
+                        attempts: 0,
+                        error: vec![reason],
+                        enqueued_at: SystemTime::now(),
+                        died_at: SystemTime::now(),
+                    },
+                };
+                self.push_dead(&mut st, record.clone());
+                self.retire(&mut st, id);
+                reaped.dead.push(record);
+            } else {
+                s.state = JobState::Queued;
+                st.ready.entry(queue).or_default().push_front(id);
+                reaped.recovered.push(id);
+            }
+        }
+        drop(st);
+        if !reaped.recovered.is_empty() {
+            self.wake();
+        }
+        ready_now(Ok(reaped))
+    }
+
+    fn status(&self, id: JobId) -> BoxFuture<'_, Result<Option<JobStatus>, BackendError>> {
+        let st = self.lock();
+        let status = st.jobs.get(&id).map(|s| {
+            let (job, queue, attempts, enqueued) = match &s.body {
+                Body::Envelope(e) => (e.job.clone(), e.queue.clone(), e.attempt, e.enqueued_at),
+                Body::Raw { queue, .. } => (String::new(), queue.clone(), 0, s.updated_ms),
+            };
+            JobStatus {
+                job_id: id,
+                job: job.into(),
+                queue: queue.into(),
+                state: s.state,
+                attempts,
+                last_error: s.last_error.clone(),
+                enqueued_at: from_unix_ms(enqueued),
+                updated_at: from_unix_ms(s.updated_ms),
+            }
+        });
+        ready_now(Ok(status))
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<BackendStats, BackendError>> {
+        let st = self.lock();
+        let mut stats = BackendStats {
+            ready: st.ready.values().map(|q| q.len() as u64).sum(),
+            scheduled: st.scheduled.len() as u64,
+            dead: st.dead.len() as u64,
+            ..BackendStats::default()
+        };
+        stats.running = st.jobs.values().filter(|s| s.lease.is_some()).count() as u64;
+        ready_now(Ok(stats))
+    }
+
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
+        let st = self.lock();
+        ready_now(Ok(st.dead.iter().take(limit).cloned().collect()))
+    }
+
+    fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut st = self.lock();
+        let Some(pos) = st.dead.iter().position(|d| d.job_id == id) else {
+            return ready_now(Err(BackendError::NotFound(id)));
+        };
+        let Some(record) = st.dead.remove(pos) else {
+            return ready_now(Err(BackendError::NotFound(id)));
+        };
+        let now_ms = unix_ms(SystemTime::now());
+        let envelope = match st.jobs.remove(&id).map(|s| s.body) {
+            Some(Body::Envelope(mut env)) => {
+                env.attempt = 0;
+                env.recoveries = 0;
+                env.not_before = None;
+                env.lease = None;
+                env
+            }
+            _ => Envelope {
+                id,
+                job: record.job.clone(),
+                queue: record.queue.clone(),
+                payload: record.payload.clone(),
+                attempt: 0,
+                max_attempts: record.attempts.max(1),
+                recoveries: 0,
+                enqueued_at: unix_ms(record.enqueued_at),
+                not_before: None,
+                lease: None,
+            },
+        };
+        let queue = envelope.queue.clone();
+        st.jobs.insert(
+            id,
+            Stored {
+                body: Body::Envelope(envelope),
+                state: JobState::Queued,
+                last_error: None,
+                updated_ms: now_ms,
+                lease: None,
+            },
+        );
+        st.ready.entry(queue).or_default().push_back(id);
+        drop(st);
+        self.wake();
+        ready_now(Ok(()))
+    }
+}

@@ -1,0 +1,268 @@
+//! Durable backends: the adapter trait the runtime drives when jobs must outlive the process.
+//!
+//! Without a backend the runtime keeps typed values in memory (the fast default, at-most-once
+//! across a crash). With one — [`JobRuntimeBuilder::backend`](crate::JobRuntimeBuilder::backend)
+//! — the same jobs and the same workers run on serialized [`Envelope`]s the backend stores,
+//! at least once:
+//!
+//! * [`reserve`](Backend::reserve) hands out jobs under a **lease**: a random token and an
+//!   expiry. Only the holder of the current token can [`ack`](Backend::ack),
+//!   [`retry`](Backend::retry), [`dead_letter`](Backend::dead_letter),
+//!   [`extend`](Backend::extend) or [`release`](Backend::release) the job; a stale holder
+//!   gets [`BackendError::LeaseLost`] and changes nothing (fencing).
+//! * The runtime renews the leases of running jobs (heartbeat) and calls
+//!   [`reap`](Backend::reap) periodically: a job whose lease expired (its worker died) goes
+//!   back to its queue, counted as a *recovery*, apart from handler failures; after
+//!   `max_recoveries` recoveries it is dead-lettered as a poison pill.
+//! * Every state change must be atomic in the store (one Lua script, one SQL statement).
+//!
+//! # Writing a backend
+//! Implement [`Backend`] (object-safe; methods return boxed futures) and run the shared
+//! conformance suite in `tests/` against it. Queue and job names reaching a backend have been
+//! checked against `[A-Za-z0-9_.-]{1,64}`.
+
+pub mod memory;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use crate::dead_letter::DeadLetter;
+use crate::job::JobId;
+use crate::observe::status::JobStatus;
+
+/// A boxed, sendable future, as backend methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A job as durable backends store it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Envelope {
+    /// The job's id.
+    pub id: JobId,
+    /// The job's registered name.
+    pub job: String,
+    /// Its queue.
+    pub queue: String,
+    /// Its arguments.
+    pub payload: serde_json::Value,
+    /// Attempts started so far (the next reservation makes it `attempt + 1`).
+    pub attempt: u32,
+    /// Attempts allowed in all.
+    pub max_attempts: u32,
+    /// Times its lease expired while it ran (worker crashes), apart from failures.
+    #[serde(default)]
+    pub recoveries: u32,
+    /// When it was first enqueued, in milliseconds since the Unix epoch.
+    pub enqueued_at: u64,
+    /// Not to start before this time (ms since the Unix epoch), for delayed jobs and retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<u64>,
+    /// The current lease token, while reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseToken>,
+}
+
+/// A lease token: proof of holding a reserved job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct LeaseToken(pub u128);
+
+impl LeaseToken {
+    /// A fresh random token.
+    pub fn random() -> Self {
+        Self(fastrand::u128(..))
+    }
+}
+
+impl fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// One reserved job.
+#[derive(Debug, Clone)]
+pub enum Reservation {
+    /// A job that decoded as an [`Envelope`].
+    Job {
+        /// The envelope (its `attempt` already counts this reservation).
+        envelope: Envelope,
+        /// The lease.
+        token: LeaseToken,
+    },
+    /// Stored bytes that are not an envelope: the runtime dead-letters them with the reason.
+    Malformed {
+        /// The id under which they were stored.
+        id: JobId,
+        /// The lease.
+        token: LeaseToken,
+        /// The raw bytes, lossily as text.
+        raw: String,
+        /// Why they do not decode.
+        reason: String,
+    },
+}
+
+impl Reservation {
+    /// The reserved job's id.
+    pub fn id(&self) -> JobId {
+        match self {
+            Self::Job { envelope, .. } => envelope.id,
+            Self::Malformed { id, .. } => *id,
+        }
+    }
+
+    /// The lease token.
+    pub fn token(&self) -> LeaseToken {
+        match self {
+            Self::Job { token, .. } | Self::Malformed { token, .. } => *token,
+        }
+    }
+}
+
+/// Where a reserved job goes when its attempt fails and may be retried.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// Start no earlier than this.
+    pub at: SystemTime,
+    /// The failure, as `error: source: source`.
+    pub error: String,
+}
+
+/// What one reaper pass did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reaped {
+    /// Jobs whose lease had expired, back in their queue.
+    pub recovered: Vec<JobId>,
+    /// Jobs dead-lettered because they had been recovered too often (poison pills).
+    pub dead: Vec<DeadLetter>,
+}
+
+/// Counts a backend reports, for stats and health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Jobs ready to run.
+    pub ready: u64,
+    /// Jobs waiting for a start time (delayed or retrying).
+    pub scheduled: u64,
+    /// Jobs reserved (running somewhere).
+    pub running: u64,
+    /// Dead letters kept.
+    pub dead: u64,
+}
+
+impl BackendStats {
+    /// Jobs admitted and not finished.
+    pub fn depth(&self) -> u64 {
+        self.ready + self.scheduled + self.running
+    }
+}
+
+/// A backend failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The caller no longer holds the job's lease (it expired and the job was recovered,
+    /// possibly by another worker). Nothing was changed.
+    #[error("lease lost: job {0} is no longer held by this worker")]
+    LeaseLost(JobId),
+    /// The store is at its configured size limit.
+    #[error("queue is full")]
+    Full,
+    /// No job with this id is where the operation expected it.
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The store could not be reached or answered with an error.
+    #[error("backend unavailable")]
+    Unavailable(#[source] crate::error::BoxError),
+    /// The store holds something this version cannot read.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// The adapter between the runtime and a store. See the [module docs](self).
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// A short name for logs ("memory", "redis").
+    fn name(&self) -> &'static str;
+
+    /// Called once when the runtime starts: check the connection and settings (the Redis
+    /// backend warns unless `maxmemory-policy` is `noeviction`).
+    fn connect(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Stores a new job: ready at once, or scheduled when `not_before` is in the future.
+    /// Fails with [`BackendError::Full`] when `capacity` jobs (ready, scheduled and running)
+    /// are already stored.
+    fn enqueue(&self, envelope: Envelope, capacity: u64)
+    -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Reserves up to `max` ready jobs from `queues` for `lease`, first moving due scheduled
+    /// jobs to ready. Returns an empty list when none is ready.
+    fn reserve<'a>(
+        &'a self,
+        queues: &'a [String],
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Reservation>, BackendError>>;
+
+    /// Waits until work may be ready in `queues` or `timeout` passes, whichever is first.
+    /// Spurious wake-ups are fine; the runtime reserves after each.
+    fn wait_for_work<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, ()>;
+
+    /// The attempt succeeded: the job is finished.
+    fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// The attempt failed and the job may be retried at `retry.at`.
+    fn retry(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        retry: Retry,
+    ) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// The job is dead: keep the record for listing and requeue.
+    fn dead_letter(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        record: DeadLetter,
+    ) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Renews leases; returns the ids whose lease was already lost.
+    fn extend<'a>(
+        &'a self,
+        leases: &'a [(JobId, LeaseToken)],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>>;
+
+    /// Gives a reserved job back to the front of its queue without counting an attempt or a
+    /// recovery (shutdown).
+    fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Returns jobs whose lease expired to their queue, dead-lettering those recovered
+    /// `max_recoveries` times already.
+    fn reap(&self, max_recoveries: u32) -> BoxFuture<'_, Result<Reaped, BackendError>>;
+
+    /// The status of a job, if the backend still has it.
+    fn status(&self, id: JobId) -> BoxFuture<'_, Result<Option<JobStatus>, BackendError>>;
+
+    /// Counts for stats and health.
+    fn stats(&self) -> BoxFuture<'_, Result<BackendStats, BackendError>>;
+
+    /// Dead letters kept, oldest first, at most `limit`.
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>>;
+
+    /// Moves a dead job back to its queue with a fresh attempt budget.
+    fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The inverse of [`unix_ms`].
+pub fn from_unix_ms(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
