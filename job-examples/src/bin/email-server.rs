@@ -1,0 +1,62 @@
+//! `email-server`: enqueue emails over HTTP, watch them retry, die and drain.
+//!
+//! ```text
+//! cargo run -p job-examples --bin email-server
+//! curl -i localhost:8080/send-email -H 'content-type: application/json' \
+//!      -d '{"to":"ada@example.com","subject":"hi","body":"hello"}'
+//! ```
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use job_core::BoxError;
+use job_examples::config::ServiceArgs;
+use job_examples::email::SendEmail;
+use job_examples::http::{AppState, email_router};
+use job_examples::{serve, telemetry};
+use tokio::net::TcpListener;
+
+/// Sends (fake) email as background jobs, with the endpoints an operator needs.
+#[derive(Debug, clap::Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (port 0 picks a free one; the log says which).
+    #[arg(long, env = "JOB_ADDR", default_value = "127.0.0.1:8080")]
+    addr: String,
+
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = telemetry::init_tracing(args.service.log_json) {
+        eprintln!("email-server: cannot set up logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "email-server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    args.service.log(&args.addr);
+    // Before `start()`: the runtime takes its metric handles when it starts.
+    let metrics = telemetry::install_metrics()?;
+    let listener = TcpListener::bind(&args.addr).await?;
+    let runtime = args
+        .service
+        .runtime_builder()
+        // Hand-written job impls register by hand; `#[job]` ones register themselves.
+        .register::<SendEmail>()
+        .start()?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let state = AppState::new(runtime.client(), Some(metrics), args.service.admin_token());
+    serve::serve(listener, email_router(state), runtime).await?;
+    Ok(())
+}

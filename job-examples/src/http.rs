@@ -1,0 +1,354 @@
+//! The HTTP surface: enqueue, job status, runtime status, health, metrics, and the admin
+//! dead-letter routes. Every error answers `{"error": "..."}`.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use job_core::{Client, EnqueueError, HealthStatus, Job, JobId, RequeueError};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::auth::{Access, AdminToken};
+use crate::email::SendEmailRequest;
+
+/// The largest `POST /send-email` body accepted (64 KiB); larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Seconds a client is told to wait (`Retry-After`) when the queue is full.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    client: Client,
+    metrics: Option<PrometheusHandle>,
+    admin: AdminToken,
+}
+
+impl AppState {
+    /// State over a runtime's client; `metrics` renders `/metrics` (404 without it).
+    pub fn new(client: Client, metrics: Option<PrometheusHandle>, admin: AdminToken) -> Self {
+        Self {
+            client,
+            metrics,
+            admin,
+        }
+    }
+}
+
+/// The routes every example serves: `/health/live`, `/health/ready`, `/metrics`,
+/// `/jobs/status`, `/jobs/{id}`, and the admin `/dead-letters` routes.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/jobs/status", get(runtime_status))
+        .route("/jobs/{id}", get(job_status))
+        .route("/dead-letters", get(dead_letters))
+        .route("/dead-letters/{id}/requeue", post(requeue))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The email server's routes: [`ops_router`] plus `POST /send-email`.
+pub fn email_router(state: AppState) -> Router {
+    let send = Router::new()
+        .route("/send-email", post(send_email))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state.clone());
+    ops_router(state).merge(send)
+}
+
+/// An error answer: a status and `{"error": "..."}`, plus `Retry-After` when the client
+/// should come back later and `WWW-Authenticate` on 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// An error with this status and message.
+    pub fn new(status: StatusCode, message: impl std::fmt::Display) -> Self {
+        Self {
+            status,
+            message: message.to_string(),
+            retry_after: None,
+        }
+    }
+
+    /// 503: the runtime is shutting down.
+    fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down: not accepting new jobs",
+        )
+    }
+
+    /// 503 with `Retry-After`: the runtime is at capacity.
+    fn queue_full() -> Self {
+        Self {
+            retry_after: Some(RETRY_AFTER_SECS),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "job queue is full: retry later",
+            )
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        let headers = response.headers_mut();
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// `202 Accepted`, `{"job_id"}` and `Location: /jobs/<id>`.
+fn accepted(id: JobId) -> Response {
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "job_id": id.to_string() })),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/jobs/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("malformed job id `{raw}`: expected a UUID"),
+        )
+    })
+}
+
+/// A content type the JSON endpoint accepts: none at all, or `application/json` (with any
+/// parameters) or a `+json` type.
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// `POST /send-email`: validate, enqueue without waiting, answer 202 with the job's id.
+async fn send_email(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if state.client.is_stopping() {
+        return Err(ApiError::shutting_down());
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is over the {MAX_BODY_BYTES}-byte limit"),
+            )
+        } else {
+            ApiError::new(rejection.status(), rejection.body_text())
+        }
+    })?;
+    if !is_json_content_type(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected `Content-Type: application/json`",
+        ));
+    }
+    let request: SendEmailRequest = serde_json::from_slice(&body).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e)
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))
+        }
+    })?;
+    let job = request
+        .validate()
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let id = state
+        .client
+        .try_enqueue(job)
+        .map_err(|e| enqueue_failed(&e))?;
+    tracing::info!(job_id = %id, "email job enqueued");
+    Ok(accepted(id))
+}
+
+fn enqueue_failed<J: Job>(e: &EnqueueError<J>) -> ApiError {
+    match e {
+        EnqueueError::QueueFull(_) => ApiError::queue_full(),
+        EnqueueError::ShuttingDown(_) => ApiError::shutting_down(),
+        EnqueueError::PayloadTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e),
+        _ => {
+            tracing::error!(job = J::NAME, error = %e, "enqueue failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)
+        }
+    }
+}
+
+/// `GET /jobs/{id}`.
+async fn job_status(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    match state.client.status(id).await {
+        Some(status) => Ok(Json(status).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no job with id {id}"),
+        )),
+    }
+}
+
+/// `GET /jobs/status`: load, lifecycle and counters.
+async fn runtime_status(State(state): State<AppState>) -> Response {
+    let s = state.client.stats();
+    Json(json!({
+        "queue_depth": s.depth,
+        "capacity": s.capacity,
+        "in_flight": s.in_flight,
+        "is_running": s.is_running,
+        "is_stopping": s.is_stopping,
+        "counters": {
+            "enqueued": s.enqueued,
+            "started": s.started,
+            "succeeded": s.succeeded,
+            "failed": s.failed,
+            "retried": s.retried,
+            "dead_lettered": s.dead_lettered,
+        },
+    }))
+    .into_response()
+}
+
+/// `GET /health/live`: the process answers.
+async fn live() -> Response {
+    Json(json!({ "status": "alive" })).into_response()
+}
+
+/// `GET /health/ready`: 200 healthy or degraded, 503 unhealthy (nearly full or stopping).
+async fn ready(State(state): State<AppState>) -> Response {
+    let health = state.client.health();
+    let code = match health.status {
+        HealthStatus::Healthy | HealthStatus::Degraded => StatusCode::OK,
+        HealthStatus::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, Json(health)).into_response()
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let handle = state
+        .metrics
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "metrics are not enabled"))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response())
+}
+
+/// Checks the admin token: 403 when none is configured, 401 when it is missing or wrong.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.admin.check(presented) {
+        Access::Granted => Ok(()),
+        Access::Disabled => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin routes are disabled: set JOB_ADMIN_TOKEN to enable them",
+        )),
+        Access::Denied => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token: send `Authorization: Bearer <JOB_ADMIN_TOKEN>`",
+        )),
+    }
+}
+
+/// `GET /dead-letters` (admin): every dead letter kept, oldest first.
+async fn dead_letters(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let dead = state.client.dead_letters().await;
+    Ok(Json(json!({ "count": dead.len(), "dead_letters": dead })).into_response())
+}
+
+/// `POST /dead-letters/{id}/requeue` (admin): run a dead job again, same id, fresh attempts.
+async fn requeue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let id = parse_id(&raw)?;
+    match state.client.requeue(id).await {
+        Ok(id) => {
+            tracing::info!(job_id = %id, "dead letter requeued by admin");
+            Ok(accepted(id))
+        }
+        Err(e @ RequeueError::NotFound(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, e)),
+        Err(RequeueError::QueueFull) => Err(ApiError::queue_full()),
+        Err(RequeueError::ShuttingDown) => Err(ApiError::shutting_down()),
+        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e)),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        let mut headers = HeaderMap::new();
+        assert!(is_json_content_type(&headers));
+        for (value, ok) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/merge-patch+json", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+        ] {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_json_content_type(&headers), ok, "{value}");
+        }
+    }
+}
