@@ -164,12 +164,41 @@ async fn worker(inner: Arc<Inner>) {
     }
 }
 
-enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     Failed(Failure),
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// What happens to a job after a failed attempt.
+pub(crate) enum Decision {
+    /// Try again after this long.
+    Retry(Duration),
+    /// Dead-letter it, for this reason.
+    Dead(&'static str),
+    /// Shutdown cancelled the attempt: neither retried nor dead-lettered here.
+    Interrupted,
+}
+
+pub(crate) fn decide(
+    inner: &Inner,
+    failure: &Failure,
+    attempt: u32,
+    max_attempts: u32,
+    kind: u16,
+) -> Decision {
+    if inner.job_cancel.is_cancelled() {
+        return Decision::Interrupted;
+    }
+    let backoff = &inner.registry.kind(kind).ty.options.backoff;
+    match failure.class {
+        ErrorClass::Permanent => Decision::Dead("permanent error"),
+        _ if attempt >= max_attempts => Decision::Dead("out of attempts"),
+        ErrorClass::Transient => Decision::Retry(backoff.delay(attempt, fastrand::f64())),
+        ErrorClass::RetryAfter(d) => Decision::Retry(d),
+    }
+}
+
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -179,35 +208,43 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope) {
-    let entry = inner.registry.kind(env.kind);
-    let ty = &entry.ty;
-    env.attempts += 1;
-    let attempt = env.attempts;
-    cx.id = env.id;
+/// Points the worker's context at a new attempt.
+pub(crate) fn prepare(
+    cx: &mut JobContext,
+    id: crate::JobId,
+    attempt: u32,
+    max_attempts: u32,
+    inner: &Inner,
+    kind: u16,
+) {
+    let ty = &inner.registry.kind(kind).ty;
+    cx.id = id;
     cx.attempt = attempt;
-    cx.max_attempts = ty.options.max_attempts;
+    cx.max_attempts = max_attempts;
     cx.job = ty.name;
     cx.queue = ty.options.queue;
+}
 
-    inner.status.set(env.id, JobState::Running, Some(attempt));
+/// Runs one attempt in isolation: scoped values, panic capture, timeout, metrics. The
+/// caller enters `span` to log the outcome.
+pub(crate) async fn execute(
+    inner: &Inner,
+    cx: &mut JobContext,
+    kind: u16,
+    job: &dyn crate::registry::ErasedJob,
+    span: &tracing::Span,
+) -> Outcome {
+    let entry = inner.registry.kind(kind);
+    let ty = &entry.ty;
     Counters::bump(&inner.counters.started);
     entry.metrics.started.increment(1);
     inner.in_flight.fetch_add(1, Ordering::Relaxed);
     let started = tokio::time::Instant::now();
-
-    let span = tracing::info_span!(
-        "job",
-        job_id = %env.id,
-        job = ty.name,
-        queue = ty.options.queue,
-        attempt
-    );
     let outcome = async {
-        if let Some(failure) = build_scoped(inner, cx, env.kind).await {
+        if let Some(failure) = build_scoped(inner, cx, kind).await {
             return Outcome::Failed(failure);
         }
-        let fut = AssertUnwindSafe(env.job.run(cx)).catch_unwind();
+        let fut = AssertUnwindSafe(job.run(cx)).catch_unwind();
         let result = match ty.options.timeout {
             None => Ok(fut.await),
             Some(limit) => tokio::time::timeout(limit, fut).await.map_err(|_| limit),
@@ -244,59 +281,101 @@ async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope)
         .duration
         .record(started.elapsed().as_secs_f64());
     inner.in_flight.fetch_sub(1, Ordering::Relaxed);
-
-    let _enter = span.enter();
-    let interrupted = inner.job_cancel.is_cancelled();
-    match outcome {
+    match &outcome {
         Outcome::Ok => {
-            inner.status.succeeded(env.id);
             Counters::bump(&inner.counters.succeeded);
             entry.metrics.succeeded.increment(1);
-            inner.release(env.kind);
-            if inner.stopping.load(Ordering::Acquire) {
-                inner.tally.completed.fetch_add(1, Ordering::Relaxed);
-            }
         }
-        Outcome::Failed(failure) => {
+        Outcome::Failed(_) => {
             Counters::bump(&inner.counters.failed);
             entry.metrics.failed.increment(1);
+        }
+    }
+    outcome
+}
+
+pub(crate) fn job_span(id: crate::JobId, job: &str, queue: &str, attempt: u32) -> tracing::Span {
+    tracing::info_span!("job", job_id = %id, job, queue, attempt)
+}
+
+async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope) {
+    let entry = inner.registry.kind(env.kind);
+    let ty = &entry.ty;
+    env.attempts += 1;
+    let attempt = env.attempts;
+    prepare(
+        cx,
+        env.id,
+        attempt,
+        ty.options.max_attempts,
+        inner,
+        env.kind,
+    );
+    inner.status.set(env.id, JobState::Running, Some(attempt));
+    let span = job_span(env.id, ty.name, ty.options.queue, attempt);
+    let outcome = execute(inner, cx, env.kind, env.job.as_ref(), &span).await;
+
+    let _enter = span.enter();
+    let (id, kind) = (env.id, env.kind);
+    let finished = match outcome {
+        Outcome::Ok => {
+            inner.status.succeeded(id);
+            true
+        }
+        Outcome::Failed(failure) => {
             let message = failure.message();
-            let retry_in = match failure.class {
-                _ if interrupted => None,
-                ErrorClass::Permanent => None,
-                _ if attempt >= ty.options.max_attempts => None,
-                ErrorClass::Transient => Some(ty.options.backoff.delay(attempt, fastrand::f64())),
-                ErrorClass::RetryAfter(d) => Some(d),
-            };
-            if interrupted {
-                tracing::warn!(error = %message, "attempt interrupted by shutdown");
-                inner.status.failed(
-                    env.id,
-                    JobState::Retrying,
-                    &format!("interrupted by shutdown: {message}"),
-                );
-                inner.tally.cancelled(env.id);
-            } else if let Some(delay) = retry_in {
-                tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
-                inner.status.failed(env.id, JobState::Retrying, &message);
-                Counters::bump(&inner.counters.retried);
-                entry.metrics.retried.increment(1);
-                if let Err(e) = inner.timer_tx.send(timer::Timed::new(delay, env)) {
-                    inner.tally.left_behind(e.0.envelope.id);
+            match decide(inner, &failure, attempt, ty.options.max_attempts, env.kind) {
+                Decision::Interrupted => {
+                    tracing::warn!(error = %message, "attempt interrupted by shutdown");
+                    inner.status.failed(
+                        env.id,
+                        JobState::Retrying,
+                        &format!("interrupted by shutdown: {message}"),
+                    );
+                    inner.tally.cancelled(env.id);
+                    false
                 }
-            } else {
-                let reason = match failure.class {
-                    ErrorClass::Permanent => "permanent error",
-                    _ => "out of attempts",
-                };
-                tracing::error!(error = %message, reason, "job dead-lettered");
-                inner.status.failed(env.id, JobState::Dead, &message);
-                dead_letter(inner, &env, failure.chain);
-                inner.release(env.kind);
-                if inner.stopping.load(Ordering::Acquire) {
-                    inner.tally.completed.fetch_add(1, Ordering::Relaxed);
+                Decision::Retry(delay) => {
+                    tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
+                    inner.status.failed(env.id, JobState::Retrying, &message);
+                    Counters::bump(&inner.counters.retried);
+                    entry.metrics.retried.increment(1);
+                    if let Err(e) = inner.timer_tx.send(timer::Timed::new(delay, env)) {
+                        inner.tally.left_behind(e.0.envelope.id);
+                    }
+                    false
+                }
+                Decision::Dead(reason) => {
+                    tracing::error!(error = %message, reason, "job dead-lettered");
+                    inner.status.failed(env.id, JobState::Dead, &message);
+                    let payload = env.job.to_json().unwrap_or_else(|e| {
+                        serde_json::Value::String(format!("<payload did not serialize: {e}>"))
+                    });
+                    let enqueued_at = inner
+                        .status
+                        .get(env.id)
+                        .map_or_else(SystemTime::now, |s| s.enqueued_at);
+                    let dead = DeadLetter {
+                        job_id: env.id,
+                        job: ty.name.to_owned(),
+                        queue: ty.options.queue.to_owned(),
+                        payload,
+                        attempts: env.attempts,
+                        error: failure.chain,
+                        enqueued_at,
+                        died_at: SystemTime::now(),
+                    };
+                    notify_dead(inner, env.kind, &dead);
+                    inner.dead.push(dead);
+                    true
                 }
             }
+        }
+    };
+    if finished {
+        inner.release(kind);
+        if inner.stopping.load(Ordering::Acquire) {
+            inner.tally.completed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -335,28 +414,15 @@ async fn build_scoped(inner: &Inner, cx: &mut JobContext, kind: u16) -> Option<F
     None
 }
 
-fn dead_letter(inner: &Arc<Inner>, env: &Envelope, error: Vec<String>) {
-    let entry = inner.registry.kind(env.kind);
-    let payload = env
-        .job
-        .to_json()
-        .unwrap_or_else(|e| serde_json::Value::String(format!("<payload did not serialize: {e}>")));
-    let enqueued_at = inner
-        .status
-        .get(env.id)
-        .map_or_else(SystemTime::now, |s| s.enqueued_at);
-    let dead = DeadLetter {
-        job_id: env.id,
-        job: entry.ty.name.to_owned(),
-        queue: entry.ty.options.queue.to_owned(),
-        payload,
-        attempts: env.attempts,
-        error,
-        enqueued_at,
-        died_at: SystemTime::now(),
-    };
+/// Counts a dead letter and hands it to every hook, each in its own task: a hook that fails
+/// or panics is logged and stops nothing.
+pub(crate) fn notify_dead(inner: &Inner, kind: u16, dead: &DeadLetter) {
     Counters::bump(&inner.counters.dead_lettered);
-    entry.metrics.dead_lettered.increment(1);
+    inner.registry.kind(kind).metrics.dead_lettered.increment(1);
+    spawn_hooks(inner, dead);
+}
+
+pub(crate) fn spawn_hooks(inner: &Inner, dead: &DeadLetter) {
     for hook in &inner.hooks {
         let fut = (hook.0)(dead.clone());
         let id = dead.job_id;
@@ -372,5 +438,4 @@ fn dead_letter(inner: &Arc<Inner>, env: &Envelope, error: Vec<String>) {
             }
         });
     }
-    inner.dead.push(dead);
 }
