@@ -161,6 +161,18 @@ pub enum EnqueueError<J> {
         /// The configured limit in bytes.
         limit: usize,
     },
+    /// The durable backend could not store the job (unreachable, or it answered with an
+    /// error). The job was not enqueued.
+    Backend {
+        /// The job.
+        job: J,
+        /// What went wrong, with its causes.
+        message: String,
+    },
+    /// `try_enqueue` on a runtime with a durable backend: storing a job there means network
+    /// I/O, which `try_enqueue` never waits for. Use `enqueue` (it waits only while the
+    /// backend is full).
+    WouldBlock(J),
     /// The job could not be serialized (its `Serialize` impl failed).
     Serialize {
         /// The job.
@@ -177,8 +189,11 @@ impl<J> EnqueueError<J> {
             Self::QueueFull(j)
             | Self::ShuttingDown(j)
             | Self::NoRuntime(j)
-            | Self::NotRegistered(j) => j,
-            Self::PayloadTooLarge { job, .. } | Self::Serialize { job, .. } => job,
+            | Self::NotRegistered(j)
+            | Self::WouldBlock(j) => j,
+            Self::PayloadTooLarge { job, .. }
+            | Self::Serialize { job, .. }
+            | Self::Backend { job, .. } => job,
         }
     }
 
@@ -188,8 +203,11 @@ impl<J> EnqueueError<J> {
             Self::QueueFull(j)
             | Self::ShuttingDown(j)
             | Self::NoRuntime(j)
-            | Self::NotRegistered(j) => j,
-            Self::PayloadTooLarge { job, .. } | Self::Serialize { job, .. } => job,
+            | Self::NotRegistered(j)
+            | Self::WouldBlock(j) => j,
+            Self::PayloadTooLarge { job, .. }
+            | Self::Serialize { job, .. }
+            | Self::Backend { job, .. } => job,
         }
     }
 
@@ -219,6 +237,10 @@ impl<J> fmt::Display for EnqueueError<J> {
                 write!(f, "job payload is {size} bytes, over the {limit}-byte limit")
             }
             Self::Serialize { message, .. } => write!(f, "job payload does not serialize: {message}"),
+            Self::Backend { message, .. } => write!(f, "job backend failed to store the job: {message}"),
+            Self::WouldBlock(_) => f.write_str(
+                "try_enqueue cannot store a job on a durable backend without waiting: use enqueue",
+            ),
         }
     }
 }
@@ -232,6 +254,8 @@ impl<J> fmt::Debug for EnqueueError<J> {
             Self::NotRegistered(_) => "NotRegistered",
             Self::PayloadTooLarge { .. } => "PayloadTooLarge",
             Self::Serialize { .. } => "Serialize",
+            Self::Backend { .. } => "Backend",
+            Self::WouldBlock(_) => "WouldBlock",
         };
         f.debug_struct("EnqueueError")
             .field("kind", &name)
@@ -281,6 +305,9 @@ pub enum RequeueError {
     /// The runtime is at capacity.
     #[error("job queue is full")]
     QueueFull,
+    /// The durable backend failed.
+    #[error("job backend failed: {0}")]
+    Backend(String),
 }
 
 #[cfg(test)]

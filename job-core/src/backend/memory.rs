@@ -341,7 +341,7 @@ impl Backend for MemoryBackend {
         let result = Self::held(&mut st, id, token).map(|s| {
             s.lease = None;
             s.state = JobState::Queued;
-            let queue = match &mut s.body {
+            match &mut s.body {
                 Body::Envelope(env) => {
                     // The interrupted attempt does not count.
                     env.attempt = env.attempt.saturating_sub(1);
@@ -349,8 +349,7 @@ impl Backend for MemoryBackend {
                     env.queue.clone()
                 }
                 Body::Raw { queue, .. } => queue.clone(),
-            };
-            queue
+            }
         });
         let result = result.map(|queue| st.ready.entry(queue).or_default().push_front(id));
         drop(st);
@@ -510,5 +509,134 @@ impl Backend for MemoryBackend {
         drop(st);
         self.wake();
         ready_now(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(queue: &str) -> Envelope {
+        Envelope {
+            id: JobId::new(),
+            job: "j".to_owned(),
+            queue: queue.to_owned(),
+            payload: serde_json::json!({}),
+            attempt: 0,
+            max_attempts: 3,
+            recoveries: 0,
+            enqueued_at: unix_ms(SystemTime::now()),
+            not_before: None,
+            lease: None,
+        }
+    }
+
+    fn queues() -> Vec<String> {
+        vec!["q".to_owned()]
+    }
+
+    async fn reserve_one(b: &MemoryBackend, lease: Duration) -> (JobId, LeaseToken, u32) {
+        let mut r = b.reserve(&queues(), 1, lease).await.unwrap();
+        match r.pop() {
+            Some(Reservation::Job { envelope, token }) => (envelope.id, token, envelope.attempt),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_lease_holder_changes_nothing() {
+        let b = MemoryBackend::new();
+        b.enqueue(envelope("q"), 10).await.unwrap();
+        let (id, stale, attempt) = reserve_one(&b, Duration::from_secs(1)).await;
+        assert_eq!(attempt, 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let reaped = b.reap(3).await.unwrap();
+        assert_eq!(reaped.recovered, [id]);
+        let (id2, fresh, attempt) = reserve_one(&b, Duration::from_secs(1)).await;
+        assert_eq!((id2, attempt), (id, 2));
+        for r in [
+            b.ack(id, stale).await,
+            b.release(id, stale).await,
+            b.retry(
+                id,
+                stale,
+                Retry {
+                    at: SystemTime::now(),
+                    error: "x".to_owned(),
+                },
+            )
+            .await,
+        ] {
+            assert!(
+                matches!(r, Err(BackendError::LeaseLost(x)) if x == id),
+                "{r:?}"
+            );
+        }
+        assert_eq!(
+            b.extend(&[(id, stale)], Duration::from_secs(1))
+                .await
+                .unwrap(),
+            [id]
+        );
+        assert_eq!(
+            b.status(id).await.unwrap().unwrap().state,
+            JobState::Running
+        );
+        b.ack(id, fresh).await.unwrap();
+        assert_eq!(
+            b.status(id).await.unwrap().unwrap().state,
+            JobState::Succeeded
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extending_keeps_the_lease_and_poison_pills_die() {
+        let b = MemoryBackend::new();
+        b.enqueue(envelope("q"), 10).await.unwrap();
+        let (id, token, _) = reserve_one(&b, Duration::from_secs(1)).await;
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_millis(600)).await;
+            assert!(
+                b.extend(&[(id, token)], Duration::from_secs(1))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert!(b.reap(3).await.unwrap().recovered.is_empty());
+        }
+        // Now the worker "dies" three times.
+        for n in 1..=3 {
+            tokio::time::advance(Duration::from_secs(2)).await;
+            let reaped = b.reap(3).await.unwrap();
+            if n < 3 {
+                assert_eq!(reaped.recovered, [id]);
+                reserve_one(&b, Duration::from_secs(1)).await;
+            } else {
+                assert!(reaped.recovered.is_empty());
+                assert_eq!(reaped.dead.len(), 1);
+                assert!(reaped.dead[0].error_message().contains("poison pill"));
+            }
+        }
+        assert_eq!(b.status(id).await.unwrap().unwrap().state, JobState::Dead);
+        assert_eq!(b.dead_letters(10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn capacity_and_release() {
+        let b = MemoryBackend::new();
+        b.enqueue(envelope("q"), 2).await.unwrap();
+        b.enqueue(envelope("q"), 2).await.unwrap();
+        assert!(matches!(
+            b.enqueue(envelope("q"), 2).await,
+            Err(BackendError::Full)
+        ));
+        let (id, token, _) = reserve_one(&b, Duration::from_secs(5)).await;
+        b.release(id, token).await.unwrap();
+        let (again, _, attempt) = reserve_one(&b, Duration::from_secs(5)).await;
+        assert_eq!(
+            (again, attempt),
+            (id, 1),
+            "released to the front, attempt not counted"
+        );
     }
 }

@@ -266,3 +266,76 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 pub fn from_unix_ms(ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
+
+/// A shared backend is a backend: keep an `Arc` to inspect the store or to start a second
+/// runtime on it (a restart, in tests).
+impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn connect(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).connect()
+    }
+    fn enqueue(
+        &self,
+        envelope: Envelope,
+        capacity: u64,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).enqueue(envelope, capacity)
+    }
+    fn reserve<'a>(
+        &'a self,
+        queues: &'a [String],
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Reservation>, BackendError>> {
+        (**self).reserve(queues, max, lease)
+    }
+    fn wait_for_work<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, ()> {
+        (**self).wait_for_work(queues, timeout)
+    }
+    fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).ack(id, token)
+    }
+    fn retry(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        retry: Retry,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).retry(id, token, retry)
+    }
+    fn dead_letter(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        record: DeadLetter,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).dead_letter(id, token, record)
+    }
+    fn extend<'a>(
+        &'a self,
+        leases: &'a [(JobId, LeaseToken)],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        (**self).extend(leases, lease)
+    }
+    fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).release(id, token)
+    }
+    fn reap(&self, max_recoveries: u32) -> BoxFuture<'_, Result<Reaped, BackendError>> {
+        (**self).reap(max_recoveries)
+    }
+    fn status(&self, id: JobId) -> BoxFuture<'_, Result<Option<JobStatus>, BackendError>> {
+        (**self).status(id)
+    }
+    fn stats(&self) -> BoxFuture<'_, Result<BackendStats, BackendError>> {
+        (**self).stats()
+    }
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
+        (**self).dead_letters(limit)
+    }
+    fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).requeue(id)
+    }
+}

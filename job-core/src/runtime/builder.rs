@@ -7,12 +7,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::Backend;
 use crate::context::{DataMap, DependencyKind, ScopedFactory};
 use crate::dead_letter::{DeadLetter, DeadLetterHook, HookOutcome};
 use crate::error::{BoxError, StartError};
 use crate::job::Job;
 use crate::observe::health::HealthThresholds;
 use crate::registry::{JobType, Registry};
+use crate::runtime::durable::DurableConfig;
 use crate::runtime::shutdown::ShutdownReport;
 use crate::runtime::{Client, JobRuntime};
 use crate::schedule::{CronSchedule, ScheduleSpec};
@@ -67,6 +69,7 @@ pub struct JobRuntimeBuilder {
     pub(crate) manual: Vec<JobType>,
     pub(crate) schedules: Vec<ScheduleSpec>,
     pub(crate) problems: Vec<String>,
+    pub(crate) durable: Option<DurableConfig>,
 }
 
 impl Default for JobRuntimeBuilder {
@@ -90,6 +93,7 @@ impl Default for JobRuntimeBuilder {
             manual: Vec::new(),
             schedules: Vec::new(),
             problems: Vec::new(),
+            durable: None,
         }
     }
 }
@@ -227,6 +231,70 @@ impl JobRuntimeBuilder {
         self
     }
 
+    /// Runs on a durable backend instead of the in-memory queue: jobs are serialized, stored
+    /// by the backend, reserved under leases and acknowledged when done (at-least-once). Job
+    /// and worker code do not change. `capacity` then bounds the jobs the backend stores.
+    pub fn backend<B: Backend>(mut self, backend: B) -> Self {
+        self.durable = Some(DurableConfig {
+            backend: Arc::new(backend),
+            queues: None,
+            lease: Duration::from_secs(30),
+            max_recoveries: 3,
+            reap_interval: Duration::from_secs(15),
+        });
+        self
+    }
+
+    fn durable_mut(&mut self, what: &str) -> Option<&mut DurableConfig> {
+        if self.durable.is_none() {
+            self.problems.push(format!(
+                "`{what}` only applies with a durable backend: call `.backend(..)` first"
+            ));
+        }
+        self.durable.as_mut()
+    }
+
+    /// How long a reserved job stays leased without renewal (default 30 s). Running jobs are
+    /// renewed every third of it; a job whose worker died runs again within about the lease
+    /// plus the reap interval.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        if let Some(d) = self.durable_mut("lease") {
+            d.lease = lease;
+        }
+        self
+    }
+
+    /// How often this process returns expired leases to their queues (default 15 s).
+    pub fn reap_interval(mut self, interval: Duration) -> Self {
+        if let Some(d) = self.durable_mut("reap_interval") {
+            d.reap_interval = interval;
+        }
+        self
+    }
+
+    /// How many times a job may lose its worker (crash, kill) before it is dead-lettered as a
+    /// poison pill (default 3). Counted apart from failed attempts.
+    pub fn max_recoveries(mut self, max: u32) -> Self {
+        if let Some(d) = self.durable_mut("max_recoveries") {
+            d.max_recoveries = max;
+        }
+        self
+    }
+
+    /// The queues this process takes jobs from, in priority order (default: every queue of
+    /// the registered jobs, sorted by name).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let queues: Vec<String> = queues.into_iter().map(Into::into).collect();
+        if let Some(d) = self.durable_mut("queues") {
+            d.queues = Some(queues);
+        }
+        self
+    }
+
     /// Registers a job type by hand. `#[job]` types register themselves through
     /// `inventory`; use this for hand-written impls and for targets where `inventory`
     /// collects nothing. Registering a type twice is harmless.
@@ -304,6 +372,24 @@ impl JobRuntimeBuilder {
                 "health thresholds must satisfy 0 < degraded <= unhealthy <= 1 (got {} and {})",
                 t.degraded, t.unhealthy
             ));
+        }
+        if let Some(d) = &self.durable {
+            if d.lease < Duration::from_millis(100) {
+                problems.push("lease must be at least 100 ms".to_owned());
+            }
+            if d.reap_interval.is_zero() {
+                problems.push("reap_interval must be greater than zero".to_owned());
+            }
+            if d.max_recoveries == 0 {
+                problems.push("max_recoveries must be at least 1".to_owned());
+            }
+            for q in d.queues.iter().flatten() {
+                if !crate::job::is_valid_name(q) {
+                    problems.push(format!(
+                        "invalid queue name `{q}`: use 1 to 64 of `A-Z a-z 0-9 _ . -`"
+                    ));
+                }
+            }
         }
         let registry = Registry::build(std::mem::take(&mut self.manual), &mut problems);
         if registry.is_empty() {

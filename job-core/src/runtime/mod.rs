@@ -15,6 +15,7 @@
 //! the worker.
 
 mod builder;
+pub(crate) mod durable;
 pub(crate) mod shutdown;
 mod timer;
 mod worker;
@@ -85,6 +86,10 @@ pub(crate) struct Inner {
     pub(crate) worker_handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub(crate) tally: shutdown::Tally,
     pub(crate) report: tokio::sync::OnceCell<ShutdownReport>,
+    /// Set with a durable backend.
+    pub(crate) durable: Option<durable::Durable>,
+    /// Cancelled once every worker has stopped (ends the lease heartbeat).
+    pub(crate) workers_done: CancellationToken,
 }
 
 /// A handle for enqueueing jobs and reading their status. Cheap to clone.
@@ -151,6 +156,9 @@ impl Client {
             Ok(kind) => kind,
             Err(e) => return Err(e.with(job)),
         };
+        if let Some(d) = self.durable() {
+            return durable::enqueue(&self.inner, d, job, kind, None, true).await;
+        }
         match self.inner.permits.acquire().await {
             Ok(permit) => permit.forget(),
             Err(_) => return Err(EnqueueError::ShuttingDown(job)),
@@ -168,6 +176,9 @@ impl Client {
             Ok(kind) => kind,
             Err(e) => return Err(e.with(job)),
         };
+        if self.durable().is_some() {
+            return Err(EnqueueError::WouldBlock(job));
+        }
         match self.inner.permits.try_acquire() {
             Ok(permit) => permit.forget(),
             Err(TryAcquireError::NoPermits) => return Err(EnqueueError::QueueFull(job)),
@@ -193,6 +204,9 @@ impl Client {
             Ok(kind) => kind,
             Err(e) => return Err(e.with(job)),
         };
+        if let Some(d) = self.durable() {
+            return durable::enqueue(&self.inner, d, job, kind, Some(delay), true).await;
+        }
         match self.inner.permits.acquire().await {
             Ok(permit) => permit.forget(),
             Err(_) => return Err(EnqueueError::ShuttingDown(job)),
@@ -221,7 +235,16 @@ impl Client {
 
     /// The status of a job, while it is live and for the retention time after it finished.
     pub async fn status(&self, id: JobId) -> Option<JobStatus> {
-        self.inner.status.get(id)
+        match self.durable() {
+            None => self.inner.status.get(id),
+            Some(d) => match d.backend.status(id).await {
+                Ok(status) => status,
+                Err(e) => {
+                    tracing::warn!(job_id = %id, error = %e, "reading job status failed");
+                    None
+                }
+            },
+        }
     }
 
     /// Health from load (admitted jobs against capacity).
@@ -236,12 +259,28 @@ impl Client {
 
     /// The dead letters kept, oldest first.
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.inner.dead.list()
+        match self.durable() {
+            None => self.inner.dead.list(),
+            Some(d) => match d.backend.dead_letters(10_000).await {
+                Ok(list) => list,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing dead letters failed");
+                    Vec::new()
+                }
+            },
+        }
     }
 
     /// One dead letter by job id.
     pub async fn dead_letter(&self, id: JobId) -> Option<DeadLetter> {
-        self.inner.dead.get(id)
+        match self.durable() {
+            None => self.inner.dead.get(id),
+            Some(_) => self
+                .dead_letters()
+                .await
+                .into_iter()
+                .find(|d| d.job_id == id),
+        }
     }
 
     /// Requeues a dead job by id: decoded from its stored payload, with the same id and a
@@ -251,7 +290,13 @@ impl Client {
     /// [`RequeueError`]: not found, no longer decodes, unknown job, full, shutting down. The
     /// dead letter stays in the store on every error.
     pub async fn requeue(&self, id: JobId) -> Result<JobId, RequeueError> {
-        self.inner.requeue(id)
+        if self.is_stopping() {
+            return Err(RequeueError::ShuttingDown);
+        }
+        match self.durable() {
+            None => self.inner.requeue(id),
+            Some(d) => durable::requeue(d, id).await,
+        }
     }
 
     /// True once shutdown has begun.
@@ -338,8 +383,12 @@ impl Inner {
     }
 
     pub(crate) fn depth(&self) -> usize {
-        self.capacity
-            .saturating_sub(self.permits.available_permits())
+        match &self.durable {
+            Some(d) => usize::try_from(d.depth.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
+            None => self
+                .capacity
+                .saturating_sub(self.permits.available_permits()),
+        }
     }
 
     /// A job finished for good (succeeded or dead): free its slot.
@@ -349,11 +398,18 @@ impl Inner {
     }
 
     fn health(&self) -> Health {
-        self.thresholds.judge(
+        let mut health = self.thresholds.judge(
             self.depth(),
             self.capacity,
             self.stopping.load(Ordering::Acquire),
-        )
+        );
+        if let Some(d) = &self.durable {
+            if !d.reachable.load(Ordering::Acquire) && health.status == crate::HealthStatus::Healthy
+            {
+                health.status = crate::HealthStatus::Degraded;
+            }
+        }
+        health
     }
 
     fn stats(&self) -> Stats {

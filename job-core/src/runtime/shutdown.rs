@@ -104,16 +104,25 @@ pub(crate) async fn run(inner: Arc<Inner>) -> ShutdownReport {
             for handle in handles {
                 let _ = handle.await;
             }
-            // Attempts dropped mid-run are still marked running.
-            for id in inner.status.ids_in(JobState::Running) {
-                inner.tally.cancelled(id);
+            // Attempts dropped mid-run are still marked running (in memory) or still held
+            // (durable: `give_back` below names and returns them).
+            if inner.durable.is_none() {
+                for id in inner.status.ids_in(JobState::Running) {
+                    inner.tally.cancelled(id);
+                }
             }
         }
     }
 
-    // 4. Whatever is still queued is left behind (the timer names its own on exit).
+    inner.workers_done.cancel();
+
+    // 4. Whatever is still queued is left behind (the timer names its own on exit). A
+    // durable backend gets back every job this process still holds.
     while let Ok(envelope) = inner.ready_rx.try_recv() {
         inner.tally.left_behind(envelope.id);
+    }
+    for id in super::durable::give_back(&inner).await {
+        inner.tally.left_behind(id);
     }
     inner.background.close();
     if tokio::time::timeout(

@@ -40,8 +40,22 @@ impl JobRuntime {
             status_capacity,
             dead_letter_capacity,
             schedules,
+            durable,
             ..
         } = builder;
+        let durable = durable.map(|config| {
+            let queues = config.queues.clone().unwrap_or_else(|| {
+                let mut q: Vec<String> = registry
+                    .kinds()
+                    .iter()
+                    .map(|e| e.ty.options.queue.to_owned())
+                    .collect();
+                q.sort_unstable();
+                q.dedup();
+                q
+            });
+            super::durable::Durable::new(config, queues, concurrency)
+        });
         let kinds: Vec<_> = registry
             .kinds()
             .iter()
@@ -92,10 +106,16 @@ impl JobRuntime {
             worker_handles: Mutex::new(Vec::new()),
             tally: shutdown::Tally::default(),
             report: tokio::sync::OnceCell::new(),
+            durable,
+            workers_done: CancellationToken::new(),
         });
-        let handles: Vec<_> = (0..concurrency)
-            .map(|_| inner.workers.spawn(worker(inner.clone())))
-            .collect();
+        let handles: Vec<_> = if inner.durable.is_some() {
+            super::durable::launch(&inner, concurrency)
+        } else {
+            (0..concurrency)
+                .map(|_| inner.workers.spawn(worker(inner.clone())))
+                .collect()
+        };
         *inner
             .worker_handles
             .lock()

@@ -32,6 +32,9 @@ pub enum Behavior {
     Gate,
     /// Fails with a nested error chain, permanently.
     Chain,
+    /// While the recorder's `stall` flag is set, waits for cancellation (then fails);
+    /// otherwise succeeds.
+    Stall,
 }
 
 /// A hand-written job whose behaviour is data.
@@ -82,6 +85,7 @@ pub struct Recorder {
     pub running: AtomicUsize,
     pub max_running: AtomicUsize,
     pub successes: AtomicUsize,
+    pub stall: std::sync::atomic::AtomicBool,
 }
 
 impl Recorder {
@@ -92,6 +96,7 @@ impl Recorder {
             running: AtomicUsize::new(0),
             max_running: AtomicUsize::new(0),
             successes: AtomicUsize::new(0),
+            stall: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -186,6 +191,11 @@ impl Probe {
                 rec.gate.acquire().await.expect("gate open").forget();
                 Ok(())
             }
+            Behavior::Stall if rec.stall.load(Ordering::SeqCst) => {
+                cx.cancelled().await;
+                Err(ProbeError::Cancelled)
+            }
+            Behavior::Stall => Ok(()),
             Behavior::Chain => Err(ProbeError::Outer(std::io::Error::new(
                 std::io::ErrorKind::ConnectionRefused,
                 "smtp server refused",
