@@ -50,6 +50,7 @@ pub(crate) struct Counters {
     pub(crate) failed: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) lease_lost: AtomicU64,
 }
 
 impl Counters {
@@ -75,6 +76,9 @@ pub struct Stats {
     pub retried: u64,
     /// Jobs dead-lettered.
     pub dead_lettered: u64,
+    /// Outcomes a durable backend refused because this process had lost the job's lease
+    /// (the job had been recovered and may have run again elsewhere).
+    pub lease_lost: u64,
     /// Jobs admitted and not finished: ready, scheduled, waiting to retry, or running.
     pub depth: usize,
     /// The most jobs the runtime holds at once.

@@ -261,12 +261,12 @@ async fn fetcher(inner: Arc<Inner>) {
                     d.hold(r.id(), r.token());
                     let Some(permit) = permits.pop() else {
                         // The backend returned more than asked: give the extra back.
-                        release(d, r.id(), r.token()).await;
+                        release(&inner, d, r.id(), r.token()).await;
                         continue;
                     };
                     if let Err(e) = d.work_tx.send((r, permit)).await {
                         let (r, _) = e.into_inner();
-                        release(d, r.id(), r.token()).await;
+                        release(&inner, d, r.id(), r.token()).await;
                     }
                 }
             }
@@ -318,7 +318,7 @@ async fn worker(inner: Arc<Inner>) {
 }
 
 /// Writes an outcome back, retrying briefly on backend errors; a lost lease is final.
-async fn write_back<F, Fut>(d: &Durable, id: JobId, what: &str, mut op: F)
+async fn write_back<F, Fut>(inner: &Inner, d: &Durable, id: JobId, what: &str, mut op: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), BackendError>>,
@@ -331,6 +331,7 @@ where
                 return;
             }
             Err(BackendError::LeaseLost(_)) => {
+                Counters::bump(&inner.counters.lease_lost);
                 tracing::warn!(job_id = %id, "{what} refused: the lease was lost (the job was recovered and may run again elsewhere)");
                 return;
             }
@@ -345,8 +346,8 @@ where
     tracing::error!(job_id = %id, "{what} failed; the lease will expire and the job will be recovered");
 }
 
-async fn release(d: &Durable, id: JobId, token: LeaseToken) {
-    write_back(d, id, "release", || d.backend.release(id, token)).await;
+async fn release(inner: &Inner, d: &Durable, id: JobId, token: LeaseToken) {
+    write_back(inner, d, id, "release", || d.backend.release(id, token)).await;
     d.unhold(id);
 }
 
@@ -365,7 +366,7 @@ async fn bury(
             spawn_hooks(inner, &dead);
         }
     }
-    write_back(d, id, "dead-letter", || {
+    write_back(inner, d, id, "dead-letter", || {
         d.backend.dead_letter(id, token, dead.clone())
     })
     .await;
@@ -438,7 +439,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
     let mut finished = true;
     match outcome {
         Outcome::Ok => {
-            write_back(d, id, "ack", || d.backend.ack(id, token)).await;
+            write_back(inner, d, id, "ack", || d.backend.ack(id, token)).await;
         }
         Outcome::Failed(failure) => {
             let message = failure.message();
@@ -446,7 +447,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                 Decision::Interrupted => {
                     tracing::warn!(error = %message, "attempt interrupted by shutdown; job returned to its queue");
                     inner.tally.cancelled(id);
-                    write_back(d, id, "release", || d.backend.release(id, token)).await;
+                    write_back(inner, d, id, "release", || d.backend.release(id, token)).await;
                     finished = false;
                 }
                 Decision::Retry(delay) => {
@@ -457,7 +458,10 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                         at: SystemTime::now() + delay,
                         error: message.clone(),
                     };
-                    write_back(d, id, "retry", || d.backend.retry(id, token, retry.clone())).await;
+                    write_back(inner, d, id, "retry", || {
+                        d.backend.retry(id, token, retry.clone())
+                    })
+                    .await;
                     finished = false;
                 }
                 Decision::Dead(reason) => {
@@ -567,11 +571,11 @@ pub(crate) async fn give_back(inner: &Inner) -> Vec<JobId> {
     let mut unstarted = Vec::new();
     while let Ok((r, _permit)) = d.work_rx.try_recv() {
         unstarted.push(r.id());
-        release(d, r.id(), r.token()).await;
+        release(&inner, d, r.id(), r.token()).await;
     }
     for (id, token) in d.held_now() {
         inner.tally.cancelled(id);
-        release(d, id, token).await;
+        release(inner, d, id, token).await;
     }
     unstarted
 }

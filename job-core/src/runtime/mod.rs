@@ -422,6 +422,7 @@ impl Inner {
             failed: c.failed.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            lease_lost: c.lease_lost.load(Ordering::Relaxed),
             depth: self.depth(),
             capacity: self.capacity,
             in_flight: self.in_flight.load(Ordering::Relaxed),
