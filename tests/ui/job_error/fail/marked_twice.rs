@@ -1,0 +1,11 @@
+use job_core::prelude::*;
+
+#[derive(Debug, thiserror::Error, JobError)]
+pub enum EmailError {
+    #[error("SMTP timed out")]
+    #[job(transient)]
+    #[job(permanent)]
+    Timeout,
+}
+
+fn main() {}
