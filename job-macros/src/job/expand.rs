@@ -261,7 +261,11 @@ fn run(job: &JobFn<'_>, krate: &TokenStream) -> TokenStream {
     // is not a `Result` at the return type.
     let output_ty =
         quote_spanned!(output.span()=> #private::Result<(), <Self as #krate::Job>::Error>);
+    // Written as `fn -> impl Future + Send` rather than `async fn`: the compiler then
+    // reports a future that is not `Send` at the job fn's name, which an `async fn` would
+    // move to `#[job]`. Hence the one `allow`.
     quote_spanned! {span=>
+        #[allow(clippy::manual_async_fn)]
         fn run(
             &self,
             __job_cx: &#krate::JobContext,
