@@ -61,7 +61,11 @@ pub use retry::Backoff;
 pub use runtime::{Client, JobRuntime, JobRuntimeBuilder, ShutdownReport};
 
 #[cfg(feature = "macros")]
-pub use job_macros::{JobError, job};
+#[doc = include_str!("docs/job_error.md")]
+pub use job_macros::JobError;
+#[cfg(feature = "macros")]
+#[doc = include_str!("docs/job.md")]
+pub use job_macros::job;
 
 /// The names most programs need: `use job_core::prelude::*;`. It exports no `Result`
 /// alias, so `Result<(), E>` in your code stays std's.

@@ -14,13 +14,13 @@ mod job_error;
 
 use proc_macro::TokenStream;
 
-/// Turns an `async fn` into a typed, registered job. See `job_core::job`.
+/// (Implemented in the `job-macros` crate; use it as `job_core::job`.)
 #[proc_macro_attribute]
 pub fn job(args: TokenStream, item: TokenStream) -> TokenStream {
     debug("#[job]", job::expand(args.into(), item.into())).into()
 }
 
-/// Derives `job_core::Classify` for an error enum. See `job_core::JobError`.
+/// (Implemented in the `job-macros` crate; use it as `job_core::JobError`.)
 #[proc_macro_derive(JobError, attributes(job))]
 pub fn derive_job_error(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
