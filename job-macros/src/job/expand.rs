@@ -45,22 +45,25 @@ pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
     } else {
         let fields = payload.iter().map(|(ident, ty)| {
             let doc = format!(" Argument `{ident}` of `{fn_ident}`.");
-            // serde spans its per-field trait calls at the field's first token: make that
-            // the argument's type, so that a type which is not `Serialize` or
-            // `DeserializeOwned` is reported at the argument.
-            let doc_attr = quote_spanned!(ty.span()=> #[doc = #doc]);
-            quote!(#doc_attr #vis #ident: #ty)
+            quote!(#[doc = #doc] #vis #ident: #ty)
         });
         quote!({ #(#fields,)* })
     };
+    let derive_deserialize = payload.is_empty().then(|| {
+        quote! {
+            #[derive(#private::serde::Deserialize)]
+            #[serde(crate = #serde_crate)]
+        }
+    });
     let job_struct = quote! {
         #(#cfgs)*
         #[doc = #struct_doc]
-        #[derive(#private::Debug, #private::Clone, #private::serde::Deserialize)]
-        #[serde(crate = #serde_crate)]
+        #[derive(#private::Debug, #private::Clone)]
+        #derive_deserialize
         #vis struct #struct_ident #body
     };
     let serialize = serialize_impl(job, &payload, &private);
+    let deserialize = deserialize_impl(job, &payload, &private);
 
     // `impl Job`.
     let name = args
@@ -95,6 +98,8 @@ pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
         #job_struct
         #(#cfgs)*
         #serialize
+        #(#cfgs)*
+        #deserialize
         #impl_job
         #inherent
         #(#cfgs)*
@@ -151,6 +156,58 @@ fn serialize_impl(
                 #body
             }
         }
+    }
+}
+
+/// `Deserialize` through a serde-derived twin that is generic over every field type, so
+/// serde's generated code has no concrete type to fail on (and keeps serde's semantics, such
+/// as a missing `Option` field reading as `None`). The only requirement, `T: Deserialize`
+/// for each argument type `T`, arises at one call spanned at the argument (or, with
+/// several, at the parameter list), rather than inside a derive nested in `#[job]`.
+fn deserialize_impl(
+    job: &JobFn<'_>,
+    payload: &[(&Ident, &Type)],
+    private: &TokenStream,
+) -> TokenStream {
+    if payload.is_empty() {
+        return TokenStream::new();
+    }
+    let struct_ident = &job.struct_ident;
+    let serde = quote!(#private::serde);
+    let serde_crate = serde_crate(private);
+    let wire_name = LitStr::new(&struct_ident.to_string(), Span::call_site());
+    let idents: Vec<&Ident> = payload.iter().map(|(i, _)| *i).collect();
+    let types = payload.iter().map(|(_, t)| *t);
+    let params: Vec<Ident> = (0..payload.len())
+        .map(|i| format_ident!("__T{}", i))
+        .collect();
+    let span = match payload {
+        [(_, ty)] => ty.span(),
+        _ => job.item.sig.paren_token.span.join(),
+    };
+    let twin = quote_spanned!(span=> __JobPayload::<#(#types),*>);
+    let call = quote_spanned! {span=>
+        <#twin as #serde::Deserialize<'de>>::deserialize(__deserializer)
+    };
+    quote! {
+        const _: () = {
+            #[derive(#serde::Deserialize)]
+            #[serde(crate = #serde_crate, rename = #wire_name)]
+            struct __JobPayload<#(#params),*> {
+                #(#idents: #params,)*
+            }
+
+            #[automatically_derived]
+            impl<'de> #serde::Deserialize<'de> for #struct_ident {
+                fn deserialize<__D>(__deserializer: __D) -> #private::Result<Self, __D::Error>
+                where
+                    __D: #serde::Deserializer<'de>,
+                {
+                    let __JobPayload { #(#idents),* } = #call?;
+                    #private::Result::Ok(Self { #(#idents),* })
+                }
+            }
+        };
     }
 }
 
@@ -225,7 +282,9 @@ fn run(job: &JobFn<'_>, krate: &TokenStream) -> TokenStream {
                 let ident = p
                     .ident
                     .map_or_else(|| format_ident!("__job_missing"), Clone::clone);
-                quote!(#private::Clone::clone(&self.#ident))
+                // Each attempt runs on a copy of the payload: a type that is not `Clone`
+                // is reported at its argument.
+                quote_spanned!(p.ty.span()=> #private::Clone::clone(&self.#ident))
             }
             Param::Shared { ty, .. } => {
                 uses_data = true;

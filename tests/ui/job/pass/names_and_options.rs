@@ -29,6 +29,18 @@ async fn r#type(r#match: String) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+// A `#[cfg]` on the fn applies to everything generated: nothing here clashes with the
+// hand-written `NeverBuilt` below.
+#[job]
+#[cfg(any())]
+async fn never_built(n: u8) -> Result<(), std::io::Error> {
+    let _ = n;
+    Ok(())
+}
+
+#[allow(dead_code)]
+struct NeverBuilt;
+
 #[job]
 async fn defaults(n: u8) -> Result<(), std::io::Error> {
     let _ = n;
