@@ -56,7 +56,6 @@ pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
         }
     });
     let job_struct = quote! {
-        #(#cfgs)*
         #[doc = #struct_doc]
         #[derive(#private::Debug, #private::Clone)]
         #derive_deserialize
@@ -82,7 +81,6 @@ pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
         None => quote_spanned!(output.span()=> <#output as #private::JobReturn>::Error),
     };
     let impl_job = quote! {
-        #(#cfgs)*
         #[automatically_derived]
         impl #krate::Job for #struct_ident {
             const NAME: &'static str = #name;
@@ -94,19 +92,25 @@ pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
     };
 
     let inherent = inherent_enqueue(job, &krate);
-    quote! {
-        #job_struct
-        #(#cfgs)*
-        #serialize
-        #(#cfgs)*
-        #deserialize
-        #impl_job
-        #inherent
-        #(#cfgs)*
+    let register = quote! {
         #private::inventory::submit! {
             #private::JobRegistration::of::<#struct_ident>()
         }
-    }
+    };
+    // A `#[cfg]` on the fn applies to every generated item.
+    let items = [
+        job_struct,
+        serialize,
+        deserialize,
+        impl_job,
+        inherent,
+        register,
+    ];
+    let items = items
+        .into_iter()
+        .filter(|item| !item.is_empty())
+        .map(|item| quote!(#(#cfgs)* #item));
+    quote!(#(#items)*)
 }
 
 fn serde_crate(private: &TokenStream) -> LitStr {
@@ -344,9 +348,7 @@ fn inherent_enqueue(job: &JobFn<'_>, krate: &TokenStream) -> TokenStream {
     let vis = &job.item.vis;
     let struct_ident = &job.struct_ident;
     let result = quote!(#private::Result<#krate::JobId, #krate::EnqueueError<Self>>);
-    let cfgs = job.item.attrs.iter().filter(|a| a.path().is_ident("cfg"));
     quote! {
-        #(#cfgs)*
         #[automatically_derived]
         #[allow(dead_code)]
         impl #struct_ident {
