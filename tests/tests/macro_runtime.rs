@@ -6,7 +6,7 @@
 //! `inventory` registers every `#[job]` of this binary with every runtime it starts, so each
 //! runtime here is built by [`builder`], which provides everything those jobs need.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -315,18 +315,13 @@ async fn a_missing_data_or_scoped_registration_is_refused_at_start() {
     assert!(!message.contains("JobContext"), "{message}");
 }
 
-#[test]
-fn the_job_fn_stays_callable_without_a_runtime() {
-    let total = AtomicU64::new(0);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        submodule::remember(2).await.unwrap();
-        let cx = JobContext::detached("flaky");
-        let err = flaky(1, 2, "closed".into(), &cx).await.unwrap_err();
-        assert_eq!(err.classify(), ErrorClass::Permanent);
-        total.fetch_add(1, Ordering::SeqCst);
-    });
-    assert_eq!(total.load(Ordering::SeqCst), 1);
+#[tokio::test]
+async fn the_job_fn_stays_callable_without_a_runtime() {
+    let cx = JobContext::detached("flaky");
+    let err = flaky(1, 2, "closed".into(), &cx).await.unwrap_err();
+    assert!(matches!(err, FlakyError::Closed(1)), "{err:?}");
+    assert_eq!(err.classify(), ErrorClass::Permanent);
+    flaky(1, 1, "closed".into(), &cx).await.unwrap();
+    let err = fixture_jobs::nested::check(true, &cx).await.unwrap_err();
+    assert_eq!(err.to_string(), "flaky asked to fail");
 }
