@@ -6,7 +6,8 @@
 //! needs no HTTP client. Its functions panic with a message on failure, as tests want.
 //!
 //! The binaries are built once per test process with `cargo build -p job-examples --bins`
-//! into the target directory the test itself was built in (found from the test
+//! (plus `-p <the test's package>`, so features unify as in the test build) into the target
+//! directory the test itself was built in (found from the test
 //! executable's path), so `cargo test` and `cargo nextest` both run the current code. Set
 //! `JOB_EXAMPLES_BIN_DIR` to a directory holding prebuilt binaries to skip the build.
 
@@ -61,6 +62,13 @@ fn build_binaries() -> HashMap<String, PathBuf> {
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    // Building the test's own package alongside unifies features as the test build did, so
+    // tokio, hyper, axum and job-core are reused rather than built a second time.
+    if let Ok(package) = std::env::var("CARGO_PKG_NAME") {
+        if package != env!("CARGO_PKG_NAME") {
+            command.args(["-p", &package]);
+        }
+    }
     if let Some((target_dir, profile)) = build_location() {
         command.env("CARGO_TARGET_DIR", target_dir);
         match profile.as_str() {
