@@ -26,6 +26,21 @@ pub(crate) struct Variant<'a> {
 impl<'a> Input<'a> {
     pub(crate) fn from_syn(cx: &Ctxt, input: &'a DeriveInput) -> Self {
         let attrs = attr::container(cx, &input.attrs);
+        // `#[job]` is a helper attribute of the derive, so the compiler accepts it anywhere
+        // in the enum; on a field it would silently do nothing.
+        let fields = match &input.data {
+            Data::Enum(data) => data.variants.iter().flat_map(|v| v.fields.iter()).collect(),
+            Data::Struct(data) => data.fields.iter().collect(),
+            Data::Union(_) => Vec::new(),
+        };
+        for field in fields {
+            for attr in attr::job_attrs(&field.attrs) {
+                cx.error_spanned_by(
+                    attr,
+                    "`#[job(..)]` goes on a variant (`transient`, `permanent`, `retry_after`) or on the enum (`default`, `crate`), not on a field",
+                );
+            }
+        }
         let variants = match &input.data {
             Data::Enum(data) => Some(
                 data.variants
@@ -34,7 +49,8 @@ impl<'a> Input<'a> {
                         ident: &v.ident,
                         fields: &v.fields,
                         marker: attr::variant_marker(cx, &v.ident, &v.attrs),
-                        has_job_attr: attr::has_job_attr(&v.attrs),
+                        has_job_attr: attr::has_job_attr(&v.attrs)
+                            || v.fields.iter().any(|f| attr::has_job_attr(&f.attrs)),
                     })
                     .collect(),
             ),

@@ -57,7 +57,7 @@ pub(crate) fn has_job_attr(attrs: &[Attribute]) -> bool {
     job_attrs(attrs).next().is_some()
 }
 
-fn job_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
+pub(crate) fn job_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
     attrs.iter().filter(|a| *a.path() == JOB)
 }
 
