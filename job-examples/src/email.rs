@@ -1,5 +1,6 @@
 //! The `send_email` job and the validation of `POST /send-email` requests.
 
+use job_core::job;
 use serde::Deserialize;
 
 use crate::mailer::{EmailError, Mailer};
@@ -22,12 +23,17 @@ use crate::mailer::{EmailError, Mailer};
 /// # }
 /// ```
 ///
+/// `#[job]` generates beside it the payload struct [`SendEmail`] (`to`, `subject`, `body`),
+/// its `impl Job` (named `send_email`, on queue `email`) and its registration.
+///
 /// # Errors
 /// Whatever the mailer reports: [`EmailError`].
-//
-// Becomes, once job-macros' `#[job]` works (it is a pass-through stub today):
-// #[job(queue = "email", max_attempts = 5, backoff(initial = "2s", max = "60s", jitter = 0.2), timeout = "30s")]
-// and the hand-written module below goes away.
+#[job(
+    queue = "email",
+    max_attempts = 5,
+    backoff(initial = "2s", max = "60s", jitter = 0.2),
+    timeout = "30s"
+)]
 pub async fn send_email(
     to: String,
     subject: String,
@@ -35,68 +41,6 @@ pub async fn send_email(
     mailer: &dyn Mailer,
 ) -> Result<(), EmailError> {
     mailer.send(&to, &subject, &body).await
-}
-
-pub use hand_written::SendEmail;
-
-/// HAND-WRITTEN STAND-IN for what `#[job]` generates for [`send_email`]: the payload struct,
-/// `impl Job`, and (there) the automatic registration, here done with
-/// `JobRuntimeBuilder::register::<SendEmail>()`. Delete this module when the macro lands.
-mod hand_written {
-    use std::time::Duration;
-
-    use job_core::{Backoff, Dependencies, Job, JobContext, JobOptions};
-    use serde::{Deserialize, Serialize};
-
-    use crate::mailer::{EmailError, Mailer};
-
-    /// The payload of the `send_email` job.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct SendEmail {
-        /// Recipient address.
-        pub to: String,
-        /// Subject line.
-        pub subject: String,
-        /// Plain-text body.
-        pub body: String,
-    }
-
-    impl Job for SendEmail {
-        const NAME: &'static str = "send_email";
-        type Error = EmailError;
-
-        fn options() -> JobOptions {
-            JobOptions::new()
-                .queue("email")
-                .max_attempts(5)
-                .backoff(Backoff::new(
-                    Duration::from_secs(2),
-                    Duration::from_secs(60),
-                    0.2,
-                ))
-                .timeout(Duration::from_secs(30))
-        }
-
-        fn dependencies(deps: &mut Dependencies) {
-            deps.data::<dyn Mailer>();
-        }
-
-        async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
-            // `start()` refuses to run without a registered `dyn Mailer` (declared above), so
-            // this is unreachable through a runtime; the generated code panics the same way,
-            // and the runtime records a panic as a permanent failure.
-            let Some(mailer) = cx.data::<dyn Mailer>() else {
-                panic!("job `send_email` needs `&dyn Mailer`, which was not registered");
-            };
-            super::send_email(
-                self.to.clone(),
-                self.subject.clone(),
-                self.body.clone(),
-                mailer,
-            )
-            .await
-        }
-    }
 }
 
 /// The JSON body of `POST /send-email`. Unknown fields are refused, so a typo is a 422,

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use job_core::{Classify, ErrorClass};
+use job_core::JobError;
 
 /// The future returned by [`Mailer::send`].
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), EmailError>> + Send + 'a>>;
@@ -36,31 +36,21 @@ pub trait Mailer: Send + Sync + 'static {
     fn send<'a>(&'a self, to: &'a str, subject: &'a str, body: &'a str) -> SendFuture<'a>;
 }
 
-/// Why a message was not sent.
-//
-// HAND-WRITTEN `Classify` below: switch to `#[derive(JobError)]` with `#[job(transient)]`,
-// `#[job(retry_after)]` and `#[job(permanent)]` on the variants once job-macros implements it.
-#[derive(Debug, thiserror::Error)]
+/// Why a message was not sent. Each variant says whether the runtime retries it.
+#[derive(Debug, thiserror::Error, JobError)]
 pub enum EmailError {
     /// The SMTP server did not answer in time; worth retrying with backoff.
     #[error("SMTP timed out")]
+    #[job(transient)]
     Timeout,
     /// The server asked us to wait this long before trying again.
     #[error("rate limited")]
+    #[job(retry_after)]
     RateLimited(Duration),
     /// The address does not exist; retrying cannot help.
     #[error("invalid address {0}")]
+    #[job(permanent)]
     InvalidAddress(String),
-}
-
-impl Classify for EmailError {
-    fn classify(&self) -> ErrorClass {
-        match self {
-            Self::Timeout => ErrorClass::Transient,
-            Self::RateLimited(wait) => ErrorClass::RetryAfter(*wait),
-            Self::InvalidAddress(_) => ErrorClass::Permanent,
-        }
-    }
 }
 
 /// What the fake mailer does for a recipient; see the [module docs](self).
@@ -194,6 +184,7 @@ impl Mailer for FakeMailer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use job_core::{Classify, ErrorClass};
 
     #[test]
     fn recipients_choose_the_simulation() {

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use job_core::job;
+
 use crate::mailer::{EmailError, Mailer};
 
 /// Builds the report for one scheduled run and mails it to `recipient`.
@@ -12,9 +14,7 @@ use crate::mailer::{EmailError, Mailer};
 ///
 /// # Errors
 /// [`EmailError`] when the report cannot be mailed (retried like any email).
-//
-// Becomes `#[job(queue = "reports", max_attempts = 3, timeout = "60s")]` once job-macros'
-// `#[job]` works; the hand-written module below then goes away.
+#[job(queue = "reports", max_attempts = 3, timeout = "60s")]
 pub async fn generate_report(
     schedule: String,
     scheduled_at: String,
@@ -35,60 +35,6 @@ fn render_report(schedule: &str, scheduled_at: &str) -> String {
         let _ = writeln!(text, "{metric:>10}: {value}");
     }
     text
-}
-
-pub use hand_written::GenerateReport;
-
-/// HAND-WRITTEN STAND-IN for what `#[job]` generates for [`generate_report`]. Delete this
-/// module when the macro lands.
-mod hand_written {
-    use std::time::Duration;
-
-    use job_core::{Dependencies, Job, JobContext, JobOptions};
-    use serde::{Deserialize, Serialize};
-
-    use crate::mailer::{EmailError, Mailer};
-
-    /// The payload of the `generate_report` job.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    pub struct GenerateReport {
-        /// The schedule that asked for it.
-        pub schedule: String,
-        /// When the tick fired (RFC 3339).
-        pub scheduled_at: String,
-        /// Who receives the report.
-        pub recipient: String,
-    }
-
-    impl Job for GenerateReport {
-        const NAME: &'static str = "generate_report";
-        type Error = EmailError;
-
-        fn options() -> JobOptions {
-            JobOptions::new()
-                .queue("reports")
-                .max_attempts(3)
-                .timeout(Duration::from_secs(60))
-        }
-
-        fn dependencies(deps: &mut Dependencies) {
-            deps.data::<dyn Mailer>();
-        }
-
-        async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
-            // Unreachable through a runtime: `start()` checks the declared dependency.
-            let Some(mailer) = cx.data::<dyn Mailer>() else {
-                panic!("job `generate_report` needs `&dyn Mailer`, which was not registered");
-            };
-            super::generate_report(
-                self.schedule.clone(),
-                self.scheduled_at.clone(),
-                self.recipient.clone(),
-                mailer,
-            )
-            .await
-        }
-    }
 }
 
 #[cfg(test)]

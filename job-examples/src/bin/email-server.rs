@@ -11,7 +11,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use job_core::BoxError;
 use job_examples::config::ServiceArgs;
-use job_examples::email::SendEmail;
 use job_examples::http::{AppState, email_router};
 use job_examples::{serve, telemetry};
 use tokio::net::TcpListener;
@@ -49,12 +48,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // Before `start()`: the runtime takes its metric handles when it starts.
     let metrics = telemetry::install_metrics()?;
     let listener = TcpListener::bind(&args.addr).await?;
-    let runtime = args
-        .service
-        .runtime_builder()
-        // Hand-written job impls register by hand; `#[job]` ones register themselves.
-        .register::<SendEmail>()
-        .start()?;
+    // `send_email` registers itself (`#[job]`); `start()` checks its mailer is there.
+    let runtime = args.service.runtime_builder().start()?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let state = AppState::new(runtime.client(), Some(metrics), args.service.admin_token());
     serve::serve(listener, email_router(state), runtime).await?;
