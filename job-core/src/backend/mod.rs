@@ -22,6 +22,8 @@
 //! checked against `[A-Za-z0-9_.-]{1,64}`.
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;

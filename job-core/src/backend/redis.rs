@@ -1,0 +1,1385 @@
+//! [`RedisBackend`]: durable, at-least-once jobs on Redis (cargo feature `redis`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use job_core::backend::redis::RedisBackend;
+//!
+//! let backend = RedisBackend::builder("redis://127.0.0.1:6379")
+//!     .prefix("jobs")
+//!     .finished_retention(Duration::from_secs(3600))
+//!     .build()?;
+//! // JobRuntime::builder().backend(backend) ... .start()?
+//! # let _ = backend; Ok(()) }
+//! ```
+//!
+//! # What this backend guarantees, and what Redis guarantees
+//! Every job whose [`enqueue`](Backend::enqueue) returned `Ok` runs at least once or ends
+//! dead-lettered with a reason, **as long as Redis keeps the data it acknowledged**. A
+//! worker killed mid-job loses nothing: its lease expires and the reaper puts the job back
+//! at the front of its queue, counted as a *recovery*; after `max_recoveries` it is
+//! dead-lettered as a poison pill. A worker that lost its lease cannot change the job (every
+//! write is fenced by the lease token). Handlers must be idempotent: a job can run twice
+//! (after a crash, or when a worker stalls longer than its lease).
+//!
+//! Redis itself is the weak link, and this backend cannot be more durable than it:
+//! * Without persistence a restart loses everything. With RDB snapshots it loses the writes
+//!   since the last snapshot. With `appendonly yes` and `appendfsync everysec` (the usual
+//!   setting) it can lose about the last second of acknowledged writes on a crash of the
+//!   machine; `appendfsync always` closes that window at a large cost in throughput.
+//! * Replication is asynchronous: a write acknowledged by the primary may not have reached
+//!   a replica when a failover promotes it, so **failover can lose acknowledged writes**
+//!   (`WAIT` narrows the window but does not make Redis a consensus system; Jepsen's
+//!   analysis of Redis Sentinel saw a majority of acknowledged writes lost in partitions).
+//!   A lost enqueue is a lost job; a lost ack makes a job run again.
+//! * Eviction destroys jobs: run with `maxmemory-policy noeviction`
+//!   ([`connect`](Backend::connect) warns otherwise), so a full Redis refuses writes (which
+//!   this backend reports as [`BackendError::Unavailable`]) instead of dropping keys.
+//!
+//! # Key layout
+//! Every key starts with the configured prefix (default `jobs`) in a hash tag, `{jobs}:`,
+//! so **all keys of one backend live in one Redis Cluster slot**. That is what lets every
+//! state change be one Lua script even on a cluster, including the ones that touch several
+//! queues (the capacity check counts every queue; a reservation may take jobs from several
+//! queues; the scheduled, leased and dead sets are shared). The price is that one prefix is
+//! served by one shard: to spread load over a cluster, give independent workloads different
+//! prefixes (one backend each). Queue and job names are checked against
+//! `[A-Za-z0-9_.-]{1,64}` ([`is_valid_name`]) before they become keys, so they cannot
+//! contain `{`, `}` or `:`.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{p}:job:<id>` | hash | `body` (the envelope JSON as enqueued), `job`, `queue`, `state`, `attempt`, `recoveries`, `enqueued`, `not_before`, `updated`, `lease` (token), `lease_until`, `last_error`, `dead` (dead-letter JSON), `died` |
+//! | `{p}:ready:<queue>` | list | ids ready to run, oldest first (released and recovered jobs go to the front) |
+//! | `{p}:scheduled` | sorted set | delayed jobs and retries, scored by not-before (ms) |
+//! | `{p}:leased` | sorted set | reserved jobs, scored by lease expiry (ms, Redis clock) |
+//! | `{p}:dead` | sorted set | dead letters, scored by time of death (ms) |
+//! | `{p}:queues` | set | queue names seen (for the capacity check and stats) |
+//! | `{p}:signal:<queue>` | list | at most one wake-up token per queue, for [`wait_for_work`](Backend::wait_for_work) |
+//! | `{p}:garbage` | list | ready-list entries that were not job ids (at most 1,000, newest first) |
+//!
+//! The envelope JSON is stored as the client wrote it and never re-encoded by a script (Lua's
+//! JSON would turn `[]` into `{}` and round large integers). The fields a script changes
+//! (`attempt`, `recoveries`, `not_before`, the lease) live in their own hash fields and
+//! override the JSON when a job is reserved.
+//!
+//! Leases are one sorted set scored by expiry rather than a processing list per worker: the
+//! trait has no worker identity (and a reused worker id is a classic way to lose jobs,
+//! apalis#504/#507), recovery is per job rather than per worker, renewing a lease is one
+//! `ZADD`, and the reaper finds every expired lease with one `ZRANGEBYSCORE`.
+//!
+//! Retention keeps memory flat: a succeeded job's hash drops its body and expires after
+//! [`finished_retention`](RedisBackendBuilder::finished_retention); a dead job's hash
+//! expires after [`dead_letter_retention`](RedisBackendBuilder::dead_letter_retention), and
+//! beyond [`dead_letter_capacity`](RedisBackendBuilder::dead_letter_capacity) the oldest dead
+//! letters are evicted (and logged). Live jobs are bounded by the capacity the runtime
+//! passes to `enqueue`.
+//!
+//! # Scripts
+//! Each state change is one Lua script, loaded once and run with `EVALSHA` (falling back to
+//! `EVAL` after a `SCRIPT FLUSH` or a restart): enqueue (with the capacity check), reserve
+//! (promotes due scheduled jobs, then pops and leases up to N jobs), ack, retry, dead-letter,
+//! extend, release (each fenced by the lease token: a mismatch changes nothing and reports
+//! the lease lost), reap (expired leases back to the front of their queue with
+//! `recoveries + 1`, or dead as poison pills; prunes old dead letters), requeue, and the
+//! read-only stats and dead-letter listing.
+//!
+//! # Clocks
+//! Lease expiry is computed and compared with Redis's own clock (`TIME` inside the scripts),
+//! so workers on machines with skewed clocks agree on when a lease ran out; lease lengths
+//! are durations, never client timestamps. Start times (`not_before` of delayed jobs and
+//! retries) are client timestamps in ms since the Unix epoch, compared with Redis's clock
+//! when jobs are promoted: a client clock that is off by *d* shifts delayed starts by *d*,
+//! which never breaks the lease guarantees.
+//!
+//! # Connections
+//! Scripts and commands go through one redis-rs `ConnectionManager` (multiplexed, reconnects
+//! in the background), created lazily, so the backend can be built and the runtime started
+//! while Redis is down. Every call is bounded by the connection and response timeouts; a
+//! failure is [`BackendError::Unavailable`], never a panic, and the runtime retries with
+//! backoff. A timed-out call may still have run on the server (Redis does not cancel it):
+//! at worst a job is leased to nobody and comes back after its lease, or an ack is reported
+//! failed and the retried ack finds the lease gone.
+//!
+//! [`wait_for_work`](Backend::wait_for_work) blocks with `BLPOP` on the queues' signal lists,
+//! which the scripts that make work ready push a token onto. A blocking command on a shared
+//! multiplexed connection would stall every command behind it (redis-rs#361), so the wait
+//! runs on a **dedicated** connection that carries nothing else (redis-rs 1.x has only
+//! multiplexed async connections; one used by a single blocking command at a time is
+//! dedicated), with a client-side deadline longer than the server-side block
+//! (apalis-redis#76). Idle wait connections are pooled; a wait that is cancelled or fails
+//! drops its connection (so no stale blocked command is left in front of the next one), and
+//! new ones are opened with exponential backoff (`backon`) within the wait's own timeout.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use ::redis::{AsyncConnectionConfig, Client, RedisError, Script, ScriptInvocation};
+use backon::{ExponentialBuilder, Retryable};
+use tokio::time::Instant;
+
+use super::{
+    Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
+    Retry, from_unix_ms, unix_ms,
+};
+use crate::dead_letter::DeadLetter;
+use crate::job::{JobId, is_valid_name};
+use crate::observe::status::{JobState, JobStatus};
+
+/// Due scheduled jobs promoted to ready per reservation (more wait for the next one).
+const PROMOTE_BATCH: usize = 1000;
+/// Expired leases, and expired dead letters, handled per reaper pass.
+const REAP_BATCH: usize = 1000;
+/// Idle dedicated connections kept for `wait_for_work`.
+const MAX_IDLE_WAITERS: usize = 8;
+
+/// Why a [`RedisBackendBuilder`] was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisConfigError {
+    /// The key prefix does not match `[A-Za-z0-9_.-]{1,64}`.
+    #[error("invalid key prefix {0:?}: expected 1 to 64 characters from [A-Za-z0-9_.-]")]
+    InvalidPrefix(String),
+    /// The URL is not a Redis URL redis-rs accepts.
+    #[error("invalid redis url")]
+    InvalidUrl(#[source] RedisError),
+    /// A duration that must be positive was zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+}
+
+/// Settings for a [`RedisBackend`]; see [`RedisBackend::builder`].
+#[derive(Clone)]
+pub struct RedisBackendBuilder {
+    url: String,
+    prefix: String,
+    dead_letter_capacity: usize,
+    dead_letter_retention: Duration,
+    finished_retention: Duration,
+    connection_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password: it is left out.
+        f.debug_struct("RedisBackendBuilder")
+            .field("prefix", &self.prefix)
+            .field("dead_letter_capacity", &self.dead_letter_capacity)
+            .field("dead_letter_retention", &self.dead_letter_retention)
+            .field("finished_retention", &self.finished_retention)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackendBuilder {
+    /// The key prefix (default `jobs`): keys are `{prefix}:...`. Must match
+    /// `[A-Za-z0-9_.-]{1,64}`; checked by [`build`](Self::build).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Dead letters kept (default 10,000); beyond it the oldest are evicted and logged.
+    pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
+        self.dead_letter_capacity = capacity;
+        self
+    }
+
+    /// How long a dead letter is kept (default 7 days). Must be positive.
+    pub fn dead_letter_retention(mut self, retention: Duration) -> Self {
+        self.dead_letter_retention = retention;
+        self
+    }
+
+    /// How long the status of a succeeded job is kept (default 1 hour; zero deletes it at
+    /// once).
+    pub fn finished_retention(mut self, retention: Duration) -> Self {
+        self.finished_retention = retention;
+        self
+    }
+
+    /// Limit on opening one connection (default 1 s). Must be positive.
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// Limit on waiting for one reply (default 2 s). Must be positive. Blocking waits get
+    /// their own, longer deadline.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and builds the backend. Does not connect: the first call does,
+    /// so a runtime can start while Redis is down (it retries and reports degraded health).
+    ///
+    /// # Errors
+    /// An invalid prefix or URL, or a zero duration where one must be positive.
+    pub fn build(self) -> Result<RedisBackend, RedisConfigError> {
+        if !is_valid_name(&self.prefix) {
+            return Err(RedisConfigError::InvalidPrefix(self.prefix));
+        }
+        for (name, d) in [
+            ("dead_letter_retention", self.dead_letter_retention),
+            ("connection_timeout", self.connection_timeout),
+            ("response_timeout", self.response_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(RedisConfigError::ZeroDuration(name));
+            }
+        }
+        let client = Client::open(self.url.as_str()).map_err(RedisConfigError::InvalidUrl)?;
+        Ok(RedisBackend {
+            client,
+            manager: OnceLock::new(),
+            waiters: Mutex::new(Vec::new()),
+            base: format!("{{{}}}:", self.prefix),
+            scripts: Scripts::new(),
+            settings: self,
+        })
+    }
+}
+
+/// The [`Backend`] contract on Redis. See the [module docs](self) for the data model, the
+/// guarantees and the connections.
+pub struct RedisBackend {
+    client: Client,
+    manager: OnceLock<ConnectionManager>,
+    waiters: Mutex<Vec<MultiplexedConnection>>,
+    /// `{prefix}:`
+    base: String,
+    scripts: Scripts,
+    settings: RedisBackendBuilder,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.settings.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stored form of a dead letter written by [`Backend::dead_letter`] (ms timestamps; the id
+/// is the key's).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredDead {
+    job: String,
+    queue: String,
+    payload: serde_json::Value,
+    attempts: u32,
+    error: Vec<String>,
+    enqueued_at: u64,
+    died_at: u64,
+}
+
+impl RedisBackend {
+    /// Settings for a backend on the server at `url` (`redis://[user:password@]host:port/db`),
+    /// with the defaults: prefix `jobs`, 10,000 dead letters kept 7 days, finished statuses
+    /// kept 1 hour, 1 s connection and 2 s response timeouts.
+    pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
+        RedisBackendBuilder {
+            url: url.into(),
+            prefix: "jobs".to_owned(),
+            dead_letter_capacity: 10_000,
+            dead_letter_retention: Duration::from_secs(7 * 24 * 3600),
+            finished_retention: Duration::from_secs(3600),
+            connection_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// A backend on `url` with the default settings.
+    ///
+    /// # Errors
+    /// An invalid URL.
+    pub fn new(url: impl Into<String>) -> Result<Self, RedisConfigError> {
+        Self::builder(url).build()
+    }
+
+    /// The key prefix (without braces).
+    pub fn prefix(&self) -> &str {
+        &self.settings.prefix
+    }
+
+    /// Stores `raw` under `id` in `queue` as if it were a job record, bypassing the capacity
+    /// check: a corrupted or foreign record, for tests and tools exercising the bad-record
+    /// path (it comes back from `reserve` as [`Reservation::Malformed`]).
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when Redis cannot be reached; an invalid queue name.
+    pub async fn insert_raw(&self, id: JobId, queue: &str, raw: &str) -> Result<(), BackendError> {
+        check_name("queue", queue)?;
+        let mut inv = self.invocation(&self.scripts.insert_raw);
+        inv.arg(id.to_string()).arg(queue).arg(raw);
+        let _: i64 = self.run_script(inv).await?;
+        Ok(())
+    }
+
+    fn manager(&self) -> Result<ConnectionManager, BackendError> {
+        if let Some(m) = self.manager.get() {
+            return Ok(m.clone());
+        }
+        let s = &self.settings;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(s.connection_timeout))
+            .set_response_timeout(Some(s.response_timeout))
+            // Fail fast while Redis is down: the runtime has its own backoff, and a command
+            // waiting on a long reconnect would hold a worker. The next command reconnects.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            .map_err(unavailable)?;
+        Ok(self.manager.get_or_init(|| manager).clone())
+    }
+
+    /// An upper bound on one call through the manager: a reconnect (two connection attempts
+    /// and a backoff pause) plus a reply.
+    fn call_deadline(&self) -> Duration {
+        let s = &self.settings;
+        s.connection_timeout * 2 + s.response_timeout + Duration::from_millis(1500)
+    }
+
+    /// A script call with the shared keys declared and the key base as `ARGV[1]`.
+    fn invocation<'s>(&self, script: &'s Script) -> ScriptInvocation<'s> {
+        let mut inv = script.prepare_invoke();
+        inv.key(format!("{}queues", self.base))
+            .key(format!("{}scheduled", self.base))
+            .key(format!("{}leased", self.base))
+            .key(format!("{}dead", self.base))
+            .key(format!("{}garbage", self.base))
+            .arg(&self.base);
+        inv
+    }
+
+    async fn run_script<T: ::redis::FromRedisValue>(
+        &self,
+        inv: ScriptInvocation<'_>,
+    ) -> Result<T, BackendError> {
+        let mut conn = self.manager()?;
+        match tokio::time::timeout(self.call_deadline(), inv.invoke_async(&mut conn)).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    async fn run_cmd<T: ::redis::FromRedisValue>(
+        &self,
+        cmd: &::redis::Cmd,
+    ) -> Result<T, BackendError> {
+        let mut conn = self.manager()?;
+        match tokio::time::timeout(self.call_deadline(), cmd.query_async(&mut conn)).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    fn job_key(&self, id: JobId) -> String {
+        format!("{}job:{id}", self.base)
+    }
+
+    fn retention_ms(d: Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs one fenced script that answers 1 (done) or 0 (lease lost).
+    async fn fenced(&self, id: JobId, inv: ScriptInvocation<'_>) -> Result<(), BackendError> {
+        match self.run_script::<i64>(inv).await? {
+            1 => Ok(()),
+            _ => Err(BackendError::LeaseLost(id)),
+        }
+    }
+
+    /// A dedicated connection for a blocking wait: an idle one, or a new one opened with
+    /// backoff before `deadline`.
+    async fn waiter(&self, deadline: Instant) -> Option<MultiplexedConnection> {
+        if let Some(conn) = self.idle_waiters().pop() {
+            return Some(conn);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.settings.connection_timeout))
+            // The wait sets its own deadline, longer than the server-side block.
+            .set_response_timeout(None);
+        let open = || async {
+            self.client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .without_max_times();
+        let opening = open
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .notify(|e: &RedisError, pause| {
+                tracing::debug!(error = %e, retry_in = ?pause, "opening a Redis connection for blocking waits failed");
+            });
+        match tokio::time::timeout_at(deadline, opening).await {
+            Ok(Ok(conn)) => Some(conn),
+            _ => None,
+        }
+    }
+
+    fn idle_waiters(&self) -> std::sync::MutexGuard<'_, Vec<MultiplexedConnection>> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn put_back_waiter(&self, conn: MultiplexedConnection) {
+        let mut idle = self.idle_waiters();
+        if idle.len() < MAX_IDLE_WAITERS {
+            idle.push(conn);
+        }
+    }
+
+    async fn wait(&self, queues: &[String], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let keys: Vec<String> = queues
+            .iter()
+            .filter(|q| is_valid_name(q))
+            .map(|q| format!("{}signal:{q}", self.base))
+            .collect();
+        if keys.is_empty() {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        }
+        loop {
+            let Some(mut conn) = self.waiter(deadline).await else {
+                break;
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let ms = remaining.as_millis();
+            if ms == 0 {
+                self.put_back_waiter(conn);
+                return;
+            }
+            // BLPOP's timeout is in seconds (decimals since Redis 6); 0 would block forever.
+            let block = format!("{}.{:03}", ms / 1000, ms % 1000);
+            let mut cmd = ::redis::cmd("BLPOP");
+            cmd.arg(&keys).arg(block);
+            let limit = remaining + self.settings.response_timeout;
+            // If this future is dropped mid-wait, `conn` is dropped with it: the server sees
+            // the connection close and the next wait starts on a clean connection.
+            let reply = tokio::time::timeout(limit, cmd.query_async::<::redis::Value>(&mut conn));
+            match reply.await {
+                Ok(Ok(_)) => {
+                    self.put_back_waiter(conn);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "blocking wait for work failed; reconnecting");
+                }
+                Err(_) => {
+                    tracing::debug!("blocking wait for work got no reply in time; reconnecting");
+                }
+            }
+            drop(conn);
+            // Never spin: an error that repeats at once (a refused command) waits a little.
+            let pause = Duration::from_millis(100);
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+
+    async fn check(&self) -> Result<(), BackendError> {
+        let pong: String = self.run_cmd(&::redis::cmd("PING")).await?;
+        if pong != "PONG" {
+            return Err(BackendError::Unavailable(
+                format!("unexpected reply to PING: {pong:?}").into(),
+            ));
+        }
+        let mut cmd = ::redis::cmd("CONFIG");
+        cmd.arg("GET").arg("maxmemory-policy");
+        match self.run_cmd::<HashMap<String, String>>(&cmd).await {
+            Ok(config) => match config.get("maxmemory-policy") {
+                Some(policy) if policy == "noeviction" => {}
+                Some(policy) => tracing::warn!(
+                    policy = %policy,
+                    "Redis maxmemory-policy is not `noeviction`: when Redis is full it may evict job keys and lose jobs; set `maxmemory-policy noeviction`"
+                ),
+                None => tracing::warn!(
+                    "could not read Redis maxmemory-policy; make sure it is `noeviction` or jobs may be evicted"
+                ),
+            },
+            Err(e) => tracing::warn!(
+                error = %error_chain(&e),
+                "could not read Redis maxmemory-policy (CONFIG may be forbidden); make sure it is `noeviction` or jobs may be evicted"
+            ),
+        }
+        let mut conn = self.manager()?;
+        for script in self.scripts.all() {
+            let load = script.load_async(&mut conn);
+            match tokio::time::timeout(self.call_deadline(), load).await {
+                Ok(r) => {
+                    r.map_err(unavailable)?;
+                }
+                Err(_) => return Err(timed_out()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn do_enqueue(&self, envelope: Envelope, capacity: u64) -> Result<(), BackendError> {
+        check_name("queue", &envelope.queue)?;
+        check_name("job", &envelope.job)?;
+        let body = serde_json::to_string(&envelope)
+            .map_err(|e| BackendError::Corrupt(format!("envelope does not serialize: {e}")))?;
+        let mut inv = self.invocation(&self.scripts.enqueue);
+        inv.arg(envelope.id.to_string())
+            .arg(body)
+            .arg(&envelope.job)
+            .arg(&envelope.queue)
+            .arg(envelope.attempt)
+            .arg(envelope.recoveries)
+            .arg(envelope.enqueued_at)
+            .arg(
+                envelope
+                    .not_before
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(capacity.to_string());
+        let reply: String = self.run_script(inv).await?;
+        match reply.as_str() {
+            "ok" | "exists" => Ok(()),
+            "full" => Err(BackendError::Full),
+            other => Err(BackendError::Corrupt(format!(
+                "job {} cannot be stored: {other}",
+                envelope.id
+            ))),
+        }
+    }
+
+    async fn do_reserve(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Reservation>, BackendError> {
+        for q in queues {
+            check_name("queue", q)?;
+        }
+        if max == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokens: Vec<LeaseToken> = (0..max).map(|_| LeaseToken::random()).collect();
+        let mut inv = self.invocation(&self.scripts.reserve);
+        inv.arg(max)
+            .arg(Self::retention_ms(lease).max(1))
+            .arg(PROMOTE_BATCH)
+            .arg(queues.len());
+        for q in queues {
+            inv.arg(q);
+        }
+        for t in &tokens {
+            inv.arg(t.to_string());
+        }
+        let rows: Vec<Vec<Vec<u8>>> = self.run_script(inv).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            match row.first().map(Vec::as_slice) {
+                Some(b"job") => out.push(reservation(&row)?),
+                Some(b"garbage") => {
+                    let entry = row.get(1).map(|b| String::from_utf8_lossy(b).into_owned());
+                    tracing::error!(
+                        entry = ?entry,
+                        key = %format!("{}garbage", self.base),
+                        "a ready list or the scheduled set held an entry that is not a stored job; moved aside"
+                    );
+                }
+                _ => return Err(BackendError::Corrupt("unexpected reply to reserve".into())),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn do_dead_letter(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        record: DeadLetter,
+    ) -> Result<(), BackendError> {
+        let stored = StoredDead {
+            job: record.job.clone(),
+            queue: record.queue.clone(),
+            payload: record.payload.clone(),
+            attempts: record.attempts,
+            error: record.error.clone(),
+            enqueued_at: unix_ms(record.enqueued_at),
+            died_at: unix_ms(record.died_at),
+        };
+        let json = serde_json::to_string(&stored)
+            .map_err(|e| BackendError::Corrupt(format!("dead letter does not serialize: {e}")))?;
+        let mut inv = self.invocation(&self.scripts.dead_letter);
+        inv.arg(id.to_string())
+            .arg(token.to_string())
+            .arg(json)
+            .arg(record.error_message())
+            .arg(Self::retention_ms(self.settings.dead_letter_retention))
+            .arg(self.settings.dead_letter_capacity);
+        let reply: Vec<String> = self.run_script(inv).await?;
+        match reply.split_first() {
+            Some((status, evicted)) if status == "1" => {
+                log_evicted(evicted);
+                Ok(())
+            }
+            _ => Err(BackendError::LeaseLost(id)),
+        }
+    }
+
+    async fn do_reap(&self, max_recoveries: u32) -> Result<Reaped, BackendError> {
+        let reason = format!(
+            "worker lost {max_recoveries} times while running this job (crash-recovered); dead-lettered as a poison pill"
+        );
+        let mut inv = self.invocation(&self.scripts.reap);
+        inv.arg(max_recoveries)
+            .arg(reason)
+            .arg(REAP_BATCH)
+            .arg(Self::retention_ms(self.settings.dead_letter_retention))
+            .arg(self.settings.dead_letter_capacity);
+        type Reply = (Vec<String>, Vec<Vec<Vec<u8>>>, Vec<String>);
+        let (recovered, dead, evicted): Reply = self.run_script(inv).await?;
+        log_evicted(&evicted);
+        let mut reaped = Reaped::default();
+        for id in recovered {
+            reaped.recovered.push(parse_id(&id)?);
+        }
+        for row in dead {
+            reaped.dead.push(dead_letter_from_row(&row)?);
+        }
+        Ok(reaped)
+    }
+
+    async fn do_status(&self, id: JobId) -> Result<Option<JobStatus>, BackendError> {
+        let mut cmd = ::redis::cmd("HMGET");
+        cmd.arg(self.job_key(id)).arg(&[
+            "state",
+            "job",
+            "queue",
+            "attempt",
+            "last_error",
+            "enqueued",
+            "updated",
+        ]);
+        let f: Vec<Option<Vec<u8>>> = self.run_cmd(&cmd).await?;
+        if f.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let text = |i: usize| {
+            f.get(i)
+                .and_then(Option::as_ref)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        let state = match text(0).as_deref() {
+            None | Some("queued") => JobState::Queued,
+            Some("scheduled") => JobState::Scheduled,
+            Some("running") => JobState::Running,
+            Some("retrying") => JobState::Retrying,
+            Some("succeeded") => JobState::Succeeded,
+            Some("dead") => JobState::Dead,
+            Some(other) => {
+                return Err(BackendError::Corrupt(format!(
+                    "job {id} has an unknown state {other:?}"
+                )));
+            }
+        };
+        let updated = text(6).and_then(|s| s.parse::<u64>().ok());
+        let enqueued = text(5).and_then(|s| s.parse::<u64>().ok()).or(updated);
+        let now = unix_ms(SystemTime::now());
+        Ok(Some(JobStatus {
+            job_id: id,
+            job: text(1).unwrap_or_default().into(),
+            queue: text(2).unwrap_or_default().into(),
+            state,
+            attempts: text(3).and_then(|s| s.parse().ok()).unwrap_or(0),
+            last_error: text(4),
+            enqueued_at: from_unix_ms(enqueued.unwrap_or(now)),
+            updated_at: from_unix_ms(updated.unwrap_or(now)),
+        }))
+    }
+
+    async fn do_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.invocation(&self.scripts.dead_letters);
+        inv.arg(limit.min(i64::MAX as usize));
+        let rows: Vec<Vec<Vec<u8>>> = self.run_script(inv).await?;
+        rows.iter().map(|row| dead_letter_from_row(row)).collect()
+    }
+}
+
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(self.check())
+    }
+
+    fn enqueue(
+        &self,
+        envelope: Envelope,
+        capacity: u64,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(self.do_enqueue(envelope, capacity))
+    }
+
+    fn reserve<'a>(
+        &'a self,
+        queues: &'a [String],
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Reservation>, BackendError>> {
+        Box::pin(self.do_reserve(queues, max, lease))
+    }
+
+    fn wait_for_work<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, ()> {
+        Box::pin(self.wait(queues, timeout))
+    }
+
+    fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut inv = self.invocation(&self.scripts.ack);
+            inv.arg(id.to_string())
+                .arg(token.to_string())
+                .arg(Self::retention_ms(self.settings.finished_retention));
+            self.fenced(id, inv).await
+        })
+    }
+
+    fn retry(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        retry: Retry,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut inv = self.invocation(&self.scripts.retry);
+            inv.arg(id.to_string())
+                .arg(token.to_string())
+                .arg(unix_ms(retry.at))
+                .arg(retry.error);
+            self.fenced(id, inv).await
+        })
+    }
+
+    fn dead_letter(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+        record: DeadLetter,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(self.do_dead_letter(id, token, record))
+    }
+
+    fn extend<'a>(
+        &'a self,
+        leases: &'a [(JobId, LeaseToken)],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        Box::pin(async move {
+            if leases.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut inv = self.invocation(&self.scripts.extend);
+            inv.arg(Self::retention_ms(lease).max(1));
+            for (id, token) in leases {
+                inv.arg(id.to_string()).arg(token.to_string());
+            }
+            let lost: Vec<String> = self.run_script(inv).await?;
+            lost.iter().map(|id| parse_id(id)).collect()
+        })
+    }
+
+    fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut inv = self.invocation(&self.scripts.release);
+            inv.arg(id.to_string()).arg(token.to_string());
+            self.fenced(id, inv).await
+        })
+    }
+
+    fn reap(&self, max_recoveries: u32) -> BoxFuture<'_, Result<Reaped, BackendError>> {
+        Box::pin(self.do_reap(max_recoveries))
+    }
+
+    fn status(&self, id: JobId) -> BoxFuture<'_, Result<Option<JobStatus>, BackendError>> {
+        Box::pin(self.do_status(id))
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<BackendStats, BackendError>> {
+        Box::pin(async move {
+            let inv = self.invocation(&self.scripts.stats);
+            let (ready, scheduled, running, dead): (u64, u64, u64, u64) =
+                self.run_script(inv).await?;
+            Ok(BackendStats {
+                ready,
+                scheduled,
+                running,
+                dead,
+            })
+        })
+    }
+
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
+        Box::pin(self.do_dead_letters(limit))
+    }
+
+    fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut inv = self.invocation(&self.scripts.requeue);
+            inv.arg(id.to_string());
+            match self.run_script::<i64>(inv).await? {
+                1 => Ok(()),
+                _ => Err(BackendError::NotFound(id)),
+            }
+        })
+    }
+}
+
+fn unavailable(e: RedisError) -> BackendError {
+    BackendError::Unavailable(Box::new(e))
+}
+
+fn timed_out() -> BackendError {
+    BackendError::Unavailable("no reply from Redis in time".into())
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), BackendError> {
+    if is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(BackendError::Corrupt(format!(
+            "invalid {what} name {name:?}: names must match [A-Za-z0-9_.-]{{1,64}} to become Redis keys"
+        )))
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn log_evicted(ids: &[String]) {
+    for id in ids {
+        tracing::warn!(job_id = %id, "dead-letter capacity reached: evicted the oldest dead letter");
+    }
+}
+
+fn parse_id(s: &str) -> Result<JobId, BackendError> {
+    s.parse()
+        .map_err(|_| BackendError::Corrupt(format!("stored job id {s:?} is not a UUID")))
+}
+
+fn field(row: &[Vec<u8>], i: usize) -> &[u8] {
+    row.get(i).map_or(&[][..], Vec::as_slice)
+}
+
+fn text(row: &[Vec<u8>], i: usize) -> String {
+    String::from_utf8_lossy(field(row, i)).into_owned()
+}
+
+fn number<T: std::str::FromStr + Default>(row: &[Vec<u8>], i: usize) -> T {
+    text(row, i).parse().unwrap_or_default()
+}
+
+/// Decodes one reserve row: `job, id, token, has_body, body, attempt, recoveries, not_before`.
+fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
+    let id = parse_id(&text(row, 1))?;
+    let token = u128::from_str_radix(&text(row, 2), 16)
+        .map(LeaseToken)
+        .map_err(|_| BackendError::Corrupt("reserve returned a malformed lease token".into()))?;
+    let body = field(row, 4);
+    let raw = String::from_utf8_lossy(body).into_owned();
+    if field(row, 3) != b"1" {
+        return Ok(Reservation::Malformed {
+            id,
+            token,
+            raw,
+            reason: "stored record has no envelope".to_owned(),
+        });
+    }
+    let malformed = |reason: String| Reservation::Malformed {
+        id,
+        token,
+        raw: raw.clone(),
+        reason,
+    };
+    Ok(match serde_json::from_slice::<Envelope>(body) {
+        Ok(envelope) if envelope.id != id => malformed(format!(
+            "stored envelope names job {} but is stored under {id}",
+            envelope.id
+        )),
+        Ok(mut envelope) => {
+            envelope.attempt = number(row, 5);
+            envelope.recoveries = number(row, 6);
+            envelope.not_before = text(row, 7).parse().ok();
+            envelope.lease = Some(token);
+            Reservation::Job { envelope, token }
+        }
+        Err(e) => malformed(format!("stored record is not a job envelope: {e}")),
+    })
+}
+
+/// Decodes one dead-letter row: `id, has_dead, dead, body, job, queue, attempt, enqueued,
+/// died, last_error`. A record written by `dead_letter` is returned as written; a poison
+/// pill dead-lettered by the reaper is rebuilt from its envelope.
+fn dead_letter_from_row(row: &[Vec<u8>]) -> Result<DeadLetter, BackendError> {
+    let job_id = parse_id(&text(row, 0))?;
+    if field(row, 1) == b"1" {
+        if let Ok(d) = serde_json::from_slice::<StoredDead>(field(row, 2)) {
+            return Ok(DeadLetter {
+                job_id,
+                job: d.job,
+                queue: d.queue,
+                payload: d.payload,
+                attempts: d.attempts,
+                error: d.error,
+                enqueued_at: from_unix_ms(d.enqueued_at),
+                died_at: from_unix_ms(d.died_at),
+            });
+        }
+    }
+    let died: u64 = number(row, 8);
+    let died_at = from_unix_ms(died);
+    let error = vec![text(row, 9)];
+    Ok(match serde_json::from_slice::<Envelope>(field(row, 3)) {
+        Ok(env) => DeadLetter {
+            job_id,
+            job: env.job,
+            queue: env.queue,
+            payload: env.payload,
+            attempts: number(row, 6),
+            error,
+            enqueued_at: from_unix_ms(env.enqueued_at),
+            died_at,
+        },
+        Err(_) => DeadLetter {
+            job_id,
+            job: text(row, 4),
+            queue: text(row, 5),
+            payload: serde_json::Value::String(text(row, 3)),
+            attempts: 0,
+            error,
+            enqueued_at: text(row, 7)
+                .parse()
+                .map_or(died_at, |ms: u64| from_unix_ms(ms)),
+            died_at,
+        },
+    })
+}
+
+/// The Lua scripts, each one state change. `KEYS` = queues, scheduled, leased, dead,
+/// garbage; `ARGV[1]` = the key base `{prefix}:`.
+struct Scripts {
+    enqueue: Script,
+    reserve: Script,
+    ack: Script,
+    retry: Script,
+    dead_letter: Script,
+    extend: Script,
+    release: Script,
+    reap: Script,
+    requeue: Script,
+    stats: Script,
+    dead_letters: Script,
+    insert_raw: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let s = |body: &str| Script::new(&format!("{LUA_PRELUDE}\n{body}"));
+        Self {
+            enqueue: s(LUA_ENQUEUE),
+            reserve: s(LUA_RESERVE),
+            ack: s(LUA_ACK),
+            retry: s(LUA_RETRY),
+            dead_letter: s(LUA_DEAD_LETTER),
+            extend: s(LUA_EXTEND),
+            release: s(LUA_RELEASE),
+            reap: s(LUA_REAP),
+            requeue: s(LUA_REQUEUE),
+            stats: s(LUA_STATS),
+            dead_letters: s(LUA_DEAD_LETTERS),
+            insert_raw: s(LUA_INSERT_RAW),
+        }
+    }
+
+    fn all(&self) -> [&Script; 12] {
+        [
+            &self.enqueue,
+            &self.reserve,
+            &self.ack,
+            &self.retry,
+            &self.dead_letter,
+            &self.extend,
+            &self.release,
+            &self.reap,
+            &self.requeue,
+            &self.stats,
+            &self.dead_letters,
+            &self.insert_raw,
+        ]
+    }
+}
+
+const LUA_PRELUDE: &str = r#"
+local B = ARGV[1]
+local K_QUEUES, K_SCHEDULED, K_LEASED, K_DEAD, K_GARBAGE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local function jk(id) return B .. 'job:' .. id end
+local function rk(q) return B .. 'ready:' .. q end
+local function num(n) return string.format('%.0f', n) end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function is_hash(k) return redis.call('TYPE', k)['ok'] == 'hash' end
+local function held(k, token) return is_hash(k) and redis.call('HGET', k, 'lease') == token end
+local function signal(q)
+  local k = B .. 'signal:' .. q
+  redis.call('LPUSH', k, '1')
+  redis.call('LTRIM', k, 0, 0)
+end
+local function expire(k, ms)
+  if ms <= 0 then redis.call('DEL', k) else redis.call('PEXPIRE', k, ms) end
+end
+local function garbage(entry)
+  redis.call('LPUSH', K_GARBAGE, entry)
+  redis.call('LTRIM', K_GARBAGE, 0, 999)
+end
+local function valid_id(id)
+  return string.match(id, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') ~= nil
+    and string.match(id, '%u') == nil
+end
+-- Oldest dead letters beyond `capacity` are dropped with their hashes.
+local function evict(capacity, evicted)
+  local over = redis.call('ZCARD', K_DEAD) - capacity
+  if over > 0 then
+    local popped = redis.call('ZPOPMIN', K_DEAD, over)
+    for i = 1, #popped, 2 do
+      local k = jk(popped[i])
+      if is_hash(k) and redis.call('HGET', k, 'state') == 'dead' then redis.call('DEL', k) end
+      evicted[#evicted + 1] = popped[i]
+    end
+  end
+end
+-- id, has_dead, dead, body, job, queue, attempt, enqueued, died, last_error
+local function dead_row(id, k)
+  local f = redis.call('HMGET', k, 'dead', 'body', 'job', 'queue', 'attempt', 'enqueued', 'died', 'last_error')
+  local has = '0'
+  if f[1] then has = '1' end
+  return {id, has, f[1] or '', f[2] or '', f[3] or '', f[4] or '', f[5] or '0', f[6] or '', f[7] or '0', f[8] or ''}
+end
+"#;
+
+/// ARGV: base, id, body, job, queue, attempt, recoveries, enqueued, not_before ('' = none),
+/// capacity. Returns 'ok', 'exists' (a live job with this id is stored: nothing changed),
+/// 'full', or 'corrupt'.
+const LUA_ENQUEUE: &str = r#"
+local id, body, job, q = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local k = jk(id)
+local kind = redis.call('TYPE', k)['ok']
+if kind ~= 'none' then
+  if kind ~= 'hash' then return 'corrupt' end
+  local st = redis.call('HGET', k, 'state')
+  if st ~= 'succeeded' and st ~= 'dead' then return 'exists' end
+end
+local live = redis.call('ZCARD', K_SCHEDULED) + redis.call('ZCARD', K_LEASED)
+for _, name in ipairs(redis.call('SMEMBERS', K_QUEUES)) do
+  live = live + redis.call('LLEN', rk(name))
+end
+if live >= tonumber(ARGV[10]) then return 'full' end
+local now = now_ms()
+local nb = tonumber(ARGV[9])
+local state = 'queued'
+if nb and nb > now then state = 'scheduled' end
+redis.call('DEL', k)
+redis.call('HSET', k, 'body', body, 'job', job, 'queue', q, 'state', state,
+  'attempt', ARGV[6], 'recoveries', ARGV[7], 'enqueued', ARGV[8], 'updated', num(now))
+if nb then redis.call('HSET', k, 'not_before', ARGV[9]) end
+redis.call('ZREM', K_DEAD, id)
+redis.call('SADD', K_QUEUES, q)
+if state == 'scheduled' then
+  redis.call('ZADD', K_SCHEDULED, nb, id)
+else
+  redis.call('RPUSH', rk(q), id)
+  signal(q)
+end
+return 'ok'
+"#;
+
+/// ARGV: base, max, lease_ms, promote_limit, n, queue_1..queue_n, token_1..token_max.
+/// Returns rows {'job', id, token, has_body, body, attempt, recoveries, not_before} and
+/// {'garbage', entry}.
+const LUA_RESERVE: &str = r#"
+local max, lease, limit, nq = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = now_ms()
+local out = {}
+local leased = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', now, 'LIMIT', 0, limit)) do
+  redis.call('ZREM', K_SCHEDULED, id)
+  local k = jk(id)
+  local q = false
+  if is_hash(k) then q = redis.call('HGET', k, 'queue') end
+  if q then
+    redis.call('RPUSH', rk(q), id)
+  else
+    garbage(id)
+    out[#out + 1] = {'garbage', id}
+  end
+end
+local first_token = 6 + nq
+for i = 1, nq do
+  local q = ARGV[5 + i]
+  while leased < max do
+    local id = redis.call('LPOP', rk(q))
+    if not id then break end
+    local k = jk(id)
+    if not valid_id(id) then
+      garbage(id)
+      out[#out + 1] = {'garbage', id}
+    else
+      local kind = redis.call('TYPE', k)['ok']
+      if kind == 'none' then
+        -- No record (a finished job's hash expired under a stale entry): set aside.
+        garbage(id)
+        out[#out + 1] = {'garbage', id}
+      else
+        if kind ~= 'hash' then
+          -- A foreign value under a job key: keep its bytes as the body of a job record,
+          -- so it comes back as malformed and gets dead-lettered with a reason.
+          local raw = '<redis ' .. kind .. ' value>'
+          if kind == 'string' then raw = redis.call('GET', k) end
+          redis.call('DEL', k)
+          redis.call('HSET', k, 'body', raw, 'queue', q, 'state', 'queued')
+        end
+        local st = redis.call('HGET', k, 'state')
+        -- An id that is running or finished is a stale duplicate entry: dropped.
+        if st ~= 'running' and st ~= 'succeeded' and st ~= 'dead' then
+          local token = ARGV[first_token + leased]
+          leased = leased + 1
+          local attempt = (tonumber(redis.call('HGET', k, 'attempt')) or 0) + 1
+          local expiry = now + lease
+          if redis.call('HEXISTS', k, 'queue') == 0 then redis.call('HSET', k, 'queue', q) end
+          redis.call('HSET', k, 'state', 'running', 'attempt', num(attempt), 'lease', token,
+            'lease_until', num(expiry), 'updated', num(now))
+          redis.call('ZADD', K_LEASED, expiry, id)
+          local f = redis.call('HMGET', k, 'body', 'recoveries', 'not_before')
+          local has = '0'
+          if f[1] then has = '1' end
+          out[#out + 1] = {'job', id, token, has, f[1] or '', num(attempt), f[2] or '0', f[3] or ''}
+        end
+      end
+    end
+  end
+end
+return out
+"#;
+
+/// ARGV: base, id, token, retention_ms. Returns 1, or 0 when the lease is not held.
+const LUA_ACK: &str = r#"
+local id, token = ARGV[2], ARGV[3]
+local k = jk(id)
+if not held(k, token) then return 0 end
+redis.call('ZREM', K_LEASED, id)
+redis.call('HSET', k, 'state', 'succeeded', 'updated', num(now_ms()))
+redis.call('HDEL', k, 'lease', 'lease_until', 'body')
+expire(k, tonumber(ARGV[4]))
+return 1
+"#;
+
+/// ARGV: base, id, token, at_ms, error. Returns 1, or 0 when the lease is not held.
+const LUA_RETRY: &str = r#"
+local id, token, at = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local k = jk(id)
+if not held(k, token) then return 0 end
+local q = redis.call('HGET', k, 'queue')
+local now = now_ms()
+redis.call('ZREM', K_LEASED, id)
+redis.call('HSET', k, 'state', 'retrying', 'last_error', ARGV[5], 'not_before', ARGV[4], 'updated', num(now))
+redis.call('HDEL', k, 'lease', 'lease_until')
+redis.call('ZADD', K_SCHEDULED, at, id)
+if q and at <= now then signal(q) end
+return 1
+"#;
+
+/// ARGV: base, id, token, dead_json, error_message, retention_ms, capacity.
+/// Returns {1, evicted ids...}, or {0} when the lease is not held.
+const LUA_DEAD_LETTER: &str = r#"
+local id, token = ARGV[2], ARGV[3]
+local k = jk(id)
+if not held(k, token) then return {'0'} end
+local now = now_ms()
+redis.call('ZREM', K_LEASED, id)
+redis.call('HSET', k, 'state', 'dead', 'dead', ARGV[4], 'last_error', ARGV[5], 'died', num(now), 'updated', num(now))
+redis.call('HDEL', k, 'lease', 'lease_until')
+redis.call('ZADD', K_DEAD, now, id)
+expire(k, tonumber(ARGV[6]))
+local out = {'1'}
+local evicted = {}
+evict(tonumber(ARGV[7]), evicted)
+for _, e in ipairs(evicted) do out[#out + 1] = e end
+return out
+"#;
+
+/// ARGV: base, lease_ms, then pairs id, token. Returns the ids whose lease is not held.
+const LUA_EXTEND: &str = r#"
+local expiry = now_ms() + tonumber(ARGV[2])
+local lost = {}
+for i = 3, #ARGV - 1, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local k = jk(id)
+  if held(k, token) then
+    redis.call('HSET', k, 'lease_until', num(expiry))
+    redis.call('ZADD', K_LEASED, expiry, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+"#;
+
+/// ARGV: base, id, token. Returns 1, or 0 when the lease is not held.
+const LUA_RELEASE: &str = r#"
+local id, token = ARGV[2], ARGV[3]
+local k = jk(id)
+if not held(k, token) then return 0 end
+local attempt = (tonumber(redis.call('HGET', k, 'attempt')) or 0) - 1
+if attempt < 0 then attempt = 0 end
+local q = redis.call('HGET', k, 'queue')
+-- reserve gives every leased record a queue; checked before any write all the same.
+if not q then return 0 end
+redis.call('ZREM', K_LEASED, id)
+redis.call('HSET', k, 'state', 'queued', 'attempt', num(attempt), 'updated', num(now_ms()))
+redis.call('HDEL', k, 'lease', 'lease_until')
+redis.call('LPUSH', rk(q), id)
+redis.call('SADD', K_QUEUES, q)
+signal(q)
+return 1
+"#;
+
+/// ARGV: base, max_recoveries, reason, batch, dead_retention_ms, dead_capacity.
+/// Returns {recovered ids, dead rows, evicted ids}.
+const LUA_REAP: &str = r#"
+local max_rec, reason, batch = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local retention, capacity = tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = now_ms()
+local recovered, dead, evicted = {}, {}, {}
+local function envelope_like(body)
+  if not body then return false end
+  local ok, v = pcall(cjson.decode, body)
+  return ok and type(v) == 'table' and v.id ~= nil and v.payload ~= nil
+    and type(v.job) == 'string' and type(v.queue) == 'string'
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, batch)) do
+  redis.call('ZREM', K_LEASED, id)
+  local k = jk(id)
+  if is_hash(k) and redis.call('HEXISTS', k, 'lease') == 1 then
+    local f = redis.call('HMGET', k, 'body', 'queue', 'recoveries')
+    local q = f[2]
+    local rec = (tonumber(f[3]) or 0) + 1
+    redis.call('HDEL', k, 'lease', 'lease_until')
+    redis.call('HSET', k, 'recoveries', num(rec), 'updated', num(now))
+    if q and envelope_like(f[1]) and rec < max_rec then
+      redis.call('HSET', k, 'state', 'queued')
+      redis.call('LPUSH', rk(q), id)
+      signal(q)
+      recovered[#recovered + 1] = id
+    else
+      redis.call('HSET', k, 'state', 'dead', 'last_error', reason, 'died', num(now))
+      redis.call('ZADD', K_DEAD, now, id)
+      expire(k, retention)
+      dead[#dead + 1] = dead_row(id, k)
+    end
+  end
+end
+evict(capacity, evicted)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', now - retention, 'LIMIT', 0, batch)) do
+  redis.call('ZREM', K_DEAD, id)
+  local k = jk(id)
+  if is_hash(k) and redis.call('HGET', k, 'state') == 'dead' then redis.call('DEL', k) end
+end
+return {recovered, dead, evicted}
+"#;
+
+/// ARGV: base, id. Returns 1, or 0 when no dead letter has this id.
+const LUA_REQUEUE: &str = r#"
+local id = ARGV[2]
+local k = jk(id)
+if not redis.call('ZSCORE', K_DEAD, id) then return 0 end
+redis.call('ZREM', K_DEAD, id)
+if not is_hash(k) then return 0 end
+local q = redis.call('HGET', k, 'queue')
+if not q then return 0 end
+redis.call('PERSIST', k)
+redis.call('HSET', k, 'state', 'queued', 'attempt', '0', 'recoveries', '0', 'updated', num(now_ms()))
+redis.call('HDEL', k, 'not_before', 'lease', 'lease_until', 'last_error', 'dead', 'died')
+redis.call('RPUSH', rk(q), id)
+redis.call('SADD', K_QUEUES, q)
+signal(q)
+return 1
+"#;
+
+/// ARGV: base. Returns {ready, scheduled, running, dead}.
+const LUA_STATS: &str = r#"
+local ready = 0
+for _, name in ipairs(redis.call('SMEMBERS', K_QUEUES)) do
+  ready = ready + redis.call('LLEN', rk(name))
+end
+return {ready, redis.call('ZCARD', K_SCHEDULED), redis.call('ZCARD', K_LEASED), redis.call('ZCARD', K_DEAD)}
+"#;
+
+/// ARGV: base, limit. Returns up to `limit` dead rows, oldest first, dropping entries whose
+/// hash has expired.
+const LUA_DEAD_LETTERS: &str = r#"
+local limit = tonumber(ARGV[2])
+local page = math.min(limit, 500)
+local out, stale = {}, {}
+local start = 0
+while #out < limit do
+  local ids = redis.call('ZRANGE', K_DEAD, start, start + page - 1)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    if #out >= limit then break end
+    local k = jk(id)
+    if is_hash(k) then out[#out + 1] = dead_row(id, k) else stale[#stale + 1] = id end
+  end
+  start = start + #ids
+end
+for _, id in ipairs(stale) do redis.call('ZREM', K_DEAD, id) end
+return out
+"#;
+
+/// ARGV: base, id, queue, raw. Stores raw bytes as a ready job record.
+const LUA_INSERT_RAW: &str = r#"
+local id, q = ARGV[2], ARGV[3]
+local k = jk(id)
+redis.call('DEL', k)
+redis.call('HSET', k, 'body', ARGV[4], 'queue', q, 'state', 'queued', 'updated', num(now_ms()))
+redis.call('RPUSH', rk(q), id)
+redis.call('SADD', K_QUEUES, q)
+signal(q)
+return 1
+"#;
