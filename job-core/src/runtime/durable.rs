@@ -571,7 +571,7 @@ pub(crate) async fn give_back(inner: &Inner) -> Vec<JobId> {
     let mut unstarted = Vec::new();
     while let Ok((r, _permit)) = d.work_rx.try_recv() {
         unstarted.push(r.id());
-        release(&inner, d, r.id(), r.token()).await;
+        release(inner, d, r.id(), r.token()).await;
     }
     for (id, token) in d.held_now() {
         inner.tally.cancelled(id);
