@@ -185,6 +185,7 @@ impl Registry {
             .collect();
         types.extend(manual);
 
+        crate::observe::metrics::describe();
         let mut registry = Registry::default();
         for ty in types {
             if registry.by_type.contains_key(&ty.type_id) {

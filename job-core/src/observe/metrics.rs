@@ -25,6 +25,43 @@ pub(crate) struct JobMetrics {
     pub(crate) duration: Histogram,
 }
 
+/// Describes every metric to the installed recorder (help text and units).
+pub(crate) fn describe() {
+    use metrics::Unit;
+    metrics::describe_counter!(
+        "jobs_enqueued_total",
+        Unit::Count,
+        "Jobs accepted by enqueue"
+    );
+    metrics::describe_counter!("jobs_started_total", Unit::Count, "Attempts started");
+    metrics::describe_counter!("jobs_succeeded_total", Unit::Count, "Jobs that succeeded");
+    metrics::describe_counter!(
+        "jobs_failed_total",
+        Unit::Count,
+        "Attempts that failed (each retry's failure counts)"
+    );
+    metrics::describe_counter!(
+        "jobs_retried_total",
+        Unit::Count,
+        "Retries scheduled after a failed attempt"
+    );
+    metrics::describe_counter!(
+        "jobs_dead_lettered_total",
+        Unit::Count,
+        "Jobs dead-lettered"
+    );
+    metrics::describe_gauge!(
+        "jobs_queue_depth",
+        Unit::Count,
+        "Jobs admitted and not finished: queued, scheduled, retrying or running"
+    );
+    metrics::describe_histogram!(
+        "job_duration_seconds",
+        Unit::Seconds,
+        "Duration of one attempt"
+    );
+}
+
 impl JobMetrics {
     pub(crate) fn new(job: &'static str, queue: &'static str) -> Self {
         let labels = [("job", job), ("queue", queue)];
