@@ -1,0 +1,878 @@
+//! `RedisBackend` against a real Redis at `JOB_REDIS_URL` (default `redis://127.0.0.1:6379`),
+//! through the `Backend` trait and, where the point is what is stored, raw Redis commands.
+//!
+//! Each test works under its own random key prefix (so the tests run in parallel on one
+//! server) and deletes its keys when it ends, pass or fail. A missing server fails the test
+//! with the command that starts one; nothing here skips.
+
+use std::time::{Duration, SystemTime};
+
+use job_core::backend::memory::MemoryBackend;
+use job_core::backend::redis::{RedisBackend, RedisBackendBuilder, RedisConfigError};
+use job_core::backend::{
+    Backend, BackendError, Envelope, LeaseToken, Reservation, Retry, from_unix_ms, unix_ms,
+};
+use job_core::{DeadLetter, JobId, JobState};
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use serde_json::json;
+use tokio::time::Instant;
+
+const START_REDIS: &str =
+    r#"redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no"#;
+
+fn url() -> String {
+    std::env::var("JOB_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn unreachable(what: &str, e: impl std::fmt::Display) -> ! {
+    panic!(
+        "Redis is not reachable at {} ({what}: {e}). Start it with:\n    {START_REDIS}\nor point JOB_REDIS_URL at a server.",
+        url()
+    )
+}
+
+/// A backend on its own prefix, a raw connection, and cleanup of the prefix's keys on drop.
+struct Fixture {
+    backend: RedisBackend,
+    raw: MultiplexedConnection,
+    prefix: String,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        Self::with(|b| b).await
+    }
+
+    async fn with(configure: impl FnOnce(RedisBackendBuilder) -> RedisBackendBuilder) -> Self {
+        let prefix = format!("t-{}", JobId::new());
+        let client = redis::Client::open(url()).unwrap_or_else(|e| unreachable("bad URL", e));
+        let raw = match tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => unreachable("connecting", e),
+            Err(e) => unreachable("connecting", e),
+        };
+        let backend = configure(RedisBackend::builder(url()).prefix(&prefix))
+            .build()
+            .expect("valid settings");
+        if let Err(e) = backend.connect().await {
+            unreachable("connect()", e);
+        }
+        Self {
+            backend,
+            raw,
+            prefix,
+        }
+    }
+
+    /// A second backend on the same prefix (another process, as far as Redis can tell).
+    fn other(&self) -> RedisBackend {
+        RedisBackend::builder(url())
+            .prefix(&self.prefix)
+            .build()
+            .expect("valid settings")
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{{{}}}:{rest}", self.prefix)
+    }
+
+    fn job_key(&self, id: JobId) -> String {
+        self.key(&format!("job:{id}"))
+    }
+
+    async fn hget(&mut self, id: JobId, field: &str) -> Option<String> {
+        let key = self.job_key(id);
+        self.raw.hget(key, field).await.expect("HGET")
+    }
+
+    async fn pttl(&mut self, key: &str) -> i64 {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut self.raw)
+            .await
+            .expect("PTTL")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Synchronous, so it also runs when a test panics.
+        let pattern = format!("{{{}}}:*", self.prefix);
+        let Ok(client) = redis::Client::open(url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+            return;
+        };
+        let keys: Vec<String> = match redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter::<String>(&mut conn)
+        {
+            Ok(iter) => iter.filter_map(Result::ok).collect(),
+            Err(_) => return,
+        };
+        for chunk in keys.chunks(500) {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+}
+
+fn queues(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn envelope(queue: &str, n: u64) -> Envelope {
+    Envelope {
+        id: JobId::new(),
+        job: "probe".to_owned(),
+        queue: queue.to_owned(),
+        payload: json!({ "n": n, "list": [], "big": 9_007_199_254_740_993_u64 }),
+        attempt: 0,
+        max_attempts: 5,
+        recoveries: 0,
+        enqueued_at: unix_ms(SystemTime::now()),
+        not_before: None,
+        lease: None,
+    }
+}
+
+fn delayed(queue: &str, n: u64, delay: Duration) -> Envelope {
+    Envelope {
+        not_before: Some(unix_ms(SystemTime::now() + delay)),
+        ..envelope(queue, n)
+    }
+}
+
+const CAP: u64 = 1000;
+const LEASE: Duration = Duration::from_secs(30);
+
+fn job(r: Reservation) -> (Envelope, LeaseToken) {
+    match r {
+        Reservation::Job { envelope, token } => (envelope, token),
+        other @ Reservation::Malformed { .. } => panic!("expected a job, got {other:?}"),
+    }
+}
+
+async fn reserve_one(b: &impl Backend, queue: &str, lease: Duration) -> (Envelope, LeaseToken) {
+    let mut list = b
+        .reserve(&queues(&[queue]), 1, lease)
+        .await
+        .expect("reserve");
+    assert_eq!(list.len(), 1, "expected one job in {queue}: {list:?}");
+    job(list.remove(0))
+}
+
+async fn reserve_none(b: &impl Backend, queue: &str) {
+    let list = b
+        .reserve(&queues(&[queue]), 10, LEASE)
+        .await
+        .expect("reserve");
+    assert!(
+        list.is_empty(),
+        "expected nothing ready in {queue}: {list:?}"
+    );
+}
+
+fn retry_at(at: SystemTime, error: &str) -> Retry {
+    Retry {
+        at,
+        error: error.to_owned(),
+    }
+}
+
+/// `DeadLetter` is `#[non_exhaustive]` and has no public constructor, so a record is taken
+/// from the reference backend (a poison pill) and its public fields overwritten.
+async fn dead_record(envelope: &Envelope, attempts: u32, error: &[&str]) -> DeadLetter {
+    let memory = MemoryBackend::new();
+    memory
+        .enqueue(envelope.clone(), 1)
+        .await
+        .expect("memory enqueue");
+    memory
+        .reserve(&queues(&[&envelope.queue]), 1, Duration::ZERO)
+        .await
+        .expect("memory reserve");
+    let mut record = memory
+        .reap(0)
+        .await
+        .expect("memory reap")
+        .dead
+        .pop()
+        .expect("a dead record");
+    record.job_id = envelope.id;
+    record.job = envelope.job.clone();
+    record.queue = envelope.queue.clone();
+    record.payload = envelope.payload.clone();
+    record.attempts = attempts;
+    record.error = error.iter().map(|s| (*s).to_owned()).collect();
+    record.enqueued_at = from_unix_ms(envelope.enqueued_at);
+    record.died_at = SystemTime::now();
+    record
+}
+
+fn lease_lost<T: std::fmt::Debug>(r: Result<T, BackendError>, id: JobId) {
+    assert!(
+        matches!(r, Err(BackendError::LeaseLost(x)) if x == id),
+        "expected LeaseLost({id}), got {r:?}"
+    );
+}
+
+#[tokio::test]
+async fn fifo_within_a_queue_and_queues_in_order() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    let a: Vec<Envelope> = (0..5).map(|n| envelope("a", n)).collect();
+    for e in &a {
+        b.enqueue(e.clone(), CAP).await.unwrap();
+    }
+    let other = envelope("b", 99);
+    b.enqueue(other.clone(), CAP).await.unwrap();
+    // The same id again is a no-op: a retried enqueue does not duplicate the job.
+    b.enqueue(a[0].clone(), CAP).await.unwrap();
+
+    let stats = b.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.running), (6, 0));
+
+    let first = b.reserve(&queues(&["a"]), 2, LEASE).await.unwrap();
+    let second = b.reserve(&queues(&["a", "b"]), 10, LEASE).await.unwrap();
+    let got: Vec<Envelope> = first.into_iter().chain(second).map(|r| job(r).0).collect();
+    let ids: Vec<JobId> = got.iter().map(|e| e.id).collect();
+    let want: Vec<JobId> = a.iter().chain([&other]).map(|e| e.id).collect();
+    assert_eq!(ids, want, "FIFO within a queue, queues in the order given");
+    for (e, sent) in got.iter().zip(a.iter().chain([&other])) {
+        assert_eq!(e.attempt, 1);
+        assert!(e.lease.is_some());
+        // The payload comes back byte for byte: no `[]` -> `{}`, no rounded integers.
+        assert_eq!(e.payload, sent.payload);
+        assert_eq!(
+            (&e.job, &e.queue, e.max_attempts, e.enqueued_at),
+            (&sent.job, &sent.queue, sent.max_attempts, sent.enqueued_at)
+        );
+    }
+    let stats = b.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.running), (0, 6));
+    reserve_none(b, "a").await;
+}
+
+#[tokio::test]
+async fn capacity_counts_ready_scheduled_and_running() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    b.enqueue(envelope("q", 1), 3).await.unwrap();
+    b.enqueue(delayed("q", 2, Duration::from_secs(60)), 3)
+        .await
+        .unwrap();
+    b.enqueue(envelope("other", 3), 3).await.unwrap();
+    let r = b.enqueue(envelope("q", 4), 3).await;
+    assert!(matches!(r, Err(BackendError::Full)), "{r:?}");
+    // Running jobs still count.
+    let (e, token) = reserve_one(b, "q", LEASE).await;
+    assert!(matches!(
+        b.enqueue(envelope("q", 5), 3).await,
+        Err(BackendError::Full)
+    ));
+    // A finished job frees its slot.
+    b.ack(e.id, token).await.unwrap();
+    b.enqueue(envelope("q", 6), 3).await.unwrap();
+    let stats = b.stats().await.unwrap();
+    assert_eq!(stats.depth(), 3);
+}
+
+#[tokio::test]
+async fn delayed_job_waits_for_its_time() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    let delay = Duration::from_millis(800);
+    let e = delayed("q", 1, delay);
+    let ready_at = Instant::now() + delay;
+    b.enqueue(e.clone(), CAP).await.unwrap();
+    assert_eq!(
+        b.status(e.id).await.unwrap().unwrap().state,
+        JobState::Scheduled
+    );
+    assert_eq!(b.stats().await.unwrap().scheduled, 1);
+    reserve_none(b, "q").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reserve_none(b, "q").await;
+    tokio::time::sleep_until(ready_at + Duration::from_millis(50)).await;
+    let (got, _) = reserve_one(b, "q", LEASE).await;
+    assert_eq!(got.id, e.id);
+    assert_eq!(got.not_before, e.not_before);
+    assert_eq!(b.stats().await.unwrap().scheduled, 0);
+}
+
+#[tokio::test]
+async fn ack_finishes_and_the_record_expires() {
+    let mut f = Fixture::with(|b| b.finished_retention(Duration::from_secs(60))).await;
+    let e = envelope("q", 1);
+    f.backend.enqueue(e.clone(), CAP).await.unwrap();
+    let (_, token) = reserve_one(&f.backend, "q", LEASE).await;
+    f.backend.ack(e.id, token).await.unwrap();
+
+    let status = f.backend.status(e.id).await.unwrap().unwrap();
+    assert_eq!((status.state, status.attempts), (JobState::Succeeded, 1));
+    let key = f.job_key(e.id);
+    let ttl = f.pttl(&key).await;
+    assert!(ttl > 50_000 && ttl <= 60_000, "finished hash TTL {ttl} ms");
+    assert_eq!(f.hget(e.id, "body").await, None, "the payload is dropped");
+    assert_eq!(f.hget(e.id, "lease").await, None);
+    let stats = f.backend.stats().await.unwrap();
+    assert_eq!(stats.depth(), 0);
+    // A second ack with the same token: the lease is gone.
+    lease_lost(f.backend.ack(e.id, token).await, e.id);
+}
+
+#[tokio::test]
+async fn retry_persists_the_attempt_count() {
+    let mut f = Fixture::new().await;
+    let e = envelope("q", 1);
+    f.backend.enqueue(e.clone(), CAP).await.unwrap();
+    let (got, token) = reserve_one(&f.backend, "q", LEASE).await;
+    assert_eq!(got.attempt, 1);
+    let at = SystemTime::now() + Duration::from_millis(500);
+    f.backend
+        .retry(e.id, token, retry_at(at, "boom: cause"))
+        .await
+        .unwrap();
+    let status = f.backend.status(e.id).await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Retrying);
+    assert_eq!(status.attempts, 1);
+    assert_eq!(status.last_error.as_deref(), Some("boom: cause"));
+    assert_eq!(f.backend.stats().await.unwrap().scheduled, 1);
+    reserve_none(&f.backend, "q").await;
+    tokio::time::sleep(Duration::from_millis(650)).await;
+
+    // Another backend instance (as another process would) sees the persisted count.
+    let other = f.other();
+    let (again, token) = reserve_one(&other, "q", LEASE).await;
+    assert_eq!((again.id, again.attempt), (e.id, 2));
+    assert_eq!(again.not_before, Some(unix_ms(at)));
+    assert_eq!(f.hget(e.id, "attempt").await.as_deref(), Some("2"));
+    // A retry due now is ready at once.
+    other
+        .retry(e.id, token, retry_at(SystemTime::now(), "again"))
+        .await
+        .unwrap();
+    let (third, token) = reserve_one(&f.backend, "q", LEASE).await;
+    assert_eq!(third.attempt, 3);
+    f.backend.ack(e.id, token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_lease_holder_changes_nothing() {
+    let mut f = Fixture::new().await;
+    let e = envelope("q", 1);
+    f.backend.enqueue(e.clone(), CAP).await.unwrap();
+    let (_, stale) = reserve_one(&f.backend, "q", Duration::from_millis(300)).await;
+    // Not expired yet: the reaper leaves it alone.
+    assert_eq!(f.backend.reap(3).await.unwrap().recovered, []);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reaped = f.backend.reap(3).await.unwrap();
+    assert_eq!(reaped.recovered, [e.id]);
+    assert!(reaped.dead.is_empty());
+    assert_eq!(
+        f.backend.status(e.id).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+
+    let (again, fresh) = reserve_one(&f.backend, "q", LEASE).await;
+    assert_ne!(stale, fresh);
+    assert_eq!((again.id, again.attempt, again.recoveries), (e.id, 2, 1));
+    let before = f.hget(e.id, "lease_until").await;
+
+    lease_lost(f.backend.ack(e.id, stale).await, e.id);
+    lease_lost(
+        f.backend
+            .retry(e.id, stale, retry_at(SystemTime::now(), "stale"))
+            .await,
+        e.id,
+    );
+    let record = dead_record(&e, 1, &["stale"]).await;
+    lease_lost(f.backend.dead_letter(e.id, stale, record).await, e.id);
+    lease_lost(f.backend.release(e.id, stale).await, e.id);
+    assert_eq!(
+        f.backend
+            .extend(&[(e.id, stale)], Duration::from_secs(60))
+            .await
+            .unwrap(),
+        [e.id]
+    );
+
+    // Nothing changed.
+    let status = f.backend.status(e.id).await.unwrap().unwrap();
+    assert_eq!((status.state, status.attempts), (JobState::Running, 2));
+    assert_eq!(status.last_error, None);
+    assert_eq!(
+        f.hget(e.id, "lease").await.as_deref(),
+        Some(fresh.to_string().as_str())
+    );
+    assert_eq!(f.hget(e.id, "lease_until").await, before);
+    let stats = f.backend.stats().await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.scheduled, stats.running, stats.dead),
+        (0, 0, 1, 0)
+    );
+    assert!(f.backend.dead_letters(10).await.unwrap().is_empty());
+
+    // The current holder is unaffected.
+    assert!(
+        f.backend
+            .extend(&[(e.id, fresh)], LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    f.backend.ack(e.id, fresh).await.unwrap();
+}
+
+#[tokio::test]
+async fn extend_keeps_a_lease_alive_past_its_first_expiry() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    let e = envelope("q", 1);
+    b.enqueue(e.clone(), CAP).await.unwrap();
+    let lease = Duration::from_millis(600);
+    let (_, token) = reserve_one(b, "q", lease).await;
+    let started = Instant::now();
+    while started.elapsed() < lease * 3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(b.extend(&[(e.id, token)], lease).await.unwrap().is_empty());
+        assert!(b.reap(3).await.unwrap().recovered.is_empty());
+    }
+    assert_eq!(
+        b.status(e.id).await.unwrap().unwrap().state,
+        JobState::Running
+    );
+    // Heartbeat stops: the lease runs out and the job is recovered.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    assert_eq!(b.reap(3).await.unwrap().recovered, [e.id]);
+    lease_lost(b.ack(e.id, token).await, e.id);
+}
+
+#[tokio::test]
+async fn release_returns_to_the_front_without_counting_an_attempt() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    let first = envelope("q", 1);
+    let second = envelope("q", 2);
+    b.enqueue(first.clone(), CAP).await.unwrap();
+    b.enqueue(second.clone(), CAP).await.unwrap();
+    let (got, token) = reserve_one(b, "q", LEASE).await;
+    assert_eq!((got.id, got.attempt), (first.id, 1));
+    lease_lost(b.release(first.id, LeaseToken(token.0 ^ 1)).await, first.id);
+    b.release(first.id, token).await.unwrap();
+    let status = b.status(first.id).await.unwrap().unwrap();
+    assert_eq!((status.state, status.attempts), (JobState::Queued, 0));
+    let (again, _) = reserve_one(b, "q", LEASE).await;
+    assert_eq!(
+        (again.id, again.attempt, again.recoveries),
+        (first.id, 1, 0),
+        "released to the front, attempt not counted"
+    );
+    let (next, _) = reserve_one(b, "q", LEASE).await;
+    assert_eq!(next.id, second.id);
+}
+
+#[tokio::test]
+async fn recovered_jobs_go_first_and_poison_pills_die() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    let pill = envelope("q", 1);
+    let behind = envelope("q", 2);
+    b.enqueue(pill.clone(), CAP).await.unwrap();
+    b.enqueue(behind.clone(), CAP).await.unwrap();
+    let lease = Duration::from_millis(200);
+    for n in 1..=3 {
+        let (got, _) = reserve_one(b, "q", lease).await;
+        assert_eq!(
+            (got.id, got.attempt, got.recoveries),
+            (pill.id, n, n - 1),
+            "a recovered job goes back to the front"
+        );
+        tokio::time::sleep(lease + Duration::from_millis(150)).await;
+        let reaped = b.reap(3).await.unwrap();
+        if n < 3 {
+            assert_eq!(reaped.recovered, [pill.id]);
+            assert!(reaped.dead.is_empty());
+        } else {
+            assert!(reaped.recovered.is_empty());
+            assert_eq!(reaped.dead.len(), 1);
+            let dead = &reaped.dead[0];
+            assert_eq!((dead.job_id, dead.attempts), (pill.id, 3));
+            assert_eq!((&dead.job, &dead.queue), (&pill.job, &pill.queue));
+            assert_eq!(dead.payload, pill.payload);
+            assert!(dead.error_message().contains("poison pill"), "{dead:?}");
+            assert!(dead.error_message().contains("3 times"), "{dead:?}");
+        }
+    }
+    let status = b.status(pill.id).await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Dead);
+    assert!(status.last_error.unwrap().contains("poison pill"));
+    let listed = b.dead_letters(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].job_id, pill.id);
+    assert_eq!(listed[0].payload, pill.payload);
+    let stats = b.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.running, stats.dead), (1, 0, 1));
+    let (next, _) = reserve_one(b, "q", LEASE).await;
+    assert_eq!(next.id, behind.id);
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_requeued_and_bounded() {
+    let mut f = Fixture::with(|b| {
+        b.dead_letter_capacity(2)
+            .dead_letter_retention(Duration::from_secs(600))
+    })
+    .await;
+    let jobs: Vec<Envelope> = (0..3).map(|n| envelope("q", n)).collect();
+    for e in &jobs {
+        f.backend.enqueue(e.clone(), CAP).await.unwrap();
+    }
+    for e in &jobs {
+        let (got, token) = reserve_one(&f.backend, "q", LEASE).await;
+        assert_eq!(got.id, e.id);
+        let record = dead_record(e, 1, &["permanent failure", "root cause"]).await;
+        f.backend.dead_letter(e.id, token, record).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Capacity 2: the oldest was evicted with its record.
+    let listed = f.backend.dead_letters(10).await.unwrap();
+    let ids: Vec<JobId> = listed.iter().map(|d| d.job_id).collect();
+    assert_eq!(
+        ids,
+        [jobs[1].id, jobs[2].id],
+        "oldest first, oldest evicted"
+    );
+    assert!(f.backend.status(jobs[0].id).await.unwrap().is_none());
+    assert_eq!(f.backend.dead_letters(1).await.unwrap().len(), 1);
+    let dead = &listed[0];
+    assert_eq!(dead.error, ["permanent failure", "root cause"]);
+    assert_eq!((dead.attempts, &dead.job), (1, &jobs[1].job));
+    assert_eq!(dead.payload, jobs[1].payload);
+    assert_eq!(unix_ms(dead.enqueued_at), jobs[1].enqueued_at);
+    let status = f.backend.status(jobs[1].id).await.unwrap().unwrap();
+    assert_eq!(status.state, JobState::Dead);
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("permanent failure: root cause")
+    );
+    let key = f.job_key(jobs[1].id);
+    let ttl = f.pttl(&key).await;
+    assert!(ttl > 590_000 && ttl <= 600_000, "dead hash TTL {ttl} ms");
+    assert_eq!(f.backend.stats().await.unwrap().dead, 2);
+
+    // Requeue: back in its queue with a fresh attempt budget, kept until it finishes.
+    f.backend.requeue(jobs[1].id).await.unwrap();
+    assert_eq!(f.pttl(&key).await, -1, "a requeued job no longer expires");
+    let status = f.backend.status(jobs[1].id).await.unwrap().unwrap();
+    assert_eq!((status.state, status.attempts), (JobState::Queued, 0));
+    assert_eq!(status.last_error, None);
+    let (again, token) = reserve_one(&f.backend, "q", LEASE).await;
+    assert_eq!(
+        (again.id, again.attempt, again.recoveries),
+        (jobs[1].id, 1, 0)
+    );
+    assert_eq!(again.payload, jobs[1].payload);
+    f.backend.ack(again.id, token).await.unwrap();
+
+    for id in [jobs[1].id, jobs[0].id, JobId::new()] {
+        let r = f.backend.requeue(id).await;
+        assert!(
+            matches!(r, Err(BackendError::NotFound(x)) if x == id),
+            "{r:?}"
+        );
+    }
+    assert_eq!(f.backend.stats().await.unwrap().dead, 1);
+}
+
+#[tokio::test]
+async fn status_follows_the_job() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    assert!(b.status(JobId::new()).await.unwrap().is_none());
+    let later = delayed("q", 0, Duration::from_secs(60));
+    b.enqueue(later.clone(), CAP).await.unwrap();
+    assert_eq!(
+        b.status(later.id).await.unwrap().unwrap().state,
+        JobState::Scheduled
+    );
+
+    let e = envelope("q", 1);
+    b.enqueue(e.clone(), CAP).await.unwrap();
+    let s = b.status(e.id).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.attempts, s.last_error),
+        (JobState::Queued, 0, None)
+    );
+    assert_eq!((s.job.as_ref(), s.queue.as_ref()), ("probe", "q"));
+    assert_eq!(unix_ms(s.enqueued_at), e.enqueued_at);
+
+    let (_, token) = reserve_one(b, "q", LEASE).await;
+    let s = b.status(e.id).await.unwrap().unwrap();
+    assert_eq!((s.state, s.attempts), (JobState::Running, 1));
+    b.retry(e.id, token, retry_at(SystemTime::now(), "flaky"))
+        .await
+        .unwrap();
+    let s = b.status(e.id).await.unwrap().unwrap();
+    assert_eq!((s.state, s.attempts), (JobState::Retrying, 1));
+    assert_eq!(s.last_error.as_deref(), Some("flaky"));
+    let (_, token) = reserve_one(b, "q", LEASE).await;
+    let s = b.status(e.id).await.unwrap().unwrap();
+    assert_eq!((s.state, s.attempts), (JobState::Running, 2));
+    b.ack(e.id, token).await.unwrap();
+    let s = b.status(e.id).await.unwrap().unwrap();
+    assert_eq!((s.state, s.attempts), (JobState::Succeeded, 2));
+    assert!(s.updated_at >= s.enqueued_at);
+}
+
+#[tokio::test]
+async fn malformed_records_come_back_as_malformed() {
+    let mut f = Fixture::new().await;
+    let not_json = JobId::new();
+    let wrong_shape = JobId::new();
+    let foreign = JobId::new();
+    let ready = f.key("ready:q");
+    // Planted with raw commands, as a corrupted or foreign writer would leave them.
+    let _: () = redis::pipe()
+        .hset_multiple(
+            f.job_key(not_json),
+            &[("body", "{not json"), ("queue", "q"), ("state", "queued")],
+        )
+        .hset(f.job_key(wrong_shape), "body", r#"{"id":"x","payload":1}"#)
+        .set(f.job_key(foreign), b"\xff\xfebinary".as_slice())
+        .rpush(&ready, not_json.to_string())
+        .rpush(&ready, "definitely-not-an-id")
+        .rpush(&ready, wrong_shape.to_string())
+        .rpush(&ready, foreign.to_string())
+        .query_async(&mut f.raw)
+        .await
+        .unwrap();
+    let good = envelope("q", 7);
+    f.backend.enqueue(good.clone(), CAP).await.unwrap();
+
+    let got = f.backend.reserve(&queues(&["q"]), 10, LEASE).await.unwrap();
+    assert_eq!(got.len(), 4, "{got:?}");
+    let mut bad = Vec::new();
+    for r in got {
+        match r {
+            Reservation::Malformed {
+                id,
+                token,
+                raw,
+                reason,
+            } => bad.push((id, token, raw, reason)),
+            Reservation::Job { envelope, .. } => assert_eq!(envelope.id, good.id),
+        }
+    }
+    let ids: Vec<JobId> = bad.iter().map(|b| b.0).collect();
+    assert_eq!(ids, [not_json, wrong_shape, foreign]);
+    assert_eq!(bad[0].2, "{not json");
+    assert_eq!(
+        bad[2].2, "\u{fffd}\u{fffd}binary",
+        "raw bytes, lossily as text"
+    );
+    for (_, _, _, reason) in &bad {
+        assert!(reason.contains("not a job envelope"), "{reason}");
+    }
+    // The entry that is not an id was set aside, not lost and not retried forever.
+    let garbage: Vec<String> = f.raw.lrange(f.key("garbage"), 0, -1).await.unwrap();
+    assert_eq!(garbage, ["definitely-not-an-id"]);
+
+    // The runtime dead-letters them with the reason; the lease works like any other.
+    for (id, token, raw, reason) in &bad {
+        let mut record = dead_record(&good, 0, &[reason.as_str()]).await;
+        record.job_id = *id;
+        record.payload = serde_json::Value::String(raw.clone());
+        f.backend.dead_letter(*id, *token, record).await.unwrap();
+    }
+    let dead = f.backend.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 3);
+    assert!(
+        dead.iter()
+            .all(|d| d.error_message().contains("not a job envelope"))
+    );
+    reserve_none(&f.backend, "q").await;
+}
+
+#[tokio::test]
+async fn insert_raw_plants_a_malformed_record() {
+    let f = Fixture::new().await;
+    let id = JobId::new();
+    f.backend.insert_raw(id, "q", "garbage").await.unwrap();
+    let got = f.backend.reserve(&queues(&["q"]), 1, LEASE).await.unwrap();
+    match got.as_slice() {
+        [Reservation::Malformed { id: got, raw, .. }] => {
+            assert_eq!((*got, raw.as_str()), (id, "garbage"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn wait_for_work_wakes_on_enqueue() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    let q = queues(&["q"]);
+
+    // Nothing to do: the wait lasts its timeout (and not much more).
+    let t = Instant::now();
+    b.wait_for_work(&q, Duration::from_millis(300)).await;
+    let idle = t.elapsed();
+    assert!(
+        idle >= Duration::from_millis(250) && idle < Duration::from_secs(2),
+        "{idle:?}"
+    );
+
+    // A cancelled wait must not leave a blocked command in front of the next one.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(100),
+        b.wait_for_work(&q, Duration::from_secs(5)),
+    )
+    .await;
+
+    let mut woke = Vec::new();
+    for n in 0..3 {
+        let enqueue_at = Instant::now() + Duration::from_millis(200);
+        let (waited, ()) = tokio::join!(
+            async {
+                let t = Instant::now();
+                b.wait_for_work(&q, Duration::from_secs(5)).await;
+                t.elapsed()
+            },
+            async {
+                tokio::time::sleep_until(enqueue_at).await;
+                b.enqueue(envelope("q", n), CAP).await.unwrap();
+            }
+        );
+        assert!(
+            waited < Duration::from_millis(1500),
+            "woke after {waited:?}"
+        );
+        woke.push(waited.saturating_sub(Duration::from_millis(200)));
+        let (e, token) = reserve_one(b, "q", LEASE).await;
+        b.ack(e.id, token).await.unwrap();
+    }
+    eprintln!("wait_for_work woke {woke:?} after the enqueue");
+}
+
+#[tokio::test]
+async fn a_closed_port_is_unavailable_quickly() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let b = RedisBackend::builder(format!("redis://127.0.0.1:{port}"))
+        .prefix("closed")
+        .connection_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let q = queues(&["q"]);
+    let t = Instant::now();
+    let results = [
+        b.connect().await.err(),
+        b.enqueue(envelope("q", 1), CAP).await.err(),
+        b.reserve(&q, 1, LEASE).await.err(),
+        b.ack(JobId::new(), LeaseToken::random()).await.err(),
+        b.stats().await.err(),
+        b.reap(3).await.err(),
+        b.status(JobId::new()).await.err(),
+    ];
+    let elapsed = t.elapsed();
+    for r in &results {
+        assert!(
+            matches!(r, Some(BackendError::Unavailable(_))),
+            "expected Unavailable, got {r:?}"
+        );
+    }
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    eprintln!("7 calls against a closed port failed in {elapsed:?}");
+    let t = Instant::now();
+    b.wait_for_work(&q, Duration::from_millis(300)).await;
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn names_are_checked_before_they_become_keys() {
+    for bad in ["", "a:b", "{x}", "a b", &"x".repeat(65)] {
+        let r = RedisBackend::builder(url()).prefix(bad).build();
+        assert!(
+            matches!(r, Err(RedisConfigError::InvalidPrefix(_))),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        RedisBackend::new("not a url"),
+        Err(RedisConfigError::InvalidUrl(_))
+    ));
+    let mut f = Fixture::new().await;
+    for (queue, job) in [("bad:queue", "probe"), ("q", "bad{job}")] {
+        let e = Envelope {
+            job: job.to_owned(),
+            ..envelope(queue, 1)
+        };
+        let r = f.backend.enqueue(e.clone(), CAP).await;
+        assert!(r.is_err(), "{queue} / {job}: {r:?}");
+        let exists: bool = f.raw.exists(f.job_key(e.id)).await.unwrap();
+        assert!(!exists);
+    }
+    assert!(
+        f.backend
+            .reserve(&queues(&["a}b"]), 1, LEASE)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn many_jobs_leave_nothing_behind() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    let n = 2000;
+    let t = Instant::now();
+    for i in 0..n {
+        b.enqueue(envelope("q", i), CAP * 10).await.unwrap();
+    }
+    let enqueued = t.elapsed();
+    let t = Instant::now();
+    let mut done = 0;
+    loop {
+        let got = b.reserve(&queues(&["q"]), 64, LEASE).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for r in got {
+            let (e, token) = job(r);
+            b.ack(e.id, token).await.unwrap();
+            done += 1;
+        }
+    }
+    let processed = t.elapsed();
+    assert_eq!(done, n);
+    let stats = b.stats().await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.scheduled, stats.running, stats.dead),
+        (0, 0, 0, 0)
+    );
+    eprintln!(
+        "{n} jobs: enqueue {:.0}/s, reserve(64)+ack {:.0}/s (sequential, one connection)",
+        n as f64 / enqueued.as_secs_f64(),
+        n as f64 / processed.as_secs_f64()
+    );
+}
