@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use job_core::backend::redis::{RedisBackend, RedisConfigError};
 use job_core::{DeadLetter, JobRuntime, JobRuntimeBuilder};
 
 use crate::auth::AdminToken;
@@ -54,6 +55,15 @@ pub struct ServiceArgs {
     /// Log one JSON object per line instead of human-readable text.
     #[arg(long, env = "JOB_LOG_JSON", value_parser = clap::builder::FalseyValueParser::new())]
     pub log_json: bool,
+
+    /// Keep jobs in Redis at this URL (e.g. `redis://127.0.0.1:6379`) instead of in memory:
+    /// they then survive a restart and are shared by every server on the same URL and prefix.
+    #[arg(long = "redis", env = "JOB_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Key prefix in Redis (`--redis` only); servers with the same prefix share their jobs.
+    #[arg(long, env = "JOB_REDIS_PREFIX", default_value = "jobs")]
+    pub redis_prefix: String,
 }
 
 impl ServiceArgs {
@@ -63,15 +73,27 @@ impl ServiceArgs {
     }
 
     /// A runtime builder with these settings, the fake mailer registered as `dyn Mailer`,
-    /// and a dead-letter hook that logs each dead job.
-    pub fn runtime_builder(&self) -> JobRuntimeBuilder {
+    /// a dead-letter hook that logs each dead job, and the Redis backend when `--redis` is
+    /// given (the only line that differs between the in-memory and the durable setup).
+    ///
+    /// # Errors
+    /// An invalid Redis URL or prefix.
+    pub fn runtime_builder(&self) -> Result<JobRuntimeBuilder, RedisConfigError> {
         let mailer: Arc<dyn Mailer> = Arc::new(FakeMailer::new(self.mailer_latency));
-        JobRuntime::builder()
+        let builder = JobRuntime::builder()
             .capacity(self.capacity)
             .concurrency(self.concurrency)
             .shutdown_timeout(self.shutdown_timeout)
             .data::<dyn Mailer>(mailer)
-            .on_dead_letter(log_dead_letter)
+            .on_dead_letter(log_dead_letter);
+        Ok(match &self.redis_url {
+            None => builder,
+            Some(url) => builder.backend(
+                RedisBackend::builder(url.as_str())
+                    .prefix(self.redis_prefix.as_str())
+                    .build()?,
+            ),
+        })
     }
 
     /// Logs the configuration once, at start. The admin token itself is never logged.
@@ -84,6 +106,10 @@ impl ServiceArgs {
             mailer_latency = ?self.mailer_latency,
             admin_routes = if self.admin_token().is_configured() { "enabled" } else { "disabled (JOB_ADMIN_TOKEN unset)" },
             log_json = self.log_json,
+            store = match &self.redis_url {
+                Some(_) => format!("redis (prefix `{}`)", self.redis_prefix),
+                None => "in-memory".to_owned(),
+            },
             "configuration"
         );
     }

@@ -193,18 +193,32 @@ async fn send_email(
     let job = request
         .validate()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
-    let id = state
-        .client
-        .try_enqueue(job)
-        .map_err(|e| enqueue_failed(&e))?;
+    let id = match state.client.try_enqueue(job) {
+        Ok(id) => id,
+        // A durable backend means network I/O: wait for it, briefly.
+        Err(EnqueueError::WouldBlock(job)) => {
+            match tokio::time::timeout(ENQUEUE_WAIT, state.client.enqueue(job)).await {
+                Ok(result) => result.map_err(|e| enqueue_failed(&e))?,
+                Err(_) => return Err(ApiError::queue_full()),
+            }
+        }
+        Err(e) => return Err(enqueue_failed(&e)),
+    };
     tracing::info!(job_id = %id, "email job enqueued");
     Ok(accepted(id))
 }
+
+/// How long `POST /send-email` waits for a durable backend before answering 503.
+const ENQUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn enqueue_failed<J: Job>(e: &EnqueueError<J>) -> ApiError {
     match e {
         EnqueueError::QueueFull(_) => ApiError::queue_full(),
         EnqueueError::ShuttingDown(_) => ApiError::shutting_down(),
+        EnqueueError::Backend { .. } => {
+            tracing::error!(job = J::NAME, error = %e, "job store unavailable");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
         EnqueueError::PayloadTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e),
         _ => {
             tracing::error!(job = J::NAME, error = %e, "enqueue failed");

@@ -468,3 +468,52 @@ fn json_logs_carry_the_job_span_fields() {
         );
     }
 }
+
+/// The same server on Redis (`--redis`): jobs still queued or running when it stops are
+/// kept, and the next server on the same URL and prefix runs them.
+#[test]
+fn on_redis_jobs_survive_a_restart() {
+    let url =
+        std::env::var("JOB_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let hostport = url.trim_start_matches("redis://").trim_end_matches('/');
+    assert!(
+        std::net::TcpStream::connect(hostport).is_ok(),
+        "Redis is not reachable at {url}; start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no"
+    );
+    let prefix = format!("email-restart-{}", std::process::id());
+    let durable = |latency: &'static str| {
+        vec![
+            "--redis".to_owned(),
+            url.clone(),
+            "--redis-prefix".to_owned(),
+            prefix.clone(),
+            "--mailer-latency".to_owned(),
+            latency.to_owned(),
+            "--concurrency".to_owned(),
+            "1".to_owned(),
+            "--shutdown-timeout".to_owned(),
+            "100ms".to_owned(),
+        ]
+    };
+    let args = durable("5s");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = Service::start(BIN, &args);
+    let ids: Vec<String> = (0..3)
+        .map(|i| enqueue(&first, &format!("user{i}@example.com"), "kept"))
+        .collect();
+    wait_for_state(&first, &ids[0], "running");
+    assert_eq!(
+        first.get(&format!("/jobs/{}", ids[2])).json()["state"],
+        "queued"
+    );
+    first.terminate();
+    assert!(first.wait_exit(WAIT).success());
+
+    let args = durable("20ms");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let second = Service::start(BIN, &args);
+    for id in &ids {
+        let status = wait_for_state(&second, id, "succeeded");
+        assert_eq!(status["job"], "send_email");
+    }
+}

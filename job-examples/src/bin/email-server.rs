@@ -49,7 +49,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let metrics = telemetry::install_metrics()?;
     let listener = TcpListener::bind(&args.addr).await?;
     // `send_email` registers itself (`#[job]`); `start()` checks its mailer is there.
-    let runtime = args.service.runtime_builder().start()?;
+    let runtime = args.service.runtime_builder()?.start()?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let state = AppState::new(runtime.client(), Some(metrics), args.service.admin_token());
     serve::serve(listener, email_router(state), runtime).await?;

@@ -80,7 +80,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     };
     let metrics = telemetry::install_metrics()?;
     let listener = TcpListener::bind(&args.addr).await?;
-    let mut builder = args.service.runtime_builder();
+    let mut builder = args.service.runtime_builder()?;
     if let Some(period) = every {
         tracing::info!(every = ?period, to = %args.report_to, "scheduling reports");
         let label = format!("every {}", humantime::format_duration(period));
