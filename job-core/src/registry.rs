@@ -159,6 +159,21 @@ impl fmt::Debug for JobType {
     }
 }
 
+/// Options of one job type changed on the builder.
+pub(crate) struct OptionsOverride {
+    pub(crate) type_id: TypeId,
+    pub(crate) type_name: &'static str,
+    pub(crate) apply: Option<Box<dyn FnOnce(JobOptions) -> JobOptions + Send>>,
+}
+
+impl fmt::Debug for OptionsOverride {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OptionsOverride")
+            .field("job", &self.type_name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A registered job type with its metric handles.
 #[derive(Debug)]
 pub(crate) struct Registered {
@@ -178,7 +193,11 @@ pub(crate) struct Registry {
 
 impl Registry {
     /// Merges the inventory with manual registrations; collects every problem.
-    pub(crate) fn build(manual: Vec<JobType>, problems: &mut Vec<String>) -> Self {
+    pub(crate) fn build(
+        manual: Vec<JobType>,
+        overrides: Vec<OptionsOverride>,
+        problems: &mut Vec<String>,
+    ) -> Self {
         let mut types: Vec<JobType> = inventory::iter::<JobRegistration>
             .into_iter()
             .map(|r| (r.describe)())
@@ -186,8 +205,14 @@ impl Registry {
         types.extend(manual);
 
         crate::observe::metrics::describe();
+        let mut overrides = overrides;
         let mut registry = Registry::default();
-        for ty in types {
+        for mut ty in types {
+            for o in overrides.iter_mut().filter(|o| o.type_id == ty.type_id) {
+                if let Some(f) = o.apply.take() {
+                    ty.options = f(ty.options.clone());
+                }
+            }
             if registry.by_type.contains_key(&ty.type_id) {
                 continue; // registered both ways: same type, fine
             }
@@ -208,6 +233,12 @@ impl Registry {
                     ty.name, ty.type_name
                 ));
             }
+            if ty.options.max_attempts == 0 {
+                problems.push(format!(
+                    "job `{}` needs max_attempts of at least 1",
+                    ty.name
+                ));
+            }
             if !is_valid_name(ty.options.queue) {
                 problems.push(format!(
                     "job `{}` has an invalid queue name `{}`: use 1 to 64 of `A-Z a-z 0-9 _ . -`",
@@ -221,6 +252,12 @@ impl Registry {
                 kind,
                 ty,
             }));
+        }
+        for o in overrides.iter().filter(|o| o.apply.is_some()) {
+            problems.push(format!(
+                "options were given for `{}`, which is not a registered job",
+                o.type_name
+            ));
         }
         registry
     }

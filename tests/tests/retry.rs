@@ -239,3 +239,44 @@ async fn the_context_carries_id_and_attempt() {
     assert_eq!(runs.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2]);
     rt.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn options_can_be_changed_per_runtime() {
+    let rec = Recorder::new();
+    let rt = builder(&rec)
+        .options::<Probe>(|o| {
+            o.max_attempts(5).queue("elsewhere").backoff(Backoff::new(
+                Duration::from_secs(7),
+                Duration::from_secs(7),
+                0.0,
+            ))
+        })
+        .start()
+        .unwrap();
+    let id = rt
+        .client()
+        .enqueue(Probe::new(1, Behavior::FailTimes(4)))
+        .await
+        .unwrap();
+    let status = wait_state(&rt, id, JobState::Succeeded, LONG).await;
+    assert_eq!((status.attempts, status.queue.as_ref()), (5, "elsewhere"));
+    for gap in gaps(&rec.attempts_of(1)) {
+        assert!(
+            gap >= Duration::from_secs(7) && gap < Duration::from_millis(7_010),
+            "{gap:?}"
+        );
+    }
+    rt.shutdown().await;
+
+    let err = JobRuntime::builder()
+        .register::<Probe>()
+        .data(Recorder::new())
+        .options::<Slow>(|o| o)
+        .start()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("options were given for `retry::Slow`, which is not a registered job"),
+        "{err}"
+    );
+}

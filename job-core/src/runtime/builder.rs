@@ -12,8 +12,9 @@ use crate::context::{DataMap, DependencyKind, ScopedFactory};
 use crate::dead_letter::{DeadLetter, DeadLetterHook, HookOutcome};
 use crate::error::{BoxError, StartError};
 use crate::job::Job;
+use crate::job::JobOptions;
 use crate::observe::health::HealthThresholds;
-use crate::registry::{JobType, Registry};
+use crate::registry::{JobType, OptionsOverride, Registry};
 use crate::runtime::durable::DurableConfig;
 use crate::runtime::shutdown::ShutdownReport;
 use crate::runtime::{Client, JobRuntime};
@@ -67,6 +68,7 @@ pub struct JobRuntimeBuilder {
     pub(crate) status_capacity: usize,
     pub(crate) dead_letter_capacity: usize,
     pub(crate) manual: Vec<JobType>,
+    pub(crate) overrides: Vec<OptionsOverride>,
     pub(crate) schedules: Vec<ScheduleSpec>,
     pub(crate) problems: Vec<String>,
     pub(crate) durable: Option<DurableConfig>,
@@ -91,6 +93,7 @@ impl Default for JobRuntimeBuilder {
             status_capacity: 100_000,
             dead_letter_capacity: 10_000,
             manual: Vec::new(),
+            overrides: Vec::new(),
             schedules: Vec::new(),
             problems: Vec::new(),
             durable: None,
@@ -303,6 +306,36 @@ impl JobRuntimeBuilder {
         self
     }
 
+    /// Changes the options of job type `J` for this runtime: from configuration (attempts,
+    /// timeout), or to shorten backoffs in tests. The queue may change too.
+    ///
+    /// ```
+    /// # use job_core::prelude::*;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, Serialize, Deserialize)] struct Sync;
+    /// # impl Job for Sync {
+    /// #     const NAME: &'static str = "sync";
+    /// #     type Error = std::io::Error;
+    /// #     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> { Ok(()) }
+    /// # }
+    /// use std::time::Duration;
+    /// let builder = JobRuntime::builder().register::<Sync>().options::<Sync>(|o| {
+    ///     o.max_attempts(10).timeout(Duration::from_secs(5))
+    /// });
+    /// # drop(builder);
+    /// ```
+    pub fn options<J: Job>(
+        mut self,
+        change: impl FnOnce(JobOptions) -> JobOptions + Send + 'static,
+    ) -> Self {
+        self.overrides.push(OptionsOverride {
+            type_id: std::any::TypeId::of::<J>(),
+            type_name: std::any::type_name::<J>(),
+            apply: Some(Box::new(change)),
+        });
+        self
+    }
+
     /// Enqueues `make()` every `period`, measured from the start (no drift: a slow enqueue
     /// does not push later ticks back; missed ticks are skipped). Starts with the runtime,
     /// stops at shutdown.
@@ -391,7 +424,11 @@ impl JobRuntimeBuilder {
                 }
             }
         }
-        let registry = Registry::build(std::mem::take(&mut self.manual), &mut problems);
+        let registry = Registry::build(
+            std::mem::take(&mut self.manual),
+            std::mem::take(&mut self.overrides),
+            &mut problems,
+        );
         if registry.is_empty() {
             problems.push(
                 "no job types are registered: define jobs with `#[job]` (and make sure their crate is linked, e.g. `use my_jobs as _;`) or call `.register::<J>()`"
