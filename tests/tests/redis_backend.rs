@@ -876,3 +876,191 @@ async fn many_jobs_leave_nothing_behind() {
         n as f64 / processed.as_secs_f64()
     );
 }
+
+/// A `redis-server` of this test's own on a free port, with an append-only file fsynced on
+/// every write in a temporary directory, so it can be stalled, killed and restarted.
+struct OwnServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnServer {
+    async fn start() -> Self {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let dir = std::env::temp_dir().join(format!("job-redis-test-{}", JobId::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+        };
+        server.restart().await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}); install Redis 7"));
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal("-CONT");
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Retries `op` until it succeeds or `within` passes.
+async fn eventually<T, F, Fut>(within: Duration, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BackendError>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "still failing: {e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn stalls_and_restarts_are_errors_then_recovered() {
+    let mut server = OwnServer::start().await;
+    let b = RedisBackend::builder(server.url())
+        .connection_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    b.connect().await.unwrap();
+    let q = queues(&["q"]);
+    let kept: Vec<Envelope> = (0..20).map(|n| envelope("q", n)).collect();
+    for e in &kept {
+        b.enqueue(e.clone(), CAP).await.unwrap();
+    }
+    let (held, token) = reserve_one(&b, "q", LEASE).await;
+
+    // A server that stops answering (the apalis-redis#76 shape): errors, not hangs.
+    server.signal("-STOP");
+    let t = Instant::now();
+    let r = b.enqueue(envelope("q", 100), CAP).await;
+    assert!(matches!(r, Err(BackendError::Unavailable(_))), "{r:?}");
+    let r = b.reserve(&q, 1, LEASE).await;
+    assert!(matches!(r, Err(BackendError::Unavailable(_))), "{r:?}");
+    b.wait_for_work(&q, Duration::from_millis(200)).await;
+    let stalled = t.elapsed();
+    assert!(stalled < Duration::from_secs(4), "{stalled:?}");
+    eprintln!("stopped server: enqueue, reserve and a 200 ms wait returned in {stalled:?}");
+    server.signal("-CONT");
+    eventually(Duration::from_secs(5), || b.stats()).await;
+
+    // Killed and restarted with its append-only file: everything acknowledged is there,
+    // and the same backend value works again without being rebuilt.
+    server.kill();
+    let t = Instant::now();
+    let r = b.enqueue(envelope("q", 101), CAP).await;
+    assert!(matches!(r, Err(BackendError::Unavailable(_))), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    b.wait_for_work(&q, Duration::from_millis(200)).await;
+    let down = t.elapsed();
+    server.restart().await;
+    let t = Instant::now();
+    let after = envelope("q", 102);
+    eventually(Duration::from_secs(5), || b.enqueue(after.clone(), CAP)).await;
+    eprintln!(
+        "killed server: enqueue and a 200 ms wait returned in {down:?}; first enqueue after the restart succeeded {:?} after it answered PING",
+        t.elapsed()
+    );
+    // The enqueue and the reserve sent while the server was stopped may have run after it
+    // resumed (Redis does not cancel a command whose caller gave up): one more job, and one
+    // leased to nobody (its lease will expire and the reaper will bring it back).
+    let stats = b.stats().await.unwrap();
+    assert!(matches!(stats.depth(), 21 | 22), "{stats:?}");
+    assert!(matches!(stats.running, 1 | 2), "{stats:?}");
+    assert_eq!(
+        b.status(held.id).await.unwrap().unwrap().state,
+        JobState::Running
+    );
+    b.ack(held.id, token).await.unwrap();
+    for e in kept.iter().skip(1).chain([&after]) {
+        let state = b.status(e.id).await.unwrap().map(|s| s.state);
+        assert!(
+            matches!(state, Some(JobState::Queued | JobState::Running)),
+            "acknowledged enqueue lost: {state:?}"
+        );
+    }
+    // Blocking waits reconnect too.
+    let (waited, ()) = tokio::join!(
+        async {
+            let t = Instant::now();
+            b.wait_for_work(&q, Duration::from_secs(5)).await;
+            t.elapsed()
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            b.enqueue(envelope("q", 103), CAP).await.unwrap();
+        }
+    );
+    assert!(waited < Duration::from_secs(2), "woke after {waited:?}");
+}
