@@ -432,9 +432,6 @@ impl Inner {
     }
 
     fn requeue(&self, id: JobId) -> Result<JobId, RequeueError> {
-        if self.stopping.load(Ordering::Acquire) {
-            return Err(RequeueError::ShuttingDown);
-        }
         let dead = self.dead.take(id).ok_or(RequeueError::NotFound(id))?;
         let Some(entry) = self.registry.by_name(&dead.job) else {
             let err = RequeueError::UnknownJob {

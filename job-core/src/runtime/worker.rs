@@ -121,8 +121,11 @@ impl JobRuntime {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
         inner.workers.close();
-        inner.background.spawn(timer::run(inner.clone(), timer_rx));
-        inner.background.spawn(maintenance(inner.clone()));
+        if inner.durable.is_none() {
+            // The in-memory queue's own timer and status pruning; a backend has its own.
+            inner.background.spawn(timer::run(inner.clone(), timer_rx));
+            inner.background.spawn(maintenance(inner.clone()));
+        }
         let client = Client {
             inner: inner.clone(),
         };
