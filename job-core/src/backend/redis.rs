@@ -1,16 +1,32 @@
 //! [`RedisBackend`]: durable, at-least-once jobs on Redis (cargo feature `redis`).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use job_core::backend::redis::RedisBackend;
+//! use job_core::prelude::*;
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Debug, Clone, Serialize, Deserialize)]
+//! # struct Resize { image: u64 }
+//! # impl Job for Resize {
+//! #     const NAME: &'static str = "resize";
+//! #     type Error = std::io::Error;
+//! #     async fn run(&self, _cx: &JobContext) -> Result<(), Self::Error> { Ok(()) }
+//! # }
 //!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let backend = RedisBackend::builder("redis://127.0.0.1:6379")
 //!     .prefix("jobs")
 //!     .finished_retention(Duration::from_secs(3600))
 //!     .build()?;
-//! // JobRuntime::builder().backend(backend) ... .start()?
-//! # let _ = backend; Ok(()) }
+//! let runtime = JobRuntime::builder()
+//!     .backend(backend) // the only line that changes
+//!     .register::<Resize>()
+//!     .start()?;
+//! let id = runtime.client().enqueue(Resize { image: 7 }).await?;
+//! # let _ = id;
+//! runtime.shutdown().await;
+//! # Ok(()) }
 //! ```
 //!
 //! # What this backend guarantees, and what Redis guarantees
@@ -62,6 +78,10 @@
 //! JSON would turn `[]` into `{}` and round large integers). The fields a script changes
 //! (`attempt`, `recoveries`, `not_before`, the lease) live in their own hash fields and
 //! override the JSON when a job is reserved.
+//!
+//! Enqueueing an id that is stored and not finished changes nothing and succeeds, so an
+//! enqueue retried after a lost reply does not duplicate the job (ids are fresh UUIDv7s, so
+//! this never happens otherwise).
 //!
 //! Leases are one sorted set scored by expiry rather than a processing list per worker: the
 //! trait has no worker identity (and a reused worker id is a classic way to lose jobs,
@@ -133,6 +153,8 @@ use crate::observe::status::{JobState, JobStatus};
 const PROMOTE_BATCH: usize = 1000;
 /// Expired leases, and expired dead letters, handled per reaper pass.
 const REAP_BATCH: usize = 1000;
+/// Jobs one `reserve` call returns at most (the trait allows fewer than asked).
+const MAX_RESERVE: usize = 10_000;
 /// Idle dedicated connections kept for `wait_for_work`.
 const MAX_IDLE_WAITERS: usize = 8;
 
@@ -502,6 +524,21 @@ impl RedisBackend {
                 format!("unexpected reply to PING: {pong:?}").into(),
             ));
         }
+        let mut info = ::redis::cmd("INFO");
+        info.arg("server");
+        if let Ok(info) = self.run_cmd::<String>(&info).await {
+            let version = info
+                .lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .map(str::trim);
+            let major = version.and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+            if major.is_some_and(|m| m < 6) {
+                tracing::warn!(
+                    version = version.unwrap_or_default(),
+                    "Redis older than 6.0: blocking waits need decimal BLPOP timeouts; upgrade Redis"
+                );
+            }
+        }
         let mut cmd = ::redis::cmd("CONFIG");
         cmd.arg("GET").arg("maxmemory-policy");
         match self.run_cmd::<HashMap<String, String>>(&cmd).await {
@@ -576,6 +613,7 @@ impl RedisBackend {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
+        let max = max.min(MAX_RESERVE);
         let tokens: Vec<LeaseToken> = (0..max).map(|_| LeaseToken::random()).collect();
         let mut inv = self.invocation(&self.scripts.reserve);
         inv.arg(max)
