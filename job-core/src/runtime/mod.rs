@@ -20,7 +20,7 @@ pub(crate) mod shutdown;
 mod timer;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -64,7 +64,6 @@ pub(crate) struct Inner {
     pub(crate) timer_tx: mpsc::UnboundedSender<Timed>,
     pub(crate) status: StatusStore,
     pub(crate) counters: Counters,
-    pub(crate) in_flight: AtomicUsize,
     pub(crate) dead: DeadLetterStore,
     pub(crate) hooks: Vec<DeadLetterHook>,
     pub(crate) shutdown_hooks: Vec<ShutdownHook>,
@@ -416,16 +415,16 @@ impl Inner {
         let c = &self.counters;
         let stopping = self.stopping.load(Ordering::Acquire);
         Stats {
-            enqueued: c.enqueued.load(Ordering::Relaxed),
-            started: c.started.load(Ordering::Relaxed),
-            succeeded: c.succeeded.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            retried: c.retried.load(Ordering::Relaxed),
-            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-            lease_lost: c.lease_lost.load(Ordering::Relaxed),
+            enqueued: c.enqueued.load(),
+            started: c.started.load(),
+            succeeded: c.succeeded.load(),
+            failed: c.failed.load(),
+            retried: c.retried.load(),
+            dead_lettered: c.dead_lettered.load(),
+            lease_lost: c.lease_lost.load(),
             depth: self.depth(),
             capacity: self.capacity,
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+            in_flight: c.in_flight(),
             is_running: !stopping,
             is_stopping: stopping,
         }

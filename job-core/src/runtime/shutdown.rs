@@ -63,7 +63,7 @@ impl Tally {
 pub(crate) async fn run(inner: Arc<Inner>) -> ShutdownReport {
     let began = Instant::now();
     tracing::info!(
-        in_flight = inner.in_flight.load(Ordering::Relaxed),
+        in_flight = inner.counters.in_flight(),
         depth = inner.depth(),
         "job runtime shutting down: no new jobs accepted"
     );
@@ -84,7 +84,7 @@ pub(crate) async fn run(inner: Arc<Inner>) -> ShutdownReport {
     if !drained {
         timed_out = true;
         tracing::warn!(
-            in_flight = inner.in_flight.load(Ordering::Relaxed),
+            in_flight = inner.counters.in_flight(),
             "shutdown timeout reached: cancelling running jobs"
         );
         inner.job_cancel.cancel();

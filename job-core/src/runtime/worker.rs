@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -87,7 +87,6 @@ impl JobRuntime {
             timer_tx,
             status: StatusStore::new(kinds, status_retention, status_capacity),
             counters: Counters::default(),
-            in_flight: AtomicUsize::new(0),
             dead: DeadLetterStore::new(dead_letter_capacity),
             hooks,
             shutdown_hooks,
@@ -261,7 +260,6 @@ pub(crate) async fn execute(
     let ty = &entry.ty;
     Counters::bump(&inner.counters.started);
     entry.metrics.started.increment(1);
-    inner.in_flight.fetch_add(1, Ordering::Relaxed);
     let started = tokio::time::Instant::now();
     let outcome = async {
         if let Some(failure) = build_scoped(inner, cx, kind).await {
@@ -303,7 +301,6 @@ pub(crate) async fn execute(
         .metrics
         .duration
         .record(started.elapsed().as_secs_f64());
-    inner.in_flight.fetch_sub(1, Ordering::Relaxed);
     match &outcome {
         Outcome::Ok => {
             Counters::bump(&inner.counters.succeeded);
