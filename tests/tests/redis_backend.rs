@@ -1064,3 +1064,78 @@ async fn stalls_and_restarts_are_errors_then_recovered() {
     );
     assert!(waited < Duration::from_secs(2), "woke after {waited:?}");
 }
+
+/// A job for the runtime smoke test: fails its first attempt when `flaky`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Count {
+    n: u64,
+    flaky: bool,
+}
+
+static COUNT_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl job_core::Job for Count {
+    const NAME: &'static str = "redis_smoke_count";
+    type Error = std::io::Error;
+
+    fn options() -> job_core::JobOptions {
+        job_core::JobOptions::new()
+            .queue("redis-smoke")
+            .backoff(job_core::Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_millis(50),
+                0.0,
+            ))
+    }
+
+    async fn run(&self, cx: &job_core::JobContext) -> Result<(), Self::Error> {
+        COUNT_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.flaky && cx.attempt() == 1 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("flaky {}", self.n),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_runtime_runs_jobs_on_redis() {
+    let f = Fixture::new().await;
+    let backend = std::sync::Arc::new(f.other());
+    let runtime = job_core::JobRuntime::builder()
+        .backend(backend.clone())
+        .lease(Duration::from_secs(5))
+        .register::<Count>()
+        .concurrency(4)
+        .start()
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let job = Count {
+            n,
+            flaky: n % 5 == 0,
+        };
+        ids.push(runtime.client().enqueue(job).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (n, id) in ids.iter().enumerate() {
+        loop {
+            let status = backend.status(*id).await.unwrap().unwrap();
+            if status.state == JobState::Succeeded {
+                assert_eq!(status.attempts, if n % 5 == 0 { 2 } else { 1 });
+                break;
+            }
+            assert!(
+                status.state != JobState::Dead && Instant::now() < deadline,
+                "{status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    runtime.shutdown().await;
+    assert_eq!(COUNT_RUNS.load(std::sync::atomic::Ordering::SeqCst), 24);
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.depth(), stats.dead), (0, 0));
+}
