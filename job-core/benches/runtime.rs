@@ -37,10 +37,10 @@ impl Job for Noop {
     const NAME: &'static str = "noop";
     type Error = std::convert::Infallible;
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
-        if GATED.load(Ordering::Relaxed) {
-            if let Ok(p) = GATE.acquire().await {
-                p.forget();
-            }
+        if GATED.load(Ordering::Relaxed)
+            && let Ok(p) = GATE.acquire().await
+        {
+            p.forget();
         }
         DONE.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -86,10 +86,10 @@ impl Job for Timed {
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
         let lat = now_ns().saturating_sub(self.enqueued_ns);
         let slot = LAT_DONE.fetch_add(1, Ordering::Relaxed) as usize;
-        if let Ok(v) = LAT.read() {
-            if let Some(cell) = v.get(slot) {
-                cell.store(lat, Ordering::Relaxed);
-            }
+        if let Ok(v) = LAT.read()
+            && let Some(cell) = v.get(slot)
+        {
+            cell.store(lat, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -408,7 +408,11 @@ fn main() {
         proc.push(pr);
     }
     let ceiling = row("tokio mpsc(1024), 1 producer, 1 consumer", "msgs/s", mpsc);
-    row("tokio mpsc(1024), consumer spawns a task per message", "msgs/s", spawn_each);
+    row(
+        "tokio mpsc(1024), consumer spawns a task per message",
+        "msgs/s",
+        spawn_each,
+    );
     let mut peak: f64 = 0.0;
     for ((p, c, cap), v) in e2e {
         let med = row(

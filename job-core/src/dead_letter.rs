@@ -35,6 +35,30 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// A record; for backends written outside this crate (the struct is non-exhaustive).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        job_id: JobId,
+        job: impl Into<String>,
+        queue: impl Into<String>,
+        payload: serde_json::Value,
+        attempts: u32,
+        error: Vec<String>,
+        enqueued_at: SystemTime,
+        died_at: SystemTime,
+    ) -> Self {
+        Self {
+            job_id,
+            job: job.into(),
+            queue: queue.into(),
+            payload,
+            attempts,
+            error,
+            enqueued_at,
+            died_at,
+        }
+    }
+
     /// The error chain joined as `error: source: source`.
     pub fn error_message(&self) -> String {
         self.error.join(": ")

@@ -2,7 +2,7 @@
 //!
 //! From the builder ([`JobRuntimeBuilder::every`](crate::JobRuntimeBuilder::every),
 //! [`cron`](crate::JobRuntimeBuilder::cron)) a schedule starts with the runtime and stops at
-//! shutdown. From a spawned task, [`every`] and [`cron`] take a [`Client`] and return a
+//! shutdown. From a spawned task, [`every`] and [`cron()`] take a [`Client`] and return a
 //! [`ScheduleHandle`].
 //!
 //! `every` does not drift: tick *n* is due at `start + n * period` whatever each enqueue
@@ -137,7 +137,7 @@ impl fmt::Debug for ScheduleSpec {
     }
 }
 
-/// A running schedule started with [`every`] or [`cron`]. Dropping it does not stop it.
+/// A running schedule started with [`every`] or [`cron()`]. Dropping it does not stop it.
 #[derive(Debug)]
 pub struct ScheduleHandle {
     token: CancellationToken,

@@ -64,10 +64,10 @@ fn build_binaries() -> HashMap<String, PathBuf> {
         .stderr(Stdio::inherit());
     // Building the test's own package alongside unifies features as the test build did, so
     // tokio, hyper, axum and job-core are reused rather than built a second time.
-    if let Ok(package) = std::env::var("CARGO_PKG_NAME") {
-        if package != env!("CARGO_PKG_NAME") {
-            command.args(["-p", &package]);
-        }
+    if let Ok(package) = std::env::var("CARGO_PKG_NAME")
+        && package != env!("CARGO_PKG_NAME")
+    {
+        command.args(["-p", &package]);
     }
     if let Some((target_dir, profile)) = build_location() {
         command.env("CARGO_TARGET_DIR", target_dir);
@@ -97,13 +97,14 @@ fn build_binaries() -> HashMap<String, PathBuf> {
         let is_bin = message["target"]["kind"]
             .as_array()
             .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"));
-        if message["reason"] == "compiler-artifact" && is_bin {
-            if let (Some(name), Some(exe)) = (
+        if message["reason"] == "compiler-artifact"
+            && is_bin
+            && let (Some(name), Some(exe)) = (
                 message["target"]["name"].as_str(),
                 message["executable"].as_str(),
-            ) {
-                binaries.insert(name.to_owned(), PathBuf::from(exe));
-            }
+            )
+        {
+            binaries.insert(name.to_owned(), PathBuf::from(exe));
         }
     }
     binaries

@@ -1,6 +1,7 @@
 //! The conformance suite: the same assertions, through the runtime's public API, against
 //! every store — the typed in-memory default, `MemoryBackend` (the backend contract in
-//! memory) and, with the `redis` feature, `RedisBackend` on a real server.
+//! memory) and `RedisBackend` on a real server (`JOB_REDIS_URL`, default the local one;
+//! a missing server fails these tests, it never skips them).
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use common::{Behavior, Probe, Recorder, eventually, wait_state};
 use job_core::JobRuntimeBuilder;
 use job_core::backend::memory::MemoryBackend;
+use job_core::backend::redis::RedisBackend;
 use job_core::backend::{Backend, Envelope, unix_ms};
 use job_core::prelude::*;
 use tokio::time::Instant;
@@ -23,11 +25,15 @@ enum Store {
     Typed,
     /// `MemoryBackend`.
     Memory,
+    /// `RedisBackend` on `JOB_REDIS_URL`, under a fresh key prefix.
+    Redis,
 }
 
 struct Setup {
     backend: Option<Arc<dyn Backend>>,
     memory: Option<Arc<MemoryBackend>>,
+    redis: Option<Arc<RedisBackend>>,
+    _cleanup: Option<common::RedisCleanup>,
 }
 
 impl Setup {
@@ -35,6 +41,8 @@ impl Setup {
         let mut setup = Setup {
             backend: None,
             memory: None,
+            redis: None,
+            _cleanup: None,
         };
         match store {
             Store::Typed => {}
@@ -42,6 +50,13 @@ impl Setup {
                 let m = Arc::new(MemoryBackend::new());
                 setup.backend = Some(m.clone());
                 setup.memory = Some(m);
+            }
+            Store::Redis => {
+                let (r, cleanup) = common::redis_backend().await;
+                let r = Arc::new(r);
+                setup.backend = Some(r.clone());
+                setup.redis = Some(r);
+                setup._cleanup = Some(cleanup);
             }
         }
         setup
@@ -66,6 +81,9 @@ impl Setup {
     async fn plant_raw(&self, id: JobId, queue: &str, raw: &str) {
         if let Some(m) = &self.memory {
             m.insert_raw(id, queue, raw);
+        }
+        if let Some(r) = &self.redis {
+            r.insert_raw(id, queue, raw).await.unwrap();
         }
     }
 }
@@ -375,4 +393,8 @@ mod typed {
 
 mod memory_backend {
     conformance!(Memory);
+}
+
+mod redis {
+    conformance!(Redis);
 }

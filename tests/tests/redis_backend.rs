@@ -670,9 +670,13 @@ async fn malformed_records_come_back_as_malformed() {
             Reservation::Malformed {
                 id,
                 token,
+                queue,
                 raw,
                 reason,
-            } => bad.push((id, token, raw, reason)),
+            } => {
+                assert_eq!(queue, "q", "the queue it came from");
+                bad.push((id, token, raw, reason));
+            }
             Reservation::Job { envelope, .. } => assert_eq!(envelope.id, good.id),
         }
     }

@@ -244,6 +244,7 @@ impl Backend for MemoryBackend {
                     Body::Raw { raw, .. } => out.push(Reservation::Malformed {
                         id,
                         token,
+                        queue: queue.clone(),
                         raw: raw.clone(),
                         reason: "stored record is not a job envelope".to_owned(),
                     }),

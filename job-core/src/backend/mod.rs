@@ -99,6 +99,8 @@ pub enum Reservation {
         id: JobId,
         /// The lease.
         token: LeaseToken,
+        /// The queue it was reserved from.
+        queue: String,
         /// The raw bytes, lossily as text.
         raw: String,
         /// Why they do not decode.
@@ -181,6 +183,9 @@ pub enum BackendError {
     /// The store holds something this version cannot read.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A queue or job name that cannot become a key (`[A-Za-z0-9_.-]{1,64}`).
+    #[error("invalid name: {0}")]
+    InvalidName(String),
 }
 
 /// The adapter between the runtime and a store. See the [module docs](self).

@@ -903,7 +903,7 @@ fn check_name(what: &str, name: &str) -> Result<(), BackendError> {
     if is_valid_name(name) {
         Ok(())
     } else {
-        Err(BackendError::Corrupt(format!(
+        Err(BackendError::InvalidName(format!(
             "invalid {what} name {name:?}: names must match [A-Za-z0-9_.-]{{1,64}} to become Redis keys"
         )))
     }
@@ -943,7 +943,8 @@ fn number<T: std::str::FromStr + Default>(row: &[Vec<u8>], i: usize) -> T {
     text(row, i).parse().unwrap_or_default()
 }
 
-/// Decodes one reserve row: `job, id, token, has_body, body, attempt, recoveries, not_before`.
+/// Decodes one reserve row: `job, id, token, has_body, body, attempt, recoveries, not_before,
+/// queue`.
 fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
     let id = parse_id(&text(row, 1))?;
     let token = u128::from_str_radix(&text(row, 2), 16)
@@ -955,6 +956,7 @@ fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
         return Ok(Reservation::Malformed {
             id,
             token,
+            queue: text(row, 8),
             raw,
             reason: "stored record has no envelope".to_owned(),
         });
@@ -962,6 +964,7 @@ fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
     let malformed = |reason: String| Reservation::Malformed {
         id,
         token,
+        queue: text(row, 8),
         raw: raw.clone(),
         reason,
     };
@@ -986,19 +989,19 @@ fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
 /// pill dead-lettered by the reaper is rebuilt from its envelope.
 fn dead_letter_from_row(row: &[Vec<u8>]) -> Result<DeadLetter, BackendError> {
     let job_id = parse_id(&text(row, 0))?;
-    if field(row, 1) == b"1" {
-        if let Ok(d) = serde_json::from_slice::<StoredDead>(field(row, 2)) {
-            return Ok(DeadLetter {
-                job_id,
-                job: d.job,
-                queue: d.queue,
-                payload: d.payload,
-                attempts: d.attempts,
-                error: d.error,
-                enqueued_at: from_unix_ms(d.enqueued_at),
-                died_at: from_unix_ms(d.died_at),
-            });
-        }
+    if field(row, 1) == b"1"
+        && let Ok(d) = serde_json::from_slice::<StoredDead>(field(row, 2))
+    {
+        return Ok(DeadLetter {
+            job_id,
+            job: d.job,
+            queue: d.queue,
+            payload: d.payload,
+            attempts: d.attempts,
+            error: d.error,
+            enqueued_at: from_unix_ms(d.enqueued_at),
+            died_at: from_unix_ms(d.died_at),
+        });
     }
     let died: u64 = number(row, 8);
     let died_at = from_unix_ms(died);
@@ -1227,7 +1230,7 @@ for i = 1, nq do
           local f = redis.call('HMGET', k, 'body', 'recoveries', 'not_before')
           local has = '0'
           if f[1] then has = '1' end
-          out[#out + 1] = {'job', id, token, has, f[1] or '', num(attempt), f[2] or '0', f[3] or ''}
+          out[#out + 1] = {'job', id, token, has, f[1] or '', num(attempt), f[2] or '0', f[3] or '', q}
         end
       end
     end

@@ -72,6 +72,32 @@ pub struct JobStatus {
     pub updated_at: SystemTime,
 }
 
+impl JobStatus {
+    /// A status; for backends written outside this crate (the struct is non-exhaustive).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        job_id: JobId,
+        job: impl Into<Cow<'static, str>>,
+        queue: impl Into<Cow<'static, str>>,
+        state: JobState,
+        attempts: u32,
+        last_error: Option<String>,
+        enqueued_at: SystemTime,
+        updated_at: SystemTime,
+    ) -> Self {
+        Self {
+            job_id,
+            job: job.into(),
+            queue: queue.into(),
+            state,
+            attempts,
+            last_error,
+            enqueued_at,
+            updated_at,
+        }
+    }
+}
+
 mod system_time_rfc3339 {
     use std::time::SystemTime;
 

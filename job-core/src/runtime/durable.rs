@@ -378,6 +378,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
         Reservation::Malformed {
             id,
             token,
+            queue,
             raw,
             reason,
         } => {
@@ -386,7 +387,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
             let dead = DeadLetter {
                 job_id: id,
                 job: String::new(),
-                queue: String::new(),
+                queue,
                 payload: serde_json::Value::String(raw),
                 attempts: 0,
                 error: vec![format!("malformed job record: {reason}")],

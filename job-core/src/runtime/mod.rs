@@ -402,11 +402,11 @@ impl Inner {
             self.capacity,
             self.stopping.load(Ordering::Acquire),
         );
-        if let Some(d) = &self.durable {
-            if !d.reachable.load(Ordering::Acquire) && health.status == crate::HealthStatus::Healthy
-            {
-                health.status = crate::HealthStatus::Degraded;
-            }
+        if let Some(d) = &self.durable
+            && !d.reachable.load(Ordering::Acquire)
+            && health.status == crate::HealthStatus::Healthy
+        {
+            health.status = crate::HealthStatus::Degraded;
         }
         health
     }

@@ -74,10 +74,10 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Timed
             _ = sleep_until(next_due), if next_due.is_some() => {
                 let now = Instant::now();
                 while heap.peek().is_some_and(|e| e.due <= now) {
-                    if let Some(entry) = heap.pop() {
-                        if let Err(e) = inner.ready_tx.try_send(entry.envelope) {
-                            inner.tally.left_behind(e.into_inner().id);
-                        }
+                    if let Some(entry) = heap.pop()
+                        && let Err(e) = inner.ready_tx.try_send(entry.envelope)
+                    {
+                        inner.tally.left_behind(e.into_inner().id);
                     }
                 }
             }

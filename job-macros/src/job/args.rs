@@ -310,13 +310,13 @@ fn parse_backoff(cx: &Ctxt, list: &MetaList) -> Option<BackoffArgs> {
         max: max.get().flatten(),
         jitter: jitter.get().flatten(),
     };
-    if let (Some(initial), Some(max), Some(lit)) = (args.initial, args.max, max_lit) {
-        if max < initial {
-            cx.error_spanned_by(
-                lit,
-                "backoff `max` is shorter than `initial`: `max` caps every delay, so it must be at least `initial`",
-            );
-        }
+    if let (Some(initial), Some(max), Some(lit)) = (args.initial, args.max, max_lit)
+        && max < initial
+    {
+        cx.error_spanned_by(
+            lit,
+            "backoff `max` is shorter than `initial`: `max` caps every delay, so it must be at least `initial`",
+        );
     }
     Some(args)
 }

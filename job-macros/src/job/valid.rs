@@ -117,15 +117,15 @@ fn check_param(cx: &Ctxt, job: &JobFn<'_>, param: &Param<'_>) {
             } else {
                 "&"
             };
-            if let Some(lifetime) = &reference.lifetime {
-                if lifetime.ident != "_" {
-                    cx.error_spanned_by(
-                        lifetime,
-                        format!(
-                            "remove the lifetime `{lifetime}`: an injected `{sigil}T` borrows from the runtime for one attempt and needs no named lifetime"
-                        ),
-                    );
-                }
+            if let Some(lifetime) = &reference.lifetime
+                && lifetime.ident != "_"
+            {
+                cx.error_spanned_by(
+                    lifetime,
+                    format!(
+                        "remove the lifetime `{lifetime}`: an injected `{sigil}T` borrows from the runtime for one attempt and needs no named lifetime"
+                    ),
+                );
             }
             check_injected_type(cx, arg, reference, ty, sigil);
         }

@@ -239,3 +239,68 @@ pub async fn wait_state(rt: &JobRuntime, id: JobId, state: JobState, limit: Dura
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// The Redis the durable tests use: `JOB_REDIS_URL`, by default the local server.
+pub fn redis_url() -> String {
+    std::env::var("JOB_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Deletes every key of a test's prefix when dropped (also when the test panics).
+pub struct RedisCleanup {
+    pub prefix: String,
+}
+
+impl Drop for RedisCleanup {
+    fn drop(&mut self) {
+        let pattern = format!("{{{}}}:*", self.prefix);
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+            return;
+        };
+        let keys: Vec<String> = match redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter::<String>(&mut conn)
+        {
+            Ok(iter) => iter.filter_map(Result::ok).collect(),
+            Err(_) => return,
+        };
+        for chunk in keys.chunks(500) {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+}
+
+/// A `RedisBackend` on a fresh random prefix; fails loudly when Redis is not reachable.
+pub async fn redis_backend() -> (job_core::backend::redis::RedisBackend, RedisCleanup) {
+    use job_core::backend::Backend;
+    let prefix = format!("t{:016x}", rand_u64());
+    let backend = job_core::backend::redis::RedisBackend::builder(redis_url())
+        .prefix(prefix.as_str())
+        .build()
+        .expect("valid Redis settings");
+    if let Err(e) = backend.connect().await {
+        panic!(
+            "Redis is not reachable at {} ({e}). Start it with:\n    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no",
+            redis_url()
+        );
+    }
+    (backend, RedisCleanup { prefix })
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
