@@ -1,0 +1,615 @@
+//! Side-by-side benchmarks of job-core against apalis (issue 6).
+//!
+//! `peers run` is the driver: for each round it runs every workload once for ours and once
+//! for apalis (A B A B ...), each in a fresh child process (`peers child WORKLOAD IMPL`), so
+//! allocator state, RSS and Redis contents never leak from one measurement into the next.
+//! Ratios ours/apalis are computed round by round, then summarised as median, min, max.
+//! `benches/peers/run.sh` builds in release mode, starts a private redis-server and runs
+//! the driver.
+//!
+//! Environment: `PEERS_ROUNDS` (5), `PEERS_JOBS` (100000), `PEERS_REDIS_URL` (unset: skip
+//! the Redis part), `PEERS_REDIS_PORT` (for redis-benchmark), `PEERS_WINDOW_SECS` (10, the
+//! longest a Redis throughput run lasts), `PEERS_ONLY` (comma-separated workload names).
+
+mod common;
+mod mem;
+mod redis_peers;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::env_usize;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("child") => child(&args[1..]),
+        Some("run") | None => Driver::new().run(),
+        Some(other) => {
+            eprintln!("usage: peers [run] | peers child WORKLOAD IMPL [RATE]  (got {other})");
+            std::process::exit(2);
+        }
+    }
+}
+
+// ---- children --------------------------------------------------------------------------------
+
+fn child(args: &[String]) {
+    let workload = args.first().map(String::as_str).unwrap_or("");
+    let which = args.get(1).map(String::as_str).unwrap_or("ours");
+    let rate: f64 = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(0.0);
+    let jobs = env_usize("PEERS_JOBS", 100_000);
+    let window = Duration::from_secs(env_usize("PEERS_WINDOW_SECS", 10) as u64);
+    // A stuck child must not stall the whole run.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(180));
+        println!("ERROR child timed out after 180 s");
+        std::process::exit(3);
+    });
+    match workload {
+        "mem-phases" => mem::phases(which, jobs),
+        "mem-concurrent" => mem::concurrent(which, jobs),
+        "mem-memory" => mem::memory(which, jobs),
+        "mem-latency" => mem::latency(which, rate, 1.0),
+        "mpsc" => mem::mpsc(jobs * 10),
+        "mpmc" => mem::mpmc(jobs * 10),
+        "redis-single" => redis_peers::single(which, jobs / 10),
+        "redis-batch" => redis_peers::batched(which, jobs, 1000),
+        "redis-drain" => redis_peers::backlog(which, jobs, 0, window),
+        "redis-backlog" => redis_peers::backlog(which, jobs, jobs, window),
+        "redis-e2e" => redis_peers::backlog(which, 0, jobs / 5, window),
+        "redis-latency" => redis_peers::latency(which, rate, 2.0),
+        other => {
+            println!("ERROR unknown workload {other}");
+            std::process::exit(2);
+        }
+    }
+    // Background tasks of aborted workers may still hold the runtime; leave at once.
+    std::process::exit(0);
+}
+
+// ---- the driver ----------------------------------------------------------------------------
+
+type Metrics = BTreeMap<String, f64>;
+
+#[derive(Default)]
+struct Series {
+    ours: Vec<f64>,
+    apalis: Vec<f64>,
+    ratio: Vec<f64>,
+}
+
+struct Driver {
+    rounds: usize,
+    redis: Option<String>,
+    redis_port: Option<String>,
+    only: Option<Vec<String>>,
+    exe: std::path::PathBuf,
+    /// (workload, metric) -> series
+    data: BTreeMap<(String, String), Series>,
+    /// ceiling name -> values
+    ceilings: BTreeMap<String, Vec<f64>>,
+    errors: Vec<String>,
+}
+
+fn stats(v: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let med = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    Some((med, v[0], v[v.len() - 1]))
+}
+
+fn fmt_num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", x / 1e3)
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn cell(v: &[f64]) -> String {
+    match stats(v) {
+        Some((med, min, max)) => format!("{} ({}–{})", fmt_num(med), fmt_num(min), fmt_num(max)),
+        None => "—".to_owned(),
+    }
+}
+
+fn ratio_cell(v: &[f64]) -> String {
+    match stats(v) {
+        Some((med, min, max)) => format!("**{med:.2}×** ({min:.2}–{max:.2})"),
+        None => "—".to_owned(),
+    }
+}
+
+impl Driver {
+    fn new() -> Self {
+        Self {
+            rounds: env_usize("PEERS_ROUNDS", 5),
+            redis: std::env::var("PEERS_REDIS_URL").ok(),
+            redis_port: std::env::var("PEERS_REDIS_PORT").ok(),
+            only: std::env::var("PEERS_ONLY")
+                .ok()
+                .map(|s| s.split(',').map(str::to_owned).collect()),
+            exe: std::env::current_exe().expect("own path"),
+            data: BTreeMap::new(),
+            ceilings: BTreeMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn wanted(&self, workload: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|w| w == workload))
+    }
+
+    fn flush_redis(&self) {
+        if let Some(port) = &self.redis_port {
+            let _ = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", port, "FLUSHALL"])
+                .output();
+        }
+    }
+
+    fn spawn(&mut self, workload: &str, which: &str, rate: Option<f64>) -> Metrics {
+        if workload.starts_with("redis") {
+            self.flush_redis();
+        }
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["child", workload, which]);
+        if let Some(r) = rate {
+            cmd.arg(format!("{r:.0}"));
+        }
+        let out = match cmd.output() {
+            Ok(o) => o,
+            Err(e) => {
+                self.errors.push(format!("{workload} {which}: {e}"));
+                return Metrics::new();
+            }
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut m = Metrics::new();
+        for line in stdout.lines() {
+            let mut parts = line.split_whitespace();
+            match parts.next() {
+                Some("RESULT") => {
+                    if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+                        if let Ok(v) = v.parse() {
+                            m.insert(k.to_owned(), v);
+                        }
+                    }
+                }
+                Some("ERROR") => self.errors.push(format!("{workload} {which}: {line}")),
+                _ => {}
+            }
+        }
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+            self.errors.push(format!(
+                "{workload} {which}: exit {:?}: {}",
+                out.status.code(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            ));
+        }
+        eprintln!("  {workload:<15} {which:<7} {m:?}");
+        m
+    }
+
+    /// Runs ours then apalis and records every metric, with the ratio of this round.
+    fn pair(&mut self, workload: &str, rate: Option<f64>) {
+        if !self.wanted(workload) {
+            return;
+        }
+        let ours = self.spawn(workload, "ours", rate);
+        let apalis = self.spawn(workload, "apalis", rate);
+        let keys: std::collections::BTreeSet<&String> = ours.keys().chain(apalis.keys()).collect();
+        for k in keys {
+            let s = self
+                .data
+                .entry((workload.to_owned(), k.clone()))
+                .or_default();
+            let (o, a) = (ours.get(k), apalis.get(k));
+            if let Some(o) = o {
+                s.ours.push(*o);
+            }
+            if let Some(a) = a {
+                s.apalis.push(*a);
+            }
+            if let (Some(o), Some(a)) = (o, a) {
+                if *a != 0.0 {
+                    s.ratio.push(o / a);
+                }
+            }
+        }
+    }
+
+    fn ceiling(&mut self, name: &str, value: Option<f64>) {
+        if let Some(v) = value {
+            self.ceilings.entry(name.to_owned()).or_default().push(v);
+        }
+    }
+
+    fn series(&self, workload: &str, metric: &str) -> Option<&Series> {
+        self.data.get(&(workload.to_owned(), metric.to_owned()))
+    }
+
+    fn median_ours(&self, workload: &str, metric: &str) -> Option<f64> {
+        self.series(workload, metric)
+            .and_then(|s| stats(&s.ours))
+            .map(|s| s.0)
+    }
+
+    fn redis_benchmark(&mut self, port: &str, command: &str, args: &[&str], pipeline: usize) {
+        let n = if pipeline > 1 { "500000" } else { "200000" };
+        let p = pipeline.to_string();
+        let mut cmd = Command::new("redis-benchmark");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-n",
+            n,
+            "-c",
+            "50",
+            "-P",
+            &p,
+            "--csv",
+        ]);
+        cmd.arg(command).args(args);
+        let rps = cmd.output().ok().and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split(',').nth(1))
+                .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+        });
+        let name = if pipeline > 1 {
+            format!("redis-benchmark {command}, 50 clients, pipeline {pipeline}")
+        } else {
+            format!("redis-benchmark {command}, 50 clients, no pipelining")
+        };
+        self.ceiling(&name, rps);
+    }
+
+    fn run(mut self) {
+        let rounds = self.rounds;
+        eprintln!("peers: {rounds} rounds; redis: {:?}", self.redis);
+        for r in 0..rounds {
+            eprintln!("round {}/{rounds}: in memory", r + 1);
+            self.pair("mem-phases", None);
+            self.pair("mem-concurrent", None);
+            self.pair("mem-memory", None);
+            if self.wanted("ceilings") {
+                let m = self.spawn("mpsc", "raw", None);
+                self.ceiling(
+                    "tokio mpsc(1024), 1 producer, 1 consumer",
+                    m.get("rate").copied(),
+                );
+                let ours = self
+                    .series("mem-concurrent", "e2e_concurrent")
+                    .and_then(|s| s.ours.last().copied());
+                if let (Some(o), Some(c)) = (ours, m.get("rate")) {
+                    self.ceiling(
+                        "ours end-to-end (producer running) / tokio mpsc",
+                        Some(o / c),
+                    );
+                }
+                let m = self.spawn("mpmc", "raw", None);
+                self.ceiling(
+                    "async-channel(1024), 1 producer, 4 consumers",
+                    m.get("rate").copied(),
+                );
+                let m = self.spawn("mem-memory", "mpsc", None);
+                self.ceiling(
+                    "tokio mpsc unbounded, heap bytes per queued job",
+                    m.get("heap_per_job").copied(),
+                );
+                self.ceiling(
+                    "tokio mpsc unbounded, RSS bytes per queued job",
+                    m.get("rss_per_job").copied(),
+                );
+            }
+        }
+        // Half of our peak in-memory rate (producer running while workers consume).
+        let ours_peak = self.median_ours("mem-concurrent", "e2e_concurrent");
+        let apalis_peak = self
+            .series("mem-concurrent", "e2e_concurrent")
+            .and_then(|s| stats(&s.apalis))
+            .map(|s| s.0);
+        if let Some(peak) = ours_peak {
+            for r in 0..rounds {
+                eprintln!("round {}/{rounds}: in-memory latency", r + 1);
+                self.pair("mem-latency", Some(peak / 2.0));
+                if let Some(ap) = apalis_peak {
+                    if self.wanted("mem-latency-own") {
+                        let m = self.spawn("mem-latency", "apalis", Some(ap / 2.0));
+                        for (k, v) in m {
+                            self.data
+                                .entry(("mem-latency-own".to_owned(), k))
+                                .or_default()
+                                .apalis
+                                .push(v);
+                        }
+                    }
+                }
+            }
+        }
+        if self.redis.is_some() {
+            for r in 0..rounds {
+                eprintln!("round {}/{rounds}: redis", r + 1);
+                self.pair("redis-single", None);
+                self.pair("redis-batch", None);
+                self.pair("redis-e2e", None);
+                self.pair("redis-drain", None);
+                self.pair("redis-backlog", None);
+                if let (Some(port), true) = (self.redis_port.clone(), self.wanted("ceilings")) {
+                    for pipeline in [1, 16] {
+                        self.flush_redis();
+                        self.redis_benchmark(&port, "LPUSH", &["peers:rb:src", "x"], pipeline);
+                        self.redis_benchmark(
+                            &port,
+                            "LMOVE",
+                            &["peers:rb:src", "peers:rb:dst", "RIGHT", "LEFT"],
+                            pipeline,
+                        );
+                    }
+                    self.flush_redis();
+                }
+            }
+            if let Some(peak) = self.median_ours("redis-e2e", "run_rate") {
+                for r in 0..rounds {
+                    eprintln!("round {}/{rounds}: redis latency", r + 1);
+                    self.pair("redis-latency", Some(peak / 2.0));
+                }
+            }
+        }
+        self.print(ours_peak);
+    }
+
+    fn row(&self, out: &mut String, label: &str, workload: &str, metric: &str, unit: &str) {
+        let Some(s) = self.series(workload, metric) else {
+            return;
+        };
+        out.push_str(&format!(
+            "| {label} | {unit} | {} | {} | {} |\n",
+            cell(&s.ours),
+            cell(&s.apalis),
+            ratio_cell(&s.ratio)
+        ));
+    }
+
+    fn print(&self, ours_peak: Option<f64>) {
+        let mut out = String::new();
+        let head = "| measure | unit | ours: median (min–max) | apalis: median (min–max) | ours/apalis, per round: median (min–max) |\n|---|---|---|---|---|\n";
+        out.push_str(&format!(
+            "\n### In memory: 100,000 no-op jobs, concurrency 4, {} rounds\n\n",
+            self.rounds
+        ));
+        out.push_str(head);
+        self.row(
+            &mut out,
+            "enqueue phase (workers held)",
+            "mem-phases",
+            "enqueue",
+            "jobs/s",
+        );
+        self.row(
+            &mut out,
+            "processing phase (100,000 queued)",
+            "mem-phases",
+            "process",
+            "jobs/s",
+        );
+        self.row(
+            &mut out,
+            "end-to-end, enqueue then process",
+            "mem-phases",
+            "e2e_seq",
+            "jobs/s",
+        );
+        self.row(
+            &mut out,
+            "end-to-end, producer running while workers consume",
+            "mem-concurrent",
+            "e2e_concurrent",
+            "jobs/s",
+        );
+        self.row(
+            &mut out,
+            "heap per queued job (100,000 queued)",
+            "mem-memory",
+            "heap_per_job",
+            "B",
+        );
+        self.row(
+            &mut out,
+            "RSS growth per queued job (100,000 queued)",
+            "mem-memory",
+            "rss_per_job",
+            "B",
+        );
+        self.row(
+            &mut out,
+            "peak RSS of the process (100,000 queued)",
+            "mem-memory",
+            "peak_rss_mb",
+            "MB",
+        );
+        if let Some(p) = ours_peak {
+            let half = p / 2.0;
+            self.row(
+                &mut out,
+                &format!(
+                    "enqueue-to-start p50 at {} jobs/s (half our peak)",
+                    fmt_num(half)
+                ),
+                "mem-latency",
+                "lat_p50_us",
+                "µs",
+            );
+            self.row(
+                &mut out,
+                &format!(
+                    "enqueue-to-start p99 at {} jobs/s (half our peak)",
+                    fmt_num(half)
+                ),
+                "mem-latency",
+                "lat_p99_us",
+                "µs",
+            );
+            self.row(
+                &mut out,
+                "rate offered in the latency run",
+                "mem-latency",
+                "lat_offered_rate",
+                "jobs/s",
+            );
+            self.row(
+                &mut out,
+                "apalis p50 at half *its own* peak",
+                "mem-latency-own",
+                "lat_p50_us",
+                "µs",
+            );
+            self.row(
+                &mut out,
+                "apalis p99 at half *its own* peak",
+                "mem-latency-own",
+                "lat_p99_us",
+                "µs",
+            );
+        }
+        if self.redis.is_some() {
+            out.push_str(&format!(
+                "\n### Redis (private redis-server, flushed before each run), concurrency 4, {} rounds\n\n",
+                self.rounds
+            ));
+            out.push_str(head);
+            self.row(
+                &mut out,
+                "single enqueue, 10,000 awaited one by one",
+                "redis-single",
+                "single_enqueue",
+                "jobs/s",
+            );
+            self.row(
+                &mut out,
+                "batched enqueue, 100,000 in batches of 1,000",
+                "redis-batch",
+                "batch_enqueue",
+                "jobs/s",
+            );
+            self.row(
+                &mut out,
+                "Redis used_memory per queued job (100,000 queued)",
+                "redis-batch",
+                "redis_bytes_per_job",
+                "B",
+            );
+            self.row(
+                &mut out,
+                "end-to-end from empty: 20,000 jobs, producer + workers",
+                "redis-e2e",
+                "run_rate",
+                "jobs/s",
+            );
+            self.row(
+                &mut out,
+                "  … its producer alone",
+                "redis-e2e",
+                "produce_rate",
+                "jobs/s",
+            );
+            self.row(
+                &mut out,
+                "drain a 100,000-job backlog",
+                "redis-drain",
+                "run_rate",
+                "jobs/s",
+            );
+            self.row(
+                &mut out,
+                "  … drained completely (1 = yes)",
+                "redis-drain",
+                "complete",
+                "",
+            );
+            self.row(
+                &mut out,
+                "100,000 backlog + producer adding 100,000",
+                "redis-backlog",
+                "run_rate",
+                "jobs/s",
+            );
+            self.row(
+                &mut out,
+                "  … its producer alone",
+                "redis-backlog",
+                "produce_rate",
+                "jobs/s",
+            );
+            self.row(
+                &mut out,
+                "  … all ran (1 = yes)",
+                "redis-backlog",
+                "complete",
+                "",
+            );
+            if let Some(p) = self.median_ours("redis-e2e", "run_rate") {
+                let half = p / 2.0;
+                self.row(
+                    &mut out,
+                    &format!(
+                        "enqueue-to-start p50 at {} jobs/s (half our peak)",
+                        fmt_num(half)
+                    ),
+                    "redis-latency",
+                    "lat_p50_us",
+                    "µs",
+                );
+                self.row(
+                    &mut out,
+                    &format!(
+                        "enqueue-to-start p99 at {} jobs/s (half our peak)",
+                        fmt_num(half)
+                    ),
+                    "redis-latency",
+                    "lat_p99_us",
+                    "µs",
+                );
+            }
+        }
+        if !self.ceilings.is_empty() {
+            out.push_str(
+                "\n### Ceilings (same run)\n\n| ceiling | median (min–max) |\n|---|---|\n",
+            );
+            for (name, v) in &self.ceilings {
+                out.push_str(&format!("| {name} | {} |\n", cell(v)));
+            }
+        }
+        if !self.errors.is_empty() {
+            out.push_str("\n### Errors\n\n");
+            for e in &self.errors {
+                out.push_str(&format!("- {e}\n"));
+            }
+        }
+        println!("{out}");
+    }
+}

@@ -1,0 +1,305 @@
+//! Redis workloads: job-core's `RedisBackend` (leases, at-least-once, fenced acks) against
+//! `apalis-redis` (`RedisStorage` with its default config: task locking, results persisted,
+//! events emitted), both as a user gets them, on a private redis-server that the driver
+//! flushes before every child process.
+
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{TaskSink, WorkerBuilder, WorkerBuilderExt};
+use apalis_redis::RedisStorage;
+use job_core::JobRuntime;
+use job_core::backend::redis::RedisBackend;
+
+use crate::common::{
+    Noop, Timed, done, expect, finished, latency_percentiles, latency_slots, noop, noop_body,
+    now_ns, report, runtime, timed_body,
+};
+use crate::mem::CONCURRENCY;
+
+fn url() -> String {
+    std::env::var("PEERS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+}
+
+/// Our runtime on Redis. `consume: false` points its workers at a queue nobody uses, so
+/// it only produces (jobs stay queued).
+fn ours(consume: bool) -> JobRuntime {
+    let backend = RedisBackend::builder(url())
+        .prefix("peers")
+        .build()
+        .expect("redis backend");
+    let mut b = JobRuntime::builder()
+        .backend(backend)
+        .register::<Noop>()
+        .register::<Timed>()
+        .capacity(10_000_000)
+        .concurrency(CONCURRENCY);
+    if !consume {
+        b = b.queues(["idle"]);
+    }
+    b.start().expect("start job-core runtime")
+}
+
+async fn apalis_storage<T>() -> RedisStorage<T> {
+    let conn = apalis_redis::connect(url()).await.expect("apalis connect");
+    RedisStorage::new(conn)
+}
+
+async fn apalis_noop(_job: Noop) {
+    noop_body().await;
+}
+
+async fn apalis_timed(job: Timed) {
+    timed_body(&job);
+}
+
+/// Bytes Redis uses (`INFO memory` used_memory).
+async fn used_memory() -> i64 {
+    let client = redis::Client::open(url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO memory");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `jobs` enqueued one after another, each awaited.
+pub fn single(which: &str, jobs: usize) {
+    runtime().block_on(async move {
+        let elapsed = match which {
+            "ours" => {
+                let rt = ours(false);
+                let client = rt.client();
+                client.enqueue(noop(0)).await.expect("warm-up enqueue");
+                let t = Instant::now();
+                for i in 0..jobs {
+                    client.enqueue(noop(i as u64)).await.expect("enqueue");
+                }
+                let e = t.elapsed();
+                rt.shutdown().await;
+                e
+            }
+            "apalis" => {
+                let mut storage = apalis_storage::<Noop>().await;
+                storage.push(noop(0)).await.expect("warm-up push");
+                let t = Instant::now();
+                for i in 0..jobs {
+                    storage.push(noop(i as u64)).await.expect("push");
+                }
+                t.elapsed()
+            }
+            other => panic!("unknown implementation {other}"),
+        };
+        report("single_enqueue", jobs as f64 / elapsed.as_secs_f64());
+    });
+}
+
+/// Enqueues `jobs` in batches of `batch`: apalis' `push_bulk` (one script call per batch);
+/// ours has no batch call, so a batch is `batch` concurrent `enqueue` futures, which the
+/// multiplexed connection pipelines. Then Redis memory per queued job.
+async fn fill(which: &str, jobs: usize, batch: usize) -> Duration {
+    match which {
+        "ours" => {
+            let rt = ours(false);
+            let client = rt.client();
+            client.enqueue(noop(0)).await.expect("warm-up enqueue");
+            let t = Instant::now();
+            for b in 0..jobs / batch {
+                let futs = (0..batch).map(|i| client.enqueue(noop((b * batch + i) as u64)));
+                for r in futures::future::join_all(futs).await {
+                    r.expect("enqueue");
+                }
+            }
+            let e = t.elapsed();
+            rt.shutdown().await;
+            e
+        }
+        "apalis" => {
+            let mut storage = apalis_storage::<Noop>().await;
+            storage.push(noop(0)).await.expect("warm-up push");
+            let t = Instant::now();
+            for b in 0..jobs / batch {
+                let v: Vec<Noop> = (0..batch).map(|i| noop((b * batch + i) as u64)).collect();
+                storage.push_bulk(v).await.expect("push_bulk");
+            }
+            t.elapsed()
+        }
+        other => panic!("unknown implementation {other}"),
+    }
+}
+
+pub fn batched(which: &str, jobs: usize, batch: usize) {
+    runtime().block_on(async move {
+        let before = used_memory().await;
+        let elapsed = fill(which, jobs, batch).await;
+        let after = used_memory().await;
+        report("batch_enqueue", jobs as f64 / elapsed.as_secs_f64());
+        report("redis_bytes_per_job", (after - before) as f64 / jobs as f64);
+    });
+}
+
+/// Workers (concurrency 4) start on a backlog of `backlog` jobs while one producer
+/// enqueues `produce` more, one at a time. Runs until every job ran or `window` passed;
+/// reports jobs run per second over that time.
+pub fn backlog(which: &str, backlog: usize, produce: usize, window: Duration) {
+    runtime().block_on(async move {
+        if backlog > 0 {
+            fill(which, backlog, 1000).await;
+        }
+        // The warm-up job of `fill` is queued too.
+        let extra = usize::from(backlog > 0);
+        let total = backlog + extra + produce;
+        expect(total);
+        let deadline = tokio::time::sleep(window);
+        tokio::pin!(deadline);
+        let t = Instant::now();
+        let mut failure = None;
+        let mut produced_in = None;
+        match which {
+            "ours" => {
+                let rt = ours(true);
+                let client = rt.client();
+                let producer = tokio::spawn(async move {
+                    let t = Instant::now();
+                    for i in 0..produce {
+                        client.enqueue(noop(i as u64)).await.expect("enqueue");
+                    }
+                    t.elapsed()
+                });
+                tokio::select! {
+                    () = finished() => {}
+                    () = &mut deadline => {}
+                }
+                if producer.is_finished() {
+                    produced_in = producer.await.ok();
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), rt.shutdown()).await;
+            }
+            "apalis" => {
+                let storage = apalis_storage::<Noop>().await;
+                let mut push = storage.clone();
+                let worker = WorkerBuilder::new("peers-redis")
+                    .backend(storage)
+                    .concurrency(CONCURRENCY)
+                    .build(apalis_noop);
+                let mut handle = tokio::spawn(worker.run());
+                let producer = tokio::spawn(async move {
+                    let t = Instant::now();
+                    for i in 0..produce {
+                        push.push(noop(i as u64)).await.expect("push");
+                    }
+                    t.elapsed()
+                });
+                tokio::select! {
+                    () = finished() => {}
+                    () = &mut deadline => {}
+                    r = &mut handle => {
+                        failure = Some(match r {
+                            Ok(Ok(())) => "worker stopped".to_owned(),
+                            Ok(Err(e)) => format!("worker error: {e}"),
+                            Err(e) => format!("worker panicked: {e}"),
+                        });
+                    }
+                }
+                if producer.is_finished() {
+                    produced_in = producer.await.ok();
+                }
+                handle.abort();
+            }
+            other => panic!("unknown implementation {other}"),
+        }
+        let elapsed = t.elapsed().min(window);
+        let ran = done();
+        if let Some(f) = failure {
+            println!("ERROR {f} (after {ran} jobs in {elapsed:?})");
+        }
+        report("ran", ran as f64);
+        report("run_rate", ran as f64 / elapsed.as_secs_f64());
+        report("complete", if ran >= total { 1.0 } else { 0.0 });
+        if let Some(p) = produced_in {
+            report("produce_rate", produce as f64 / p.as_secs_f64());
+        }
+    });
+}
+
+/// Enqueue-to-start latency at `rate` jobs/s for `seconds`: a pacer task starts one
+/// enqueue task per job when it is due (so enqueues overlap and no round trip delays the
+/// next arrival), ticking every 200 µs.
+pub fn latency(which: &str, rate: f64, seconds: f64) {
+    let total = (rate * seconds) as usize;
+    latency_slots(total);
+    expect(total);
+    let _ = now_ns();
+    runtime().block_on(async move {
+        let mut failure = None;
+        let mut ours_rt = None;
+        let mut apalis_handle = None;
+        let send: Box<dyn Fn(Timed) + Send> = match which {
+            "ours" => {
+                let rt = ours(true);
+                let client = rt.client();
+                ours_rt = Some(rt);
+                Box::new(move |job| {
+                    let client = client.clone();
+                    tokio::spawn(async move { client.enqueue(job).await.map(|_| ()).ok() });
+                })
+            }
+            "apalis" => {
+                let storage = apalis_storage::<Timed>().await;
+                let push = storage.clone();
+                let worker = WorkerBuilder::new("peers-redis")
+                    .backend(storage)
+                    .concurrency(CONCURRENCY)
+                    .build(apalis_timed);
+                apalis_handle = Some(tokio::spawn(worker.run()));
+                Box::new(move |job| {
+                    let mut push = push.clone();
+                    tokio::spawn(async move { push.push(job).await.ok() });
+                })
+            }
+            other => panic!("unknown implementation {other}"),
+        };
+        // Let the workers reach their first wait.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start = Instant::now();
+        let mut sent = 0usize;
+        while sent < total {
+            let due = ((start.elapsed().as_secs_f64() * rate) as usize).min(total);
+            while sent < due {
+                send(Timed {
+                    seq: sent as u64,
+                    enqueued_ns: now_ns(),
+                });
+                sent += 1;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let took = start.elapsed();
+        if tokio::time::timeout(Duration::from_secs(30), finished())
+            .await
+            .is_err()
+        {
+            failure = Some("not every job ran within 30 s");
+        }
+        if let Some(rt) = ours_rt {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rt.shutdown()).await;
+        }
+        if let Some(h) = apalis_handle {
+            h.abort();
+        }
+        if let Some(f) = failure {
+            println!("ERROR {f}");
+        }
+        let (p50, p99, n) = latency_percentiles();
+        report("lat_p50_us", p50);
+        report("lat_p99_us", p99);
+        report("lat_offered_rate", n as f64 / took.as_secs_f64());
+    });
+}
