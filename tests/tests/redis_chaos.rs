@@ -795,6 +795,17 @@ impl Server {
         }
     }
 
+    /// `kill -STOP` or `kill -CONT`: the server hangs (connections stay open, nothing is
+    /// answered), or goes on.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("server running").id();
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// SIGKILL: a crash, without a final save.
     fn crash(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -1042,8 +1053,6 @@ async fn t7_restart() {
     .await;
     // Keep the server down a while: workers fail to reserve, ack and renew, and go on.
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(outage.elapsed())).await;
-    let stats = rt.stats();
-    assert!(stats.is_running, "the runtime is still running: {stats:?}");
 
     assert!(server.spawn().await, "redis-server restarts on its port");
     let down_for = outage.elapsed();
@@ -1072,5 +1081,72 @@ async fn t7_restart() {
         ran_before < ids.len(),
         "the crash landed after the run: nothing was pending"
     );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t7_hung_server_enqueue_times_out_workers_survive_and_resume() {
+    run_test("T7 hang", Duration::from_secs(90), t7_hang()).await;
+}
+
+/// The apalis-redis#76 shape: Redis stops answering (SIGSTOP) for longer than the response
+/// timeout (2 s by default) while connections stay open. Calls must time out, not hang, and
+/// no worker may die of it.
+async fn t7_hang() {
+    const HANG: Duration = Duration::from_secs(5);
+    let server = Server::start().await;
+    let (rt, ledger) = t7_runtime(&server);
+    let mut ids = Vec::new();
+    for _ in 0..150 {
+        ids.push(
+            rt.client()
+                .enqueue(Tick { sleep_ms: 25 })
+                .await
+                .expect("enqueued"),
+        );
+    }
+    eventually(Duration::from_secs(10), "jobs running", || async {
+        ledger.runs().len() >= 20
+    })
+    .await;
+
+    server.signal("-STOP");
+    let hang = Instant::now();
+    let ran_before = ledger.runs().len();
+    let t = Instant::now();
+    let refused = match rt.client().enqueue(Tick { sleep_ms: 1 }).await {
+        Err(EnqueueError::Backend { message, .. }) => (t.elapsed(), message),
+        other => panic!("enqueue while Redis hangs: expected EnqueueError::Backend, got {other:?}"),
+    };
+    // Bounded by the backend's call deadline (2 x connection + response timeout + 1.5 s).
+    assert!(
+        refused.0 < Duration::from_secs(6),
+        "enqueue took {:?} to fail",
+        refused.0
+    );
+    eventually(HANG, "health degraded", || async {
+        rt.health().status == HealthStatus::Degraded
+    })
+    .await;
+    tokio::time::sleep(HANG.saturating_sub(hang.elapsed())).await;
+    server.signal("-CONT");
+
+    all_succeed(&rt, &ledger, &ids, Duration::from_secs(40)).await;
+    all_workers_alive(&rt).await;
+    eventually(Duration::from_secs(5), "healthy again", || async {
+        rt.health().status == HealthStatus::Healthy
+    })
+    .await;
+    let runs = ledger.runs();
+    let duplicates: u32 = ids.iter().map(|id| runs[id] - 1).sum();
+    println!(
+        "T7 hang: jobs={} ran_before_hang={ran_before} hung_for={HANG:?} enqueue_refused_in={:?} ({}) \
+         lost=0 duplicates={duplicates} lease_lost={}",
+        ids.len(),
+        refused.0,
+        refused.1,
+        rt.stats().lease_lost
+    );
+    assert!(ran_before < ids.len(), "the hang landed after the run");
     rt.shutdown().await;
 }
