@@ -368,11 +368,18 @@ async fn enqueue_all<J: Job + std::fmt::Debug>(rt: &JobRuntime, jobs: Vec<J>) ->
 
 /// Waits until the store holds no ready, scheduled or reserved job.
 async fn drained(backend: &RedisBackend, limit: Duration) {
-    eventually(limit, "the queue drained", || async {
+    let deadline = Instant::now() + limit;
+    loop {
         let s = backend.stats().await.expect("stats");
-        s.ready == 0 && s.scheduled == 0 && s.running == 0
-    })
-    .await;
+        if s.ready == 0 && s.scheduled == 0 && s.running == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not drain within {limit:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -430,7 +437,20 @@ async fn t1() {
     let mut kills = 0;
     for k in 0..T1_KILLS {
         let at = (first + slice * (k as f64 + rng.f64())) as u64;
-        while scope.count("runs").await < at {
+        let (mut seen, mut moved) = (0, Instant::now());
+        loop {
+            let count = scope.count("runs").await;
+            if count >= at {
+                break;
+            }
+            if count > seen {
+                (seen, moved) = (count, Instant::now());
+            }
+            assert!(
+                moved.elapsed() < Duration::from_secs(20),
+                "no job started for 20 s, at {count} executions (kill {k}); logs in {}",
+                workers.logs.display()
+            );
             workers.assert_all_alive();
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -782,10 +802,10 @@ impl Server {
                 panic!("redis-server exited at start ({status}):\n{log}");
             }
             let client = redis::Client::open(self.url()).expect("url");
-            if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return true;
-                }
+            if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200))
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
