@@ -63,6 +63,26 @@ pub async fn finished() {
     FINISHED.notified().await;
 }
 
+/// As `finished`, but gives up when no job has run for `stall`: reports how far it got.
+pub async fn finished_or_stalled(stall: std::time::Duration) -> Result<(), String> {
+    let mut last = done();
+    loop {
+        if tokio::time::timeout(stall, FINISHED.notified())
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let now = done();
+        if now == last {
+            return Err(format!(
+                "stalled: no job ran for {stall:?} after {now} jobs"
+            ));
+        }
+        last = now;
+    }
+}
+
 // ---- the gate: holds our workers while jobs are queued -----------------------------------
 
 pub static GATED: AtomicBool = AtomicBool::new(false);

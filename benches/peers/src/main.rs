@@ -57,6 +57,9 @@ fn child(args: &[String]) {
         "redis-single" => redis_peers::single(which, jobs / 10),
         "redis-batch" => redis_peers::batched(which, jobs, 1000),
         "redis-drain" => redis_peers::backlog(which, jobs, 0, window),
+        // apalis-redis cannot take a 100,000-job backlog (its fetch script fails with "too
+        // many results to unpack" past about 8,000 ready jobs): a backlog it can take.
+        "redis-drain-7k" => redis_peers::backlog(which, 7_000, 0, window),
         "redis-backlog" => redis_peers::backlog(which, jobs, jobs, window),
         "redis-e2e" => redis_peers::backlog(which, 0, jobs / 5, window),
         "redis-latency" => redis_peers::latency(which, rate, 2.0),
@@ -357,6 +360,7 @@ impl Driver {
                 self.pair("redis-single", None);
                 self.pair("redis-batch", None);
                 self.pair("redis-e2e", None);
+                self.pair("redis-drain-7k", None);
                 self.pair("redis-drain", None);
                 self.pair("redis-backlog", None);
                 if let (Some(port), true) = (self.redis_port.clone(), self.wanted("ceilings")) {

@@ -19,8 +19,8 @@ use futures::{Sink, SinkExt, StreamExt};
 use job_core::{Job, JobContext, JobRuntime};
 
 use crate::common::{
-    GATE, GATED, Noop, Timed, expect, finished, latency_percentiles, latency_slots, live_heap,
-    noop, noop_body, now_ns, peak_rss, report, rss, runtime, timed_body,
+    GATE, GATED, Noop, Timed, expect, finished, finished_or_stalled, latency_percentiles,
+    latency_slots, live_heap, noop, noop_body, now_ns, peak_rss, report, rss, runtime, timed_body,
 };
 
 pub const CONCURRENCY: usize = 4;
@@ -158,7 +158,12 @@ pub fn concurrent(which: &str, jobs: usize) {
                             .expect("push");
                     }
                 });
-                finished().await;
+                // The sink can lose a wake-up under contention (see `latency`): report a
+                // stall rather than hang.
+                if let Err(e) = finished_or_stalled(Duration::from_secs(5)).await {
+                    println!("ERROR {e}");
+                    std::process::exit(4);
+                }
                 let e = t.elapsed();
                 let _ = producer.await;
                 handle.abort();
@@ -274,7 +279,14 @@ pub fn latency(which: &str, rate: f64, seconds: f64) {
             took
         }
         "apalis" => {
-            let (storage, mut sink) = apalis_storage_with_sink::<Timed>();
+            // Sending through `MemorySink` from another thread can hang: its `poll_ready`
+            // drops a pending `futures` mutex lock future, and with it the waker, when the
+            // worker holds the lock (a lost wake-up). So the producer sends on the channel
+            // under the storage directly, which is cheaper than the sink, never slower.
+            let (tx, rx) = futures::channel::mpsc::unbounded::<Task<Timed>>();
+            let sink: BoxSink<Timed> = Box::new(tx.clone().sink_map_err(MemoryStorageError::from));
+            let sink = MemorySink::new(Arc::new(futures::lock::Mutex::new(sink)));
+            let storage = MemoryStorage::new_with(sink, rx.boxed());
             let handle = rt.spawn(
                 WorkerBuilder::new("peers")
                     .backend(storage)
@@ -282,10 +294,9 @@ pub fn latency(which: &str, rate: f64, seconds: f64) {
                     .build(apalis_timed)
                     .run(),
             );
-            let h = rt.handle().clone();
             let producer = pace(Box::new(move |job| {
-                h.block_on(sink.send(TaskBuilder::new(job).build()))
-                    .expect("push");
+                tx.unbounded_send(TaskBuilder::new(job).build())
+                    .expect("send");
             }));
             let took = producer.join().expect("producer");
             rt.block_on(finished());
