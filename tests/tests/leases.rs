@@ -48,10 +48,10 @@ const LEASE: Duration = Duration::from_millis(300);
 async fn wait_status(backend: &dyn Backend, id: JobId, state: JobState) -> JobStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(s) = backend.status(id).await.unwrap() {
-            if s.state == state {
-                return s;
-            }
+        if let Some(s) = backend.status(id).await.unwrap()
+            && s.state == state
+        {
+            return s;
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -150,10 +150,10 @@ async fn wait_finished(runtime: &JobRuntime, id: JobId) -> JobStatus {
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
         let status = runtime.status(id).await;
-        if let Some(status) = &status {
-            if status.state.is_finished() {
-                return status.clone();
-            }
+        if let Some(status) = &status
+            && status.state.is_finished()
+        {
+            return status.clone();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
