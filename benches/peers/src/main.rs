@@ -132,9 +132,24 @@ fn cell(v: &[f64]) -> String {
     }
 }
 
+fn fmt_ratio(x: f64) -> String {
+    if x >= 0.095 {
+        format!("{x:.2}")
+    } else if x >= 0.001 {
+        format!("{x:.4}")
+    } else {
+        format!("{x:.1e}")
+    }
+}
+
 fn ratio_cell(v: &[f64]) -> String {
     match stats(v) {
-        Some((med, min, max)) => format!("**{med:.2}×** ({min:.2}–{max:.2})"),
+        Some((med, min, max)) => format!(
+            "**{}×** ({}–{})",
+            fmt_ratio(med),
+            fmt_ratio(min),
+            fmt_ratio(max)
+        ),
         None => "—".to_owned(),
     }
 }
@@ -399,6 +414,111 @@ impl Driver {
         ));
     }
 
+    fn median(&self, workload: &str, metric: &str, pick: fn(&Series) -> &Vec<f64>) -> Option<f64> {
+        self.series(workload, metric)
+            .and_then(|s| stats(pick(s)))
+            .map(|s| s.0)
+    }
+
+    /// Issue 6's targets against the medians of this run.
+    fn targets(&self, out: &mut String) {
+        fn ours(s: &Series) -> &Vec<f64> {
+            &s.ours
+        }
+        fn ratio(s: &Series) -> &Vec<f64> {
+            &s.ratio
+        }
+        let ceiling = |name: &str| self.ceilings.get(name).and_then(|v| stats(v)).map(|s| s.0);
+        // (target, median measured, shown as, met)
+        let mut rows: Vec<(&str, Option<f64>, &str, bool)> = Vec::new();
+        let at_least = |v: Option<f64>, t: f64| v.is_some_and(|v| v >= t);
+        let at_most = |v: Option<f64>, t: f64| v.is_some_and(|v| v <= t);
+        let v = self.median("mem-concurrent", "e2e_concurrent", ratio);
+        rows.push((
+            "memory: end-to-end (producer running) ≥ 2× apalis",
+            v,
+            "×",
+            at_least(v, 2.0),
+        ));
+        let v = self.median("mem-phases", "e2e_seq", ratio);
+        rows.push((
+            "memory: end-to-end (enqueue, then process) ≥ 2× apalis",
+            v,
+            "×",
+            at_least(v, 2.0),
+        ));
+        let v = ceiling("ours end-to-end (producer running) / tokio mpsc");
+        rows.push((
+            "memory: end-to-end ≥ 20% of tokio mpsc",
+            v.map(|x| x * 100.0),
+            "%",
+            at_least(v, 0.2),
+        ));
+        let v = self.median("mem-memory", "heap_per_job", ours);
+        rows.push((
+            "memory: ≤ 200 B per queued job (heap)",
+            v,
+            "B",
+            at_most(v, 200.0),
+        ));
+        let v = self.median("mem-latency", "lat_p99_us", ours);
+        rows.push((
+            "memory: p99 enqueue-to-start ≤ 1 ms at half load",
+            v,
+            "µs",
+            at_most(v, 1000.0),
+        ));
+        let v = self.median("redis-backlog", "run_rate", ours);
+        rows.push((
+            "redis: ≥ 50,000 jobs/s, 100,000 backlog + producer",
+            v,
+            "jobs/s",
+            at_least(v, 50_000.0),
+        ));
+        let v = self.median("redis-batch", "batch_enqueue", ratio);
+        rows.push((
+            "redis: batched enqueue ≥ 2× apalis-redis",
+            v,
+            "×",
+            at_least(v, 2.0),
+        ));
+        let v = self.median("redis-single", "single_enqueue", ratio);
+        rows.push((
+            "redis: single enqueue ≥ 2× apalis-redis",
+            v,
+            "×",
+            at_least(v, 2.0),
+        ));
+        let v = self.median("redis-batch", "redis_bytes_per_job", ours);
+        rows.push((
+            "redis: ≤ 300 B of Redis memory per queued job",
+            v,
+            "B",
+            at_most(v, 300.0),
+        ));
+        let v = self.median("redis-latency", "lat_p99_us", ours);
+        rows.push((
+            "redis: p99 enqueue-to-start ≤ 5 ms at half load",
+            v,
+            "µs",
+            at_most(v, 5000.0),
+        ));
+        out.push_str("\n### Targets of issue 6 (medians of this run)\n\n| target | measured | met |\n|---|---|---|\n");
+        for (what, v, unit, ok) in rows {
+            let shown = match v {
+                Some(x) if unit == "×" => format!("{}×", fmt_ratio(x)),
+                Some(x) => format!("{} {unit}", fmt_num(x)),
+                None => "—".to_owned(),
+            };
+            let met = match (v, ok) {
+                (None, _) => "not measured",
+                (_, true) => "yes",
+                (_, false) => "**no**",
+            };
+            out.push_str(&format!("| {what} | {shown} | {met} |\n"));
+        }
+    }
+
     fn print(&self, ours_peak: Option<f64>) {
         let mut out = String::new();
         let head = "| measure | unit | ours: median (min–max) | apalis: median (min–max) | ours/apalis, per round: median (min–max) |\n|---|---|---|---|---|\n";
@@ -543,6 +663,13 @@ impl Driver {
             );
             self.row(
                 &mut out,
+                "drain a 7,000-job backlog (apalis-redis fails above ~8,000)",
+                "redis-drain-7k",
+                "run_rate",
+                "jobs/s",
+            );
+            self.row(
+                &mut out,
                 "drain a 100,000-job backlog",
                 "redis-drain",
                 "run_rate",
@@ -608,11 +735,30 @@ impl Driver {
                 out.push_str(&format!("| {name} | {} |\n", cell(v)));
             }
         }
+        self.targets(&mut out);
         if !self.errors.is_empty() {
             out.push_str("\n### Errors\n\n");
             for e in &self.errors {
                 out.push_str(&format!("- {e}\n"));
             }
+        }
+        let jobs = env_usize("PEERS_JOBS", 100_000);
+        if jobs != 100_000 {
+            let n = |x: usize| {
+                let s = x.to_string();
+                let mut o = String::new();
+                for (i, ch) in s.chars().enumerate() {
+                    if i > 0 && (s.len() - i) % 3 == 0 {
+                        o.push(',');
+                    }
+                    o.push(ch);
+                }
+                o
+            };
+            out = out
+                .replace("100,000", &n(jobs))
+                .replace("20,000 jobs", &format!("{} jobs", n(jobs / 5)))
+                .replace("10,000 awaited", &format!("{} awaited", n(jobs / 10)));
         }
         println!("{out}");
     }
