@@ -326,8 +326,7 @@ impl Workers {
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        for child in self.slots.iter_mut().filter_map(Option::take) {
-            let mut child = child;
+        for mut child in self.slots.iter_mut().filter_map(Option::take) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -339,7 +338,7 @@ impl Drop for Workers {
     }
 }
 
-/// Enqueues `jobs` through `rt` from `tasks` concurrent tasks; returns the id of each.
+/// Enqueues `jobs` through `rt` from 8 concurrent tasks; returns their ids, in order.
 async fn enqueue_all<J: Job + std::fmt::Debug>(rt: &JobRuntime, jobs: Vec<J>) -> Vec<JobId> {
     let tasks = 8;
     let per = jobs.len().div_ceil(tasks).max(1);
@@ -390,9 +389,12 @@ const T1_WORKERS: usize = 4;
 const T1_KILLS: usize = 20;
 const T1_CONCURRENCY: u64 = 8;
 const T1_SLEEP_MS: u64 = 10;
-const T1_LEASE_MS: u64 = 2_000;
+const T1_LEASE_MS: u64 = 3_000;
 const T1_REAP_MS: u64 = 500;
-const T1_MAX_RECOVERIES: u64 = 3;
+/// Above the default 3: at this kill rate (a kill every few hundred ms, each interrupting up
+/// to 8 jobs) a healthy job is now and then caught in three kills, and the poison-pill rule
+/// would rightly bury it (T4 tests that rule). T1 measures loss and duplication.
+const T1_MAX_RECOVERIES: u64 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t1_sigkill_soak_loses_nothing() {
@@ -486,7 +488,16 @@ async fn t1() {
             Some(s) if s.state == JobState::Succeeded && ran => {
                 max_attempt = max_attempt.max(s.attempts);
             }
-            other => lost.push((*id, ran, other.map(|s| (s.state, s.attempts)))),
+            other => {
+                let runs: Vec<(u32, u32)> = per_job
+                    .get(id)
+                    .map(|v| v.iter().map(|r| (r.attempt, r.pid)).collect())
+                    .unwrap_or_default();
+                let other = other.map(|s| (s.state, s.attempts, s.last_error));
+                lost.push(format!(
+                    "{id}: status {other:?}, runs (attempt, pid) {runs:?}"
+                ));
+            }
         }
     }
     let duplicates: usize = per_job.values().map(|v| v.len() - 1).sum();
@@ -511,7 +522,7 @@ async fn t1() {
     );
 
     assert_eq!(kills, T1_KILLS);
-    assert!(lost.is_empty(), "lost jobs (id, ran, status): {lost:?}");
+    assert!(lost.is_empty(), "lost jobs:\n{}", lost.join("\n"));
     assert!(
         unexpected.is_empty(),
         "unexpected executions: {unexpected:?}"

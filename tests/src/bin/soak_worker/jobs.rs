@@ -77,8 +77,10 @@ impl Job for Soak {
     const NAME: &'static str = "chaos-soak";
     type Error = std::io::Error;
 
+    /// Attempts count crash recoveries too: with up to 10 recoveries in T1, a failed write
+    /// of the record must still be retried rather than dead-lettered.
     fn options() -> JobOptions {
-        JobOptions::new().queue(QUEUE)
+        JobOptions::new().queue(QUEUE).max_attempts(12)
     }
 
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
