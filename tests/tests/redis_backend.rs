@@ -329,8 +329,18 @@ async fn ack_finishes_and_the_record_expires() {
     assert_eq!(f.hget(e.id, "lease").await, None);
     let stats = f.backend.stats().await.unwrap();
     assert_eq!(stats.depth(), 0);
-    // A second ack with the same token: the lease is gone.
-    lease_lost(f.backend.ack(e.id, token).await, e.id);
+    // The same ack again (as after a lost reply): accepted, and nothing changes.
+    f.backend.ack(e.id, token).await.unwrap();
+    let again = f.backend.status(e.id).await.unwrap().unwrap();
+    assert_eq!((again.state, again.attempts), (JobState::Succeeded, 1));
+    assert_eq!(again.updated_at, status.updated_at);
+    // Any other token is refused.
+    lease_lost(
+        f.backend
+            .ack(e.id, job_core::backend::LeaseToken::random())
+            .await,
+        e.id,
+    );
 }
 
 #[tokio::test]

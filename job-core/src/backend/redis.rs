@@ -1098,6 +1098,10 @@ local function now_ms()
 end
 local function is_hash(k) return redis.call('TYPE', k)['ok'] == 'hash' end
 local function held(k, token) return is_hash(k) and redis.call('HGET', k, 'lease') == token end
+-- The token whose outcome was last written: a write-back repeated because its reply was
+-- lost (a killed connection, a timeout) finds its own token here and succeeds again
+-- without changing anything, instead of being refused as a lost lease.
+local function done_by(k, token) return is_hash(k) and redis.call('HGET', k, 'done') == token end
 local function signal(q)
   local k = B .. 'signal:' .. q
   redis.call('LPUSH', k, '1')
@@ -1243,9 +1247,10 @@ return out
 const LUA_ACK: &str = r#"
 local id, token = ARGV[2], ARGV[3]
 local k = jk(id)
+if done_by(k, token) then return 1 end
 if not held(k, token) then return 0 end
 redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 'state', 'succeeded', 'updated', num(now_ms()))
+redis.call('HSET', k, 'state', 'succeeded', 'updated', num(now_ms()), 'done', token)
 redis.call('HDEL', k, 'lease', 'lease_until', 'body')
 expire(k, tonumber(ARGV[4]))
 return 1
@@ -1255,11 +1260,12 @@ return 1
 const LUA_RETRY: &str = r#"
 local id, token, at = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local k = jk(id)
+if done_by(k, token) then return 1 end
 if not held(k, token) then return 0 end
 local q = redis.call('HGET', k, 'queue')
 local now = now_ms()
 redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 'state', 'retrying', 'last_error', ARGV[5], 'not_before', ARGV[4], 'updated', num(now))
+redis.call('HSET', k, 'state', 'retrying', 'last_error', ARGV[5], 'not_before', ARGV[4], 'updated', num(now), 'done', token)
 redis.call('HDEL', k, 'lease', 'lease_until')
 redis.call('ZADD', K_SCHEDULED, at, id)
 if q and at <= now then signal(q) end
@@ -1271,10 +1277,11 @@ return 1
 const LUA_DEAD_LETTER: &str = r#"
 local id, token = ARGV[2], ARGV[3]
 local k = jk(id)
+if done_by(k, token) then return {'1'} end
 if not held(k, token) then return {'0'} end
 local now = now_ms()
 redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 'state', 'dead', 'dead', ARGV[4], 'last_error', ARGV[5], 'died', num(now), 'updated', num(now))
+redis.call('HSET', k, 'state', 'dead', 'dead', ARGV[4], 'last_error', ARGV[5], 'died', num(now), 'updated', num(now), 'done', token)
 redis.call('HDEL', k, 'lease', 'lease_until')
 redis.call('ZADD', K_DEAD, now, id)
 expire(k, tonumber(ARGV[6]))
@@ -1306,6 +1313,7 @@ return lost
 const LUA_RELEASE: &str = r#"
 local id, token = ARGV[2], ARGV[3]
 local k = jk(id)
+if done_by(k, token) then return 1 end
 if not held(k, token) then return 0 end
 local attempt = (tonumber(redis.call('HGET', k, 'attempt')) or 0) - 1
 if attempt < 0 then attempt = 0 end
@@ -1313,7 +1321,7 @@ local q = redis.call('HGET', k, 'queue')
 -- reserve gives every leased record a queue; checked before any write all the same.
 if not q then return 0 end
 redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 'state', 'queued', 'attempt', num(attempt), 'updated', num(now_ms()))
+redis.call('HSET', k, 'state', 'queued', 'attempt', num(attempt), 'updated', num(now_ms()), 'done', token)
 redis.call('HDEL', k, 'lease', 'lease_until')
 redis.call('LPUSH', rk(q), id)
 redis.call('SADD', K_QUEUES, q)
