@@ -67,6 +67,20 @@ impl JobContext {
         }
     }
 
+    /// The context a worker reuses for every attempt it runs (fields set per attempt).
+    pub(crate) fn for_worker(cancel: CancellationToken, data: Arc<DataMap>) -> Self {
+        Self {
+            id: JobId::from(uuid::Uuid::nil()),
+            attempt: 0,
+            max_attempts: 0,
+            job: "",
+            queue: "",
+            cancel,
+            data,
+            scoped: Mutex::new(Vec::new()),
+        }
+    }
+
     /// The job's id.
     pub fn id(&self) -> JobId {
         self.id

@@ -8,6 +8,18 @@ use crate::job::JobId;
 /// A boxed error, used at trait-object boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// An error and its sources as one line: `error: source: source`.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// What the runtime does with a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {

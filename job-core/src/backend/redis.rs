@@ -909,17 +909,6 @@ fn check_name(what: &str, name: &str) -> Result<(), BackendError> {
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn log_evicted(ids: &[String]) {
     for id in ids {
         tracing::warn!(job_id = %id, "dead-letter capacity reached: evicted the oldest dead letter");
@@ -1432,3 +1421,12 @@ redis.call('SADD', K_QUEUES, q)
 signal(q)
 return 1
 "#;
+
+/// An error and its sources as one line (kept local: this module uses only job-core's
+/// public API, so it can move to a crate of its own).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}

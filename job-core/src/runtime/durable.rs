@@ -16,7 +16,7 @@ use super::{Client, Inner};
 use crate::backend::{Backend, BackendError, Envelope, LeaseToken, Reservation, Retry, unix_ms};
 use crate::context::JobContext;
 use crate::dead_letter::DeadLetter;
-use crate::error::{EnqueueError, RequeueError};
+use crate::error::{EnqueueError, RequeueError, error_chain};
 use crate::job::{Job, JobId};
 use crate::observe::metrics::Counters;
 
@@ -178,17 +178,6 @@ pub(crate) async fn enqueue<J: Job>(
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 pub(crate) async fn requeue(d: &Durable, id: JobId) -> Result<JobId, RequeueError> {
     match d.backend.requeue(id).await {
         Ok(()) => Ok(id),
@@ -290,16 +279,7 @@ async fn worker(inner: Arc<Inner>) {
     let Some(d) = inner.durable.as_ref() else {
         return;
     };
-    let mut cx = JobContext {
-        id: JobId::from(uuid::Uuid::nil()),
-        attempt: 0,
-        max_attempts: 0,
-        job: "",
-        queue: "",
-        cancel: inner.job_cancel.clone(),
-        data: inner.data.clone(),
-        scoped: Mutex::new(Vec::new()),
-    };
+    let mut cx = JobContext::for_worker(inner.job_cancel.clone(), inner.data.clone());
     loop {
         if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
             break;

@@ -149,16 +149,7 @@ async fn maintenance(inner: Arc<Inner>) {
 }
 
 async fn worker(inner: Arc<Inner>) {
-    let mut cx = JobContext {
-        id: crate::JobId::from(uuid::Uuid::nil()),
-        attempt: 0,
-        max_attempts: 0,
-        job: "",
-        queue: "",
-        cancel: inner.job_cancel.clone(),
-        data: inner.data.clone(),
-        scoped: Mutex::new(Vec::new()),
-    };
+    let mut cx = JobContext::for_worker(inner.job_cancel.clone(), inner.data.clone());
     loop {
         if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
             return;
