@@ -1,6 +1,8 @@
 //! The email server end to end: the real `email-server` binary on a free loopback port,
 //! spoken to over HTTP. Every test's `Service` kills its process when dropped.
 
+mod common;
+
 use std::time::Duration;
 
 use job_examples::testing::{Service, eventually, metric_value};
@@ -481,6 +483,9 @@ fn on_redis_jobs_survive_a_restart() {
         "Redis is not reachable at {url}; start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no"
     );
     let prefix = format!("email-restart-{}", std::process::id());
+    let _cleanup = common::RedisCleanup {
+        prefix: prefix.clone(),
+    };
     let durable = |latency: &'static str| {
         vec![
             "--redis".to_owned(),

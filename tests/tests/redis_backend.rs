@@ -5,6 +5,8 @@
 //! server) and deletes its keys when it ends, pass or fail. A missing server fails the test
 //! with the command that starts one; nothing here skips.
 
+mod common;
+
 use std::time::{Duration, SystemTime};
 
 use job_core::backend::memory::MemoryBackend;
@@ -103,28 +105,7 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         // Synchronous, so it also runs when a test panics.
-        let pattern = format!("{{{}}}:*", self.prefix);
-        let Ok(client) = redis::Client::open(url()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
-            return;
-        };
-        let keys: Vec<String> = match redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .clone()
-            .iter::<String>(&mut conn)
-        {
-            Ok(iter) => iter.filter_map(Result::ok).collect(),
-            Err(_) => return,
-        };
-        for chunk in keys.chunks(500) {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-        }
+        common::delete_prefix(&url(), &self.prefix);
     }
 }
 

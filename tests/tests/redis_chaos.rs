@@ -15,6 +15,7 @@
 //! The tests run one at a time (T1 keeps both cores of a small machine busy; the others
 //! depend on leases being renewed in time) and each has a hard timeout that fails it.
 
+mod common;
 #[path = "../src/bin/soak_worker/jobs.rs"]
 #[allow(dead_code)] // The worker's half (recording) is not used here.
 mod jobs;
@@ -155,28 +156,7 @@ impl Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        let pattern = format!("{{{}}}:*", self.prefix);
-        let Ok(client) = redis::Client::open(self.url.as_str()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
-            return;
-        };
-        let keys: Vec<String> = match redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .clone()
-            .iter::<String>(&mut conn)
-        {
-            Ok(iter) => iter.filter_map(Result::ok).collect(),
-            Err(_) => return,
-        };
-        for chunk in keys.chunks(500) {
-            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-        }
+        common::delete_prefix(&self.url, &self.prefix);
     }
 }
 

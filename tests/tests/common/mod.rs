@@ -252,28 +252,34 @@ pub struct RedisCleanup {
 
 impl Drop for RedisCleanup {
     fn drop(&mut self) {
-        let pattern = format!("{{{}}}:*", self.prefix);
-        let Ok(client) = redis::Client::open(redis_url()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
-            return;
-        };
-        let keys: Vec<String> = match redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .clone()
-            .iter::<String>(&mut conn)
-        {
-            Ok(iter) => iter.filter_map(Result::ok).collect(),
-            Err(_) => return,
-        };
-        for chunk in keys.chunks(500) {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-        }
+        delete_prefix(&redis_url(), &self.prefix);
+    }
+}
+
+/// Deletes every key under `{prefix}:` (synchronously, so it also runs in `Drop` after a
+/// panic). Errors are ignored: cleanup must never fail a test.
+pub fn delete_prefix(url: &str, prefix: &str) {
+    let pattern = format!("{{{prefix}}}:*");
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+        return;
+    };
+    let keys: Vec<String> = match redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("MATCH")
+        .arg(&pattern)
+        .arg("COUNT")
+        .arg(1000)
+        .clone()
+        .iter::<String>(&mut conn)
+    {
+        Ok(iter) => iter.filter_map(Result::ok).collect(),
+        Err(_) => return,
+    };
+    for chunk in keys.chunks(500) {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
     }
 }
 
