@@ -184,7 +184,21 @@ impl Driver {
         }
     }
 
+    /// Runs a child; one that crashes (apalis' `MemorySink` can panic under contention,
+    /// see `mem.rs`) is recorded under Errors and run again, at most twice.
     fn spawn(&mut self, workload: &str, which: &str, rate: Option<f64>) -> Metrics {
+        for _ in 0..2 {
+            let (m, ok) = self.spawn_once(workload, which, rate);
+            if ok {
+                return m;
+            }
+            self.errors
+                .push(format!("{workload} {which}: the run above is repeated"));
+        }
+        self.spawn_once(workload, which, rate).0
+    }
+
+    fn spawn_once(&mut self, workload: &str, which: &str, rate: Option<f64>) -> (Metrics, bool) {
         if workload.starts_with("redis") {
             self.flush_redis();
         }
@@ -197,7 +211,7 @@ impl Driver {
             Ok(o) => o,
             Err(e) => {
                 self.errors.push(format!("{workload} {which}: {e}"));
-                return Metrics::new();
+                return (Metrics::new(), true);
             }
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -218,15 +232,20 @@ impl Driver {
         }
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+            // The panic message, not the backtrace.
+            let why: Vec<&str> = stderr
+                .lines()
+                .filter(|l| !l.starts_with(' ') && !l.trim().is_empty())
+                .take(2)
+                .collect();
             self.errors.push(format!(
                 "{workload} {which}: exit {:?}: {}",
                 out.status.code(),
-                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                why.join(" / ")
             ));
         }
         eprintln!("  {workload:<15} {which:<7} {m:?}");
-        m
+        (m, out.status.success())
     }
 
     /// Runs ours then apalis and records every metric, with the ratio of this round.

@@ -158,8 +158,10 @@ pub fn concurrent(which: &str, jobs: usize) {
                             .expect("push");
                     }
                 });
-                // The sink can lose a wake-up under contention (see `latency`): report a
-                // stall rather than hang.
+                // apalis' `MemorySink::start_send` does `try_lock().unwrap()` on the lock
+                // its `poll_ready` released, so it panics when the worker's `poll_ready`
+                // holds that lock in between (a race, a few runs in ten here): the
+                // producer task dies and no job comes. Report the stall rather than hang.
                 if let Err(e) = finished_or_stalled(Duration::from_secs(5)).await {
                     println!("ERROR {e}");
                     std::process::exit(4);
@@ -279,10 +281,11 @@ pub fn latency(which: &str, rate: f64, seconds: f64) {
             took
         }
         "apalis" => {
-            // Sending through `MemorySink` from another thread can hang: its `poll_ready`
-            // drops a pending `futures` mutex lock future, and with it the waker, when the
-            // worker holds the lock (a lost wake-up). So the producer sends on the channel
-            // under the storage directly, which is cheaper than the sink, never slower.
+            // Sending through `MemorySink` from another thread hangs or panics here: its
+            // `poll_ready` locks, then releases, a `futures` mutex the worker's
+            // `poll_ready` also takes, and `start_send` then `try_lock().unwrap()`s it (a
+            // race), and a pending lock future is dropped with its waker. So the producer
+            // sends on the channel under the storage directly: cheaper than the sink.
             let (tx, rx) = futures::channel::mpsc::unbounded::<Task<Timed>>();
             let sink: BoxSink<Timed> = Box::new(tx.clone().sink_map_err(MemoryStorageError::from));
             let sink = MemorySink::new(Arc::new(futures::lock::Mutex::new(sink)));
