@@ -756,9 +756,17 @@ impl Driver {
         }
         self.targets(&mut out);
         if !self.errors.is_empty() {
-            out.push_str("\n### Errors\n\n");
+            out.push_str("\n### Errors (identical ones counted once)\n\n");
+            let mut seen: Vec<(String, usize)> = Vec::new();
             for e in &self.errors {
-                out.push_str(&format!("- {e}\n"));
+                let key = e.split(" (after ").next().unwrap_or(e).to_owned();
+                match seen.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, n)) => *n += 1,
+                    None => seen.push((key, 1)),
+                }
+            }
+            for (e, n) in seen {
+                out.push_str(&format!("- {n}× {e}\n"));
             }
         }
         let jobs = env_usize("PEERS_JOBS", 100_000);
