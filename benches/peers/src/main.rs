@@ -9,7 +9,8 @@
 //!
 //! Environment: `PEERS_ROUNDS` (5), `PEERS_JOBS` (100000), `PEERS_REDIS_URL` (unset: skip
 //! the Redis part), `PEERS_REDIS_PORT` (for redis-benchmark), `PEERS_WINDOW_SECS` (10, the
-//! longest a Redis throughput run lasts), `PEERS_ONLY` (comma-separated workload names).
+//! longest a Redis throughput run lasts), `PEERS_ONLY` (comma-separated workload names),
+//! `PEERS_CONCURRENCY` (4; for experiments only: the tables say 4).
 
 mod common;
 mod mem;

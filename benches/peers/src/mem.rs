@@ -23,7 +23,10 @@ use crate::common::{
     latency_slots, live_heap, noop, noop_body, now_ns, peak_rss, report, rss, runtime, timed_body,
 };
 
-pub const CONCURRENCY: usize = 4;
+/// Concurrency of both pools: 4 (issue 6), or `PEERS_CONCURRENCY` for experiments.
+pub fn concurrency() -> usize {
+    crate::common::env_usize("PEERS_CONCURRENCY", 4)
+}
 
 impl Job for Noop {
     const NAME: &'static str = "noop";
@@ -56,7 +59,7 @@ fn ours_runtime(capacity: usize) -> JobRuntime {
         .register::<Noop>()
         .register::<Timed>()
         .capacity(capacity)
-        .concurrency(CONCURRENCY)
+        .concurrency(concurrency())
         .start()
         .expect("start job-core runtime")
 }
@@ -79,7 +82,7 @@ pub fn phases(which: &str, jobs: usize) {
             "ours" => {
                 expect(jobs);
                 GATED.store(true, Ordering::SeqCst);
-                let rt = ours_runtime(jobs + CONCURRENCY);
+                let rt = ours_runtime(jobs + concurrency());
                 let client = rt.client();
                 let t = Instant::now();
                 for i in 0..jobs {
@@ -88,7 +91,7 @@ pub fn phases(which: &str, jobs: usize) {
                 let enqueue = t.elapsed();
                 let t = Instant::now();
                 GATED.store(false, Ordering::SeqCst);
-                GATE.add_permits(CONCURRENCY);
+                GATE.add_permits(concurrency());
                 finished().await;
                 let process = t.elapsed();
                 rt.shutdown().await;
@@ -105,7 +108,7 @@ pub fn phases(which: &str, jobs: usize) {
                 let t = Instant::now();
                 let worker = WorkerBuilder::new("peers")
                     .backend(storage)
-                    .concurrency(CONCURRENCY)
+                    .concurrency(concurrency())
                     .build(apalis_noop);
                 let handle = tokio::spawn(worker.run());
                 finished().await;
@@ -129,7 +132,7 @@ pub fn concurrent(which: &str, jobs: usize) {
         expect(jobs);
         let elapsed = match which {
             "ours" => {
-                let rt = ours_runtime(jobs + CONCURRENCY);
+                let rt = ours_runtime(jobs + concurrency());
                 let client = rt.client();
                 let t = Instant::now();
                 let producer = tokio::spawn(async move {
@@ -147,7 +150,7 @@ pub fn concurrent(which: &str, jobs: usize) {
                 let (storage, mut sink) = apalis_storage_with_sink::<Noop>();
                 let worker = WorkerBuilder::new("peers")
                     .backend(storage)
-                    .concurrency(CONCURRENCY)
+                    .concurrency(concurrency())
                     .build(apalis_noop);
                 let handle = tokio::spawn(worker.run());
                 let t = Instant::now();
@@ -184,10 +187,10 @@ pub fn memory(which: &str, jobs: usize) {
         let (heap, rss_growth) = match which {
             "ours" => {
                 GATED.store(true, Ordering::SeqCst);
-                let rt = ours_runtime(jobs + CONCURRENCY);
+                let rt = ours_runtime(jobs + concurrency());
                 let client = rt.client();
                 // Warm-up: the workers take one job each and wait at the gate.
-                for i in 0..CONCURRENCY {
+                for i in 0..concurrency() {
                     client.enqueue(noop(i as u64)).await.expect("enqueue");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -198,15 +201,15 @@ pub fn memory(which: &str, jobs: usize) {
                 let out = (live_heap() - h0, rss() as i64 - r0 as i64);
                 report("peak_rss_mb", peak_rss() as f64 / 1e6);
                 GATED.store(false, Ordering::SeqCst);
-                expect(jobs + CONCURRENCY);
-                GATE.add_permits(jobs + CONCURRENCY);
+                expect(jobs + concurrency());
+                GATE.add_permits(jobs + concurrency());
                 finished().await;
                 rt.shutdown().await;
                 out
             }
             "apalis" => {
                 let mut storage = MemoryStorage::new();
-                for i in 0..CONCURRENCY {
+                for i in 0..concurrency() {
                     storage.push(noop(i as u64)).await.expect("push");
                 }
                 let (h0, r0) = (live_heap(), rss());
@@ -220,7 +223,7 @@ pub fn memory(which: &str, jobs: usize) {
             }
             "mpsc" => {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Noop>();
-                for i in 0..CONCURRENCY {
+                for i in 0..concurrency() {
                     tx.send(noop(i as u64)).expect("send");
                 }
                 let (h0, r0) = (live_heap(), rss());
@@ -268,7 +271,7 @@ pub fn latency(which: &str, rate: f64, seconds: f64) {
     let _ = now_ns();
     let took = match which {
         "ours" => {
-            let ours = rt.block_on(async { ours_runtime(total + CONCURRENCY) });
+            let ours = rt.block_on(async { ours_runtime(total + concurrency()) });
             let client = ours.client();
             let producer = pace(Box::new(move |job| {
                 client.try_enqueue(job).expect("try_enqueue");
@@ -293,7 +296,7 @@ pub fn latency(which: &str, rate: f64, seconds: f64) {
             let handle = rt.spawn(
                 WorkerBuilder::new("peers")
                     .backend(storage)
-                    .concurrency(CONCURRENCY)
+                    .concurrency(concurrency())
                     .build(apalis_timed)
                     .run(),
             );
@@ -342,7 +345,7 @@ pub fn mpmc(jobs: usize) {
     runtime().block_on(async move {
         let (tx, rx) = async_channel::bounded::<Noop>(1024);
         let t = Instant::now();
-        let consumers: Vec<_> = (0..CONCURRENCY)
+        let consumers: Vec<_> = (0..concurrency())
             .map(|_| {
                 let rx = rx.clone();
                 tokio::spawn(async move {

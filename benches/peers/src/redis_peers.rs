@@ -14,7 +14,7 @@ use crate::common::{
     Noop, Timed, done, expect, finished, latency_percentiles, latency_slots, noop, noop_body,
     now_ns, report, runtime, timed_body,
 };
-use crate::mem::CONCURRENCY;
+use crate::mem::concurrency;
 
 fn url() -> String {
     std::env::var("PEERS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
@@ -32,7 +32,7 @@ fn ours(consume: bool) -> JobRuntime {
         .register::<Noop>()
         .register::<Timed>()
         .capacity(10_000_000)
-        .concurrency(CONCURRENCY);
+        .concurrency(concurrency());
     if !consume {
         b = b.queues(["idle"]);
     }
@@ -190,7 +190,7 @@ pub fn backlog(which: &str, backlog: usize, produce: usize, window: Duration) {
                 let mut push = storage.clone();
                 let worker = WorkerBuilder::new("peers-redis")
                     .backend(storage)
-                    .concurrency(CONCURRENCY)
+                    .concurrency(concurrency())
                     .build(apalis_noop);
                 let mut handle = tokio::spawn(worker.run());
                 let producer = tokio::spawn(async move {
@@ -261,7 +261,7 @@ pub fn latency(which: &str, rate: f64, seconds: f64) {
                 let push = storage.clone();
                 let worker = WorkerBuilder::new("peers-redis")
                     .backend(storage)
-                    .concurrency(CONCURRENCY)
+                    .concurrency(concurrency())
                     .build(apalis_timed);
                 apalis_handle = Some(tokio::spawn(worker.run()));
                 Box::new(move |job| {
