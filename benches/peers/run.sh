@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="$PWD/target"
-cargo build --release --locked --quiet
+# Not --locked: job-core is a path dependency whose own dependencies move; the committed
+# lock still pins apalis, apalis-redis and redis-rs.
+cargo build --release --quiet
 
 work="$CARGO_TARGET_DIR/peers-redis"
 mkdir -p "$work"

@@ -90,10 +90,10 @@ pub static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
 
 /// The body both frameworks' no-op handlers run: wait at the gate if it is closed, count.
 pub async fn noop_body() {
-    if GATED.load(Ordering::Relaxed) {
-        if let Ok(p) = GATE.acquire().await {
-            p.forget();
-        }
+    if GATED.load(Ordering::Relaxed)
+        && let Ok(p) = GATE.acquire().await
+    {
+        p.forget();
     }
     tick();
 }

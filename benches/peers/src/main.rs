@@ -221,10 +221,10 @@ impl Driver {
             let mut parts = line.split_whitespace();
             match parts.next() {
                 Some("RESULT") => {
-                    if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
-                        if let Ok(v) = v.parse() {
-                            m.insert(k.to_owned(), v);
-                        }
+                    if let (Some(k), Some(v)) = (parts.next(), parts.next())
+                        && let Ok(v) = v.parse()
+                    {
+                        m.insert(k.to_owned(), v);
                     }
                 }
                 Some("ERROR") => self.errors.push(format!("{workload} {which}: {line}")),
@@ -269,10 +269,10 @@ impl Driver {
             if let Some(a) = a {
                 s.apalis.push(*a);
             }
-            if let (Some(o), Some(a)) = (o, a) {
-                if *a != 0.0 {
-                    s.ratio.push(o / a);
-                }
+            if let (Some(o), Some(a)) = (o, a)
+                && *a != 0.0
+            {
+                s.ratio.push(o / a);
             }
         }
     }
@@ -375,16 +375,16 @@ impl Driver {
             for r in 0..rounds {
                 eprintln!("round {}/{rounds}: in-memory latency", r + 1);
                 self.pair("mem-latency", Some(peak / 2.0));
-                if let Some(ap) = apalis_peak {
-                    if self.wanted("mem-latency-own") {
-                        let m = self.spawn("mem-latency", "apalis", Some(ap / 2.0));
-                        for (k, v) in m {
-                            self.data
-                                .entry(("mem-latency-own".to_owned(), k))
-                                .or_default()
-                                .apalis
-                                .push(v);
-                        }
+                if let Some(ap) = apalis_peak
+                    && self.wanted("mem-latency-own")
+                {
+                    let m = self.spawn("mem-latency", "apalis", Some(ap / 2.0));
+                    for (k, v) in m {
+                        self.data
+                            .entry(("mem-latency-own".to_owned(), k))
+                            .or_default()
+                            .apalis
+                            .push(v);
                     }
                 }
             }
@@ -776,7 +776,7 @@ impl Driver {
                 let s = x.to_string();
                 let mut o = String::new();
                 for (i, ch) in s.chars().enumerate() {
-                    if i > 0 && (s.len() - i) % 3 == 0 {
+                    if i > 0 && (s.len() - i).is_multiple_of(3) {
                         o.push(',');
                     }
                     o.push(ch);
