@@ -278,6 +278,56 @@ impl<J> fmt::Debug for EnqueueError<J> {
 
 impl<J> std::error::Error for EnqueueError<J> {}
 
+/// Why [`Client::enqueue_many`](crate::Client::enqueue_many) stopped before the end. Jobs are
+/// enqueued in order: those before the failure are enqueued (their ids are here), the one
+/// that failed is in `error`, and the rest were not tried; nothing is lost.
+pub struct EnqueueManyError<J> {
+    /// Ids of the jobs enqueued before the failure, in order.
+    pub enqueued: Vec<JobId>,
+    /// The failure, holding the first job that was not enqueued.
+    pub error: EnqueueError<J>,
+    /// The jobs after it, not tried, in order.
+    pub remaining: Vec<J>,
+}
+
+impl<J> EnqueueManyError<J> {
+    /// Every job that was not enqueued, in order: the failed one, then the rest.
+    pub fn into_jobs(self) -> Vec<J> {
+        let mut jobs = Vec::with_capacity(self.remaining.len() + 1);
+        jobs.push(self.error.into_inner());
+        jobs.extend(self.remaining);
+        jobs
+    }
+}
+
+impl<J> fmt::Display for EnqueueManyError<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (after {} jobs were enqueued; {} not enqueued)",
+            self.error,
+            self.enqueued.len(),
+            self.remaining.len() + 1
+        )
+    }
+}
+
+impl<J> fmt::Debug for EnqueueManyError<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnqueueManyError")
+            .field("enqueued", &self.enqueued.len())
+            .field("error", &self.error)
+            .field("remaining", &self.remaining.len())
+            .finish()
+    }
+}
+
+impl<J> std::error::Error for EnqueueManyError<J> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        None
+    }
+}
+
 /// Why a runtime refused to start. Every problem found is listed, not just the first.
 #[derive(Debug, thiserror::Error)]
 #[error("job runtime refused to start: {}", .problems.join("; "))]

@@ -306,8 +306,8 @@ async fn ack_finishes_and_the_record_expires() {
     let key = f.job_key(e.id);
     let ttl = f.pttl(&key).await;
     assert!(ttl > 50_000 && ttl <= 60_000, "finished hash TTL {ttl} ms");
-    assert_eq!(f.hget(e.id, "body").await, None, "the payload is dropped");
-    assert_eq!(f.hget(e.id, "lease").await, None);
+    assert_eq!(f.hget(e.id, "p").await, None, "the payload is dropped");
+    assert_eq!(f.hget(e.id, "l").await, None);
     let stats = f.backend.stats().await.unwrap();
     assert_eq!(stats.depth(), 0);
     // The same ack again (as after a lost reply): accepted, and nothing changes.
@@ -349,7 +349,7 @@ async fn retry_persists_the_attempt_count() {
     let (again, token) = reserve_one(&other, "q", LEASE).await;
     assert_eq!((again.id, again.attempt), (e.id, 2));
     assert_eq!(again.not_before, Some(unix_ms(at)));
-    assert_eq!(f.hget(e.id, "attempt").await.as_deref(), Some("2"));
+    assert_eq!(f.hget(e.id, "a").await.as_deref(), Some("2"));
     // A retry due now is ready at once.
     other
         .retry(e.id, token, retry_at(SystemTime::now(), "again"))
@@ -380,7 +380,7 @@ async fn a_stale_lease_holder_changes_nothing() {
     let (again, fresh) = reserve_one(&f.backend, "q", LEASE).await;
     assert_ne!(stale, fresh);
     assert_eq!((again.id, again.attempt, again.recoveries), (e.id, 2, 1));
-    let before = f.hget(e.id, "lease_until").await;
+    let before = f.hget(e.id, "lu").await;
 
     lease_lost(f.backend.ack(e.id, stale).await, e.id);
     lease_lost(
@@ -405,10 +405,10 @@ async fn a_stale_lease_holder_changes_nothing() {
     assert_eq!((status.state, status.attempts), (JobState::Running, 2));
     assert_eq!(status.last_error, None);
     assert_eq!(
-        f.hget(e.id, "lease").await.as_deref(),
+        f.hget(e.id, "l").await.as_deref(),
         Some(fresh.to_string().as_str())
     );
-    assert_eq!(f.hget(e.id, "lease_until").await, before);
+    assert_eq!(f.hget(e.id, "lu").await, before);
     let stats = f.backend.stats().await.unwrap();
     assert_eq!(
         (stats.ready, stats.scheduled, stats.running, stats.dead),
@@ -639,8 +639,9 @@ async fn malformed_records_come_back_as_malformed() {
     let _: () = redis::pipe()
         .hset_multiple(
             f.job_key(not_json),
-            &[("body", "{not json"), ("queue", "q"), ("state", "queued")],
+            &[("p", "{not json"), ("j", "probe"), ("q", "q"), ("m", "3")],
         )
+        // A record with none of the fields a job record has (another layout, another tool).
         .hset(f.job_key(wrong_shape), "body", r#"{"id":"x","payload":1}"#)
         .set(f.job_key(foreign), b"\xff\xfebinary".as_slice())
         .rpush(&ready, not_json.to_string())
@@ -681,6 +682,9 @@ async fn malformed_records_come_back_as_malformed() {
     for (_, _, _, reason) in &bad {
         assert!(reason.contains("not a job envelope"), "{reason}");
     }
+    assert!(bad[0].3.contains("the payload is not JSON"), "{}", bad[0].3);
+    assert!(bad[1].3.contains("it has no payload"), "{}", bad[1].3);
+    assert!(bad[2].3.contains("it names no job"), "{}", bad[2].3);
     // The entry that is not an id was set aside, not lost and not retried forever.
     let garbage: Vec<String> = f.raw.lrange(f.key("garbage"), 0, -1).await.unwrap();
     assert_eq!(garbage, ["definitely-not-an-id"]);

@@ -33,6 +33,9 @@ fn ours(consume: bool) -> JobRuntime {
         .register::<Timed>()
         .capacity(10_000_000)
         .concurrency(concurrency());
+    if let Ok(n) = std::env::var("PEERS_PREFETCH") {
+        b = b.prefetch(n.parse().expect("PEERS_PREFETCH: a number"));
+    }
     if !consume {
         b = b.queues(["idle"]);
     }
@@ -102,8 +105,8 @@ pub fn single(which: &str, jobs: usize) {
 }
 
 /// Enqueues `jobs` in batches of `batch`: apalis' `push_bulk` (one script call per batch);
-/// ours has no batch call, so a batch is `batch` concurrent `enqueue` futures, which the
-/// multiplexed connection pipelines. Then Redis memory per queued job.
+/// ours `Client::enqueue_many` (one script call per 500 jobs). Then Redis memory per queued
+/// job.
 async fn fill(which: &str, jobs: usize, batch: usize) -> Duration {
     match which {
         "ours" => {
@@ -112,10 +115,8 @@ async fn fill(which: &str, jobs: usize, batch: usize) -> Duration {
             client.enqueue(noop(0)).await.expect("warm-up enqueue");
             let t = Instant::now();
             for b in 0..jobs / batch {
-                let futs = (0..batch).map(|i| client.enqueue(noop((b * batch + i) as u64)));
-                for r in futures::future::join_all(futs).await {
-                    r.expect("enqueue");
-                }
+                let v = (0..batch).map(|i| noop((b * batch + i) as u64));
+                client.enqueue_many(v).await.expect("enqueue_many");
             }
             let e = t.elapsed();
             rt.shutdown().await;

@@ -203,8 +203,34 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn enqueue(&self, envelope: Envelope, capacity: u64)
     -> BoxFuture<'_, Result<(), BackendError>>;
 
+    /// Stores several new jobs in one call, in order, as many as fit under `capacity`: returns
+    /// how many of the first envelopes are stored (an id already stored counts as stored and
+    /// changes nothing). Fewer than all means the store is full; the caller waits and sends
+    /// the rest again. The default calls [`enqueue`](Self::enqueue) for each envelope; a
+    /// backend with a network round trip per call should do it in one.
+    fn enqueue_batch<'a>(
+        &'a self,
+        envelopes: &'a [Envelope],
+        capacity: u64,
+    ) -> BoxFuture<'a, Result<usize, BackendError>> {
+        Box::pin(async move {
+            for (stored, envelope) in envelopes.iter().enumerate() {
+                match self.enqueue(envelope.clone(), capacity).await {
+                    Ok(()) => {}
+                    Err(BackendError::Full) => return Ok(stored),
+                    Err(e) => {
+                        return if stored == 0 { Err(e) } else { Ok(stored) };
+                    }
+                }
+            }
+            Ok(envelopes.len())
+        })
+    }
+
     /// Reserves up to `max` ready jobs from `queues` for `lease`, first moving due scheduled
-    /// jobs to ready. Returns an empty list when none is ready.
+    /// jobs to ready. Returns fewer than `max` only when no more are ready (an empty list
+    /// when none is): the runtime then waits in [`wait_for_work`](Self::wait_for_work)
+    /// before it asks again.
     fn reserve<'a>(
         &'a self,
         queues: &'a [String],
@@ -218,6 +244,27 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// The attempt succeeded: the job is finished.
     fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Acknowledges several finished jobs in one call; returns the ids whose lease was
+    /// already lost (those changed nothing, as with [`ack`](Self::ack)). An `Err` means the
+    /// call as a whole failed and may be repeated: acks are idempotent per lease token. The
+    /// default calls [`ack`](Self::ack) for each.
+    fn ack_batch<'a>(
+        &'a self,
+        acks: &'a [(JobId, LeaseToken)],
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        Box::pin(async move {
+            let mut lost = Vec::new();
+            for &(id, token) in acks {
+                match self.ack(id, token).await {
+                    Ok(()) => {}
+                    Err(BackendError::LeaseLost(id)) => lost.push(id),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(lost)
+        })
+    }
 
     /// The attempt failed and the job may be retried at `retry.at`.
     fn retry(
@@ -289,6 +336,19 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
         capacity: u64,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         (**self).enqueue(envelope, capacity)
+    }
+    fn enqueue_batch<'a>(
+        &'a self,
+        envelopes: &'a [Envelope],
+        capacity: u64,
+    ) -> BoxFuture<'a, Result<usize, BackendError>> {
+        (**self).enqueue_batch(envelopes, capacity)
+    }
+    fn ack_batch<'a>(
+        &'a self,
+        acks: &'a [(JobId, LeaseToken)],
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        (**self).ack_batch(acks)
     }
     fn reserve<'a>(
         &'a self,

@@ -56,7 +56,7 @@
 //! Every key starts with the configured prefix (default `jobs`) in a hash tag, `{jobs}:`,
 //! so **all keys of one backend live in one Redis Cluster slot**. That is what lets every
 //! state change be one Lua script even on a cluster, including the ones that touch several
-//! queues (the capacity check counts every queue; a reservation may take jobs from several
+//! queues (the capacity count is shared by every queue; a reservation may take jobs from several
 //! queues; the scheduled, leased and dead sets are shared). The price is that one prefix is
 //! served by one shard: to spread load over a cluster, give independent workloads different
 //! prefixes (one backend each). Queue and job names are checked against
@@ -65,23 +65,43 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p}:job:<id>` | hash | `body` (the envelope JSON as enqueued), `job`, `queue`, `state`, `attempt`, `recoveries`, `enqueued`, `not_before`, `updated`, `lease` (token), `lease_until`, `last_error`, `dead` (dead-letter JSON), `died` |
+//! | `{p}:job:<id>` | hash | the job record; fields below |
 //! | `{p}:ready:<queue>` | list | ids ready to run, oldest first (released and recovered jobs go to the front) |
 //! | `{p}:scheduled` | sorted set | delayed jobs and retries, scored by not-before (ms) |
 //! | `{p}:leased` | sorted set | reserved jobs, scored by lease expiry (ms, Redis clock) |
 //! | `{p}:dead` | sorted set | dead letters, scored by time of death (ms) |
-//! | `{p}:queues` | set | queue names seen (for the capacity check and stats) |
+//! | `{p}:queues` | set | queue names seen (for stats; it only grows) |
+//! | `{p}:live` | string | jobs queued, scheduled or running, for the capacity check (kept by every script; recounted from the lists and sets by [`stats`](Backend::stats), which the runtime calls twice a second) |
 //! | `{p}:signal:<queue>` | list | at most one wake-up token per queue, for [`wait_for_work`](Backend::wait_for_work) |
 //! | `{p}:garbage` | list | ready-list entries that were not job ids (at most 1,000, newest first) |
 //!
-//! The envelope JSON is stored as the client wrote it and never re-encoded by a script (Lua's
-//! JSON would turn `[]` into `{}` and round large integers). The fields a script changes
-//! (`attempt`, `recoveries`, `not_before`, the lease) live in their own hash fields and
-//! override the JSON when a job is reserved.
+//! A job record's fields have one- or two-letter names, because Redis keeps a hash whose
+//! fields and values are all short (at most 64 bytes each, by default) as one compact
+//! *listpack* allocation, and a small job's record costs about a third of what it would as a
+//! hash table:
 //!
-//! Enqueueing an id that is stored and not finished changes nothing and succeeds, so an
-//! enqueue retried after a lost reply does not duplicate the job (ids are fresh UUIDv7s, so
-//! this never happens otherwise).
+//! | field | holds | written by |
+//! |---|---|---|
+//! | `p` | the payload (the job's arguments) as JSON, exactly as the client serialized it | enqueue |
+//! | `j`, `q` | job name, queue | enqueue |
+//! | `m` | attempts allowed | enqueue |
+//! | `e` | enqueued at (ms since the Unix epoch) | enqueue |
+//! | `s` | state: absent while queued, else `scheduled`, `running`, `retrying`, `succeeded`, `dead` | every change |
+//! | `a`, `r` | attempts started, crash recoveries (absent = 0) | reserve, reap, requeue |
+//! | `nb` | not before (ms), for delayed jobs and retries | enqueue, retry |
+//! | `u` | last change (ms, Redis clock; absent = `e`) | every change but enqueue |
+//! | `l`, `lu` | lease token and lease expiry, while reserved | reserve, extend |
+//! | `d` | the token whose outcome was written last, so a repeated write-back is recognised | ack, retry, dead-letter, release |
+//! | `err` | last error | retry, dead-letter, reap |
+//! | `dead`, `died` | the dead-letter record (JSON) and when it died | dead-letter, reap |
+//!
+//! The payload is stored as the client wrote it and never re-encoded by a script (Lua's JSON
+//! would turn `[]` into `{}` and round large integers). A succeeded job's record drops its
+//! payload.
+//!
+//! Enqueueing an id that is already stored changes nothing and succeeds, so an enqueue
+//! retried after a lost reply does not duplicate the job (ids are fresh UUIDv7s, so this
+//! never happens otherwise).
 //!
 //! Leases are one sorted set scored by expiry rather than a processing list per worker: the
 //! trait has no worker identity (and a reused worker id is a classic way to lose jobs,
@@ -97,8 +117,9 @@
 //!
 //! # Scripts
 //! Each state change is one Lua script, loaded once and run with `EVALSHA` (falling back to
-//! `EVAL` after a `SCRIPT FLUSH` or a restart): enqueue (with the capacity check), reserve
-//! (promotes due scheduled jobs, then pops and leases up to N jobs), ack, retry, dead-letter,
+//! `EVAL` after a `SCRIPT FLUSH` or a restart): enqueue (one job or a batch, with the
+//! capacity check), reserve (promotes due scheduled jobs, then pops and leases up to N jobs
+//! with one `LPOP` per queue), ack (one job or a batch), retry, dead-letter,
 //! extend, release (each fenced by the lease token: a mismatch changes nothing and reports
 //! the lease lost), reap (expired leases back to the front of their queue with
 //! `recoveries + 1`, or dead as poison pills; prunes old dead letters), requeue, and the
@@ -155,6 +176,10 @@ const PROMOTE_BATCH: usize = 1000;
 const REAP_BATCH: usize = 1000;
 /// Jobs one `reserve` call returns at most (the trait allows fewer than asked).
 const MAX_RESERVE: usize = 10_000;
+/// Jobs stored per enqueue script call (a longer batch is split).
+const ENQUEUE_BATCH: usize = 500;
+/// Jobs acknowledged per ack script call (a longer batch is split).
+const ACK_BATCH: usize = 500;
 /// Idle dedicated connections kept for `wait_for_work`.
 const MAX_IDLE_WAITERS: usize = 8;
 
@@ -262,6 +287,8 @@ impl RedisBackendBuilder {
             client,
             manager: OnceLock::new(),
             waiters: Mutex::new(Vec::new()),
+            keys: ["queues", "scheduled", "leased", "dead", "garbage", "live"]
+                .map(|k| format!("{{{}}}:{k}", self.prefix)),
             base: format!("{{{}}}:", self.prefix),
             scripts: Scripts::new(),
             settings: self,
@@ -277,6 +304,8 @@ pub struct RedisBackend {
     waiters: Mutex<Vec<MultiplexedConnection>>,
     /// `{prefix}:`
     base: String,
+    /// The keys every script declares: queues, scheduled, leased, dead, garbage, live.
+    keys: [String; 6],
     scripts: Scripts,
     settings: RedisBackendBuilder,
 }
@@ -373,12 +402,10 @@ impl RedisBackend {
     /// A script call with the shared keys declared and the key base as `ARGV[1]`.
     fn invocation<'s>(&self, script: &'s Script) -> ScriptInvocation<'s> {
         let mut inv = script.prepare_invoke();
-        inv.key(format!("{}queues", self.base))
-            .key(format!("{}scheduled", self.base))
-            .key(format!("{}leased", self.base))
-            .key(format!("{}dead", self.base))
-            .key(format!("{}garbage", self.base))
-            .arg(&self.base);
+        for key in &self.keys {
+            inv.key(key);
+        }
+        inv.arg(&self.base);
         inv
     }
 
@@ -531,12 +558,19 @@ impl RedisBackend {
                 .lines()
                 .find_map(|l| l.strip_prefix("redis_version:"))
                 .map(str::trim);
-            let major = version.and_then(|v| v.split('.').next()?.parse::<u32>().ok());
-            if major.is_some_and(|m| m < 6) {
-                tracing::warn!(
-                    version = version.unwrap_or_default(),
-                    "Redis older than 6.0: blocking waits need decimal BLPOP timeouts; upgrade Redis"
-                );
+            let mut parts = version.unwrap_or_default().split('.');
+            let major = parts.next().and_then(|v| v.parse::<u32>().ok());
+            let minor = parts.next().and_then(|v| v.parse::<u32>().ok());
+            if let (Some(major), Some(minor)) = (major, minor)
+                && (major, minor) < (6, 2)
+            {
+                return Err(BackendError::Unavailable(
+                    format!(
+                        "Redis {} is too old: this backend needs Redis 6.2 or later (LPOP with a count, decimal BLPOP timeouts)",
+                        version.unwrap_or_default()
+                    )
+                    .into(),
+                ));
             }
         }
         let mut cmd = ::redis::cmd("CONFIG");
@@ -571,34 +605,61 @@ impl RedisBackend {
     }
 
     async fn do_enqueue(&self, envelope: Envelope, capacity: u64) -> Result<(), BackendError> {
-        check_name("queue", &envelope.queue)?;
-        check_name("job", &envelope.job)?;
-        let body = serde_json::to_string(&envelope)
-            .map_err(|e| BackendError::Corrupt(format!("envelope does not serialize: {e}")))?;
-        let mut inv = self.invocation(&self.scripts.enqueue);
-        inv.arg(envelope.id.to_string())
-            .arg(body)
-            .arg(&envelope.job)
-            .arg(&envelope.queue)
-            .arg(envelope.attempt)
-            .arg(envelope.recoveries)
-            .arg(envelope.enqueued_at)
-            .arg(
-                envelope
-                    .not_before
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(capacity.to_string());
-        let reply: String = self.run_script(inv).await?;
-        match reply.as_str() {
-            "ok" | "exists" => Ok(()),
-            "full" => Err(BackendError::Full),
-            other => Err(BackendError::Corrupt(format!(
-                "job {} cannot be stored: {other}",
-                envelope.id
-            ))),
+        match self
+            .do_enqueue_batch(std::slice::from_ref(&envelope), capacity)
+            .await?
+        {
+            1 => Ok(()),
+            _ => Err(BackendError::Full),
         }
+    }
+
+    async fn do_enqueue_batch(
+        &self,
+        envelopes: &[Envelope],
+        capacity: u64,
+    ) -> Result<usize, BackendError> {
+        let mut stored = 0;
+        // Bounded script calls: a long script blocks every other client of this Redis.
+        for chunk in envelopes.chunks(ENQUEUE_BATCH) {
+            let mut inv = self.invocation(&self.scripts.enqueue);
+            inv.arg(capacity.to_string());
+            for envelope in chunk {
+                check_name("queue", &envelope.queue)?;
+                check_name("job", &envelope.job)?;
+                let payload = serde_json::to_string(&envelope.payload).map_err(|e| {
+                    BackendError::Corrupt(format!("payload does not serialize: {e}"))
+                })?;
+                inv.arg(envelope.id.to_string())
+                    .arg(payload)
+                    .arg(&envelope.job)
+                    .arg(&envelope.queue)
+                    .arg(envelope.max_attempts)
+                    .arg(envelope.attempt)
+                    .arg(envelope.recoveries)
+                    .arg(envelope.enqueued_at)
+                    .arg(
+                        envelope
+                            .not_before
+                            .map(|t| t.to_string())
+                            .unwrap_or_default(),
+                    );
+            }
+            let (done, status): (usize, String) = self.run_script(inv).await?;
+            stored += done;
+            match status.as_str() {
+                "ok" => {}
+                "full" => return Ok(stored),
+                _ => {
+                    let id = envelopes.get(stored).map(|e| e.id.to_string());
+                    return Err(BackendError::Corrupt(format!(
+                        "job {} cannot be stored: its key holds a value that is not a job record",
+                        id.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        Ok(stored)
     }
 
     async fn do_reserve(
@@ -614,7 +675,6 @@ impl RedisBackend {
             return Ok(Vec::new());
         }
         let max = max.min(MAX_RESERVE);
-        let tokens: Vec<LeaseToken> = (0..max).map(|_| LeaseToken::random()).collect();
         let mut inv = self.invocation(&self.scripts.reserve);
         inv.arg(max)
             .arg(Self::retention_ms(lease).max(1))
@@ -623,8 +683,8 @@ impl RedisBackend {
         for q in queues {
             inv.arg(q);
         }
-        for t in &tokens {
-            inv.arg(t.to_string());
+        for _ in 0..max {
+            inv.arg(LeaseToken::random().to_string());
         }
         let rows: Vec<Vec<Vec<u8>>> = self.run_script(inv).await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -635,7 +695,7 @@ impl RedisBackend {
                     let entry = row.get(1).map(|b| String::from_utf8_lossy(b).into_owned());
                     tracing::error!(
                         entry = ?entry,
-                        key = %format!("{}garbage", self.base),
+                        key = %self.keys[4],
                         "a ready list or the scheduled set held an entry that is not a stored job; moved aside"
                     );
                 }
@@ -643,6 +703,22 @@ impl RedisBackend {
             }
         }
         Ok(out)
+    }
+
+    async fn do_ack_batch(&self, acks: &[(JobId, LeaseToken)]) -> Result<Vec<JobId>, BackendError> {
+        let mut lost = Vec::new();
+        for chunk in acks.chunks(ACK_BATCH) {
+            let mut inv = self.invocation(&self.scripts.ack);
+            inv.arg(Self::retention_ms(self.settings.finished_retention));
+            for (id, token) in chunk {
+                inv.arg(id.to_string()).arg(token.to_string());
+            }
+            let ids: Vec<String> = self.run_script(inv).await?;
+            for id in ids {
+                lost.push(parse_id(&id)?);
+            }
+        }
+        Ok(lost)
     }
 
     async fn do_dead_letter(
@@ -704,16 +780,20 @@ impl RedisBackend {
 
     async fn do_status(&self, id: JobId) -> Result<Option<JobStatus>, BackendError> {
         let mut cmd = ::redis::cmd("HMGET");
-        cmd.arg(self.job_key(id)).arg(&[
-            "state",
-            "job",
-            "queue",
-            "attempt",
-            "last_error",
-            "enqueued",
-            "updated",
-        ]);
-        let f: Vec<Option<Vec<u8>>> = self.run_cmd(&cmd).await?;
+        cmd.arg(self.job_key(id))
+            .arg(&["s", "j", "q", "a", "err", "e", "u"]);
+        let f: Vec<Option<Vec<u8>>> = match self.run_cmd(&cmd).await {
+            Ok(f) => f,
+            Err(BackendError::Unavailable(e))
+                if e.downcast_ref::<RedisError>()
+                    .is_some_and(|e| e.code() == Some("WRONGTYPE")) =>
+            {
+                return Err(BackendError::Corrupt(format!(
+                    "the key of job {id} holds a value that is not a job record"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         if f.iter().all(Option::is_none) {
             return Ok(None);
         }
@@ -791,14 +871,29 @@ impl Backend for RedisBackend {
         Box::pin(self.wait(queues, timeout))
     }
 
+    fn enqueue_batch<'a>(
+        &'a self,
+        envelopes: &'a [Envelope],
+        capacity: u64,
+    ) -> BoxFuture<'a, Result<usize, BackendError>> {
+        Box::pin(self.do_enqueue_batch(envelopes, capacity))
+    }
+
     fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            let mut inv = self.invocation(&self.scripts.ack);
-            inv.arg(id.to_string())
-                .arg(token.to_string())
-                .arg(Self::retention_ms(self.settings.finished_retention));
-            self.fenced(id, inv).await
+            if self.do_ack_batch(&[(id, token)]).await?.is_empty() {
+                Ok(())
+            } else {
+                Err(BackendError::LeaseLost(id))
+            }
         })
+    }
+
+    fn ack_batch<'a>(
+        &'a self,
+        acks: &'a [(JobId, LeaseToken)],
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        Box::pin(self.do_ack_batch(acks))
     }
 
     fn retry(
@@ -932,50 +1027,57 @@ fn number<T: std::str::FromStr + Default>(row: &[Vec<u8>], i: usize) -> T {
     text(row, i).parse().unwrap_or_default()
 }
 
-/// Decodes one reserve row: `job, id, token, has_body, body, attempt, recoveries, not_before,
-/// queue`.
+/// Decodes one reserve row: `job, id, token, has_payload, payload, job_name, queue, attempt,
+/// recoveries, not_before, max_attempts, enqueued`.
 fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
     let id = parse_id(&text(row, 1))?;
     let token = u128::from_str_radix(&text(row, 2), 16)
         .map(LeaseToken)
         .map_err(|_| BackendError::Corrupt("reserve returned a malformed lease token".into()))?;
-    let body = field(row, 4);
-    let raw = String::from_utf8_lossy(body).into_owned();
-    if field(row, 3) != b"1" {
-        return Ok(Reservation::Malformed {
-            id,
-            token,
-            queue: text(row, 8),
-            raw,
-            reason: "stored record has no envelope".to_owned(),
-        });
-    }
-    let malformed = |reason: String| Reservation::Malformed {
+    let payload = field(row, 4);
+    let raw = String::from_utf8_lossy(payload).into_owned();
+    let queue = text(row, 6);
+    let malformed = |reason: &str| Reservation::Malformed {
         id,
         token,
-        queue: text(row, 8),
+        queue: queue.clone(),
         raw: raw.clone(),
-        reason,
+        reason: format!("stored record is not a job envelope: {reason}"),
     };
-    Ok(match serde_json::from_slice::<Envelope>(body) {
-        Ok(envelope) if envelope.id != id => malformed(format!(
-            "stored envelope names job {} but is stored under {id}",
-            envelope.id
-        )),
-        Ok(mut envelope) => {
-            envelope.attempt = number(row, 5);
-            envelope.recoveries = number(row, 6);
-            envelope.not_before = text(row, 7).parse().ok();
-            envelope.lease = Some(token);
-            Reservation::Job { envelope, token }
-        }
-        Err(e) => malformed(format!("stored record is not a job envelope: {e}")),
-    })
+    if field(row, 3) != b"1" {
+        return Ok(malformed("it has no payload"));
+    }
+    let job = text(row, 5);
+    if job.is_empty() {
+        return Ok(malformed("it names no job"));
+    }
+    let Ok(max_attempts) = text(row, 10).parse::<u32>() else {
+        return Ok(malformed("it has no attempt limit"));
+    };
+    let payload = match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(v) => v,
+        Err(e) => return Ok(malformed(&format!("the payload is not JSON: {e}"))),
+    };
+    let envelope = Envelope {
+        id,
+        job,
+        queue: queue.clone(),
+        payload,
+        attempt: number(row, 7),
+        max_attempts,
+        recoveries: number(row, 8),
+        enqueued_at: text(row, 11)
+            .parse()
+            .unwrap_or_else(|_| unix_ms(SystemTime::now())),
+        not_before: text(row, 9).parse().ok(),
+        lease: Some(token),
+    };
+    Ok(Reservation::Job { envelope, token })
 }
 
-/// Decodes one dead-letter row: `id, has_dead, dead, body, job, queue, attempt, enqueued,
+/// Decodes one dead-letter row: `id, has_dead, dead, payload, job, queue, attempt, enqueued,
 /// died, last_error`. A record written by `dead_letter` is returned as written; a poison
-/// pill dead-lettered by the reaper is rebuilt from its envelope.
+/// pill dead-lettered by the reaper is rebuilt from the job record.
 fn dead_letter_from_row(row: &[Vec<u8>]) -> Result<DeadLetter, BackendError> {
     let job_id = parse_id(&text(row, 0))?;
     if field(row, 1) == b"1"
@@ -992,32 +1094,20 @@ fn dead_letter_from_row(row: &[Vec<u8>]) -> Result<DeadLetter, BackendError> {
             died_at: from_unix_ms(d.died_at),
         });
     }
-    let died: u64 = number(row, 8);
-    let died_at = from_unix_ms(died);
-    let error = vec![text(row, 9)];
-    Ok(match serde_json::from_slice::<Envelope>(field(row, 3)) {
-        Ok(env) => DeadLetter {
-            job_id,
-            job: env.job,
-            queue: env.queue,
-            payload: env.payload,
-            attempts: number(row, 6),
-            error,
-            enqueued_at: from_unix_ms(env.enqueued_at),
-            died_at,
-        },
-        Err(_) => DeadLetter {
-            job_id,
-            job: text(row, 4),
-            queue: text(row, 5),
-            payload: serde_json::Value::String(text(row, 3)),
-            attempts: 0,
-            error,
-            enqueued_at: text(row, 7)
-                .parse()
-                .map_or(died_at, |ms: u64| from_unix_ms(ms)),
-            died_at,
-        },
+    let died_at = from_unix_ms(number(row, 8));
+    let payload = serde_json::from_slice(field(row, 3))
+        .unwrap_or_else(|_| serde_json::Value::String(text(row, 3)));
+    Ok(DeadLetter {
+        job_id,
+        job: text(row, 4),
+        queue: text(row, 5),
+        payload,
+        attempts: number(row, 6),
+        error: vec![text(row, 9)],
+        enqueued_at: text(row, 7)
+            .parse()
+            .map_or(died_at, |ms: u64| from_unix_ms(ms)),
+        died_at,
     })
 }
 
@@ -1077,7 +1167,7 @@ impl Scripts {
 
 const LUA_PRELUDE: &str = r#"
 local B = ARGV[1]
-local K_QUEUES, K_SCHEDULED, K_LEASED, K_DEAD, K_GARBAGE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_QUEUES, K_SCHEDULED, K_LEASED, K_DEAD, K_GARBAGE, K_LIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local function jk(id) return B .. 'job:' .. id end
 local function rk(q) return B .. 'ready:' .. q end
 local function num(n) return string.format('%.0f', n) end
@@ -1085,16 +1175,39 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function is_hash(k) return redis.call('TYPE', k)['ok'] == 'hash' end
-local function held(k, token) return is_hash(k) and redis.call('HGET', k, 'lease') == token end
--- The token whose outcome was last written: a write-back repeated because its reply was
--- lost (a killed connection, a timeout) finds its own token here and succeeds again
--- without changing anything, instead of being refused as a lost lease.
-local function done_by(k, token) return is_hash(k) and redis.call('HGET', k, 'done') == token end
+-- HMGET that answers nil, instead of failing the script, when the key holds another type.
+local function fields(k, ...)
+  local f = redis.pcall('HMGET', k, ...)
+  if f['err'] then return nil end
+  return f
+end
+-- 'held' when `token` is the job's lease; 'done' when it is the token whose outcome was
+-- written last (a write-back repeated because its reply was lost, after a killed connection
+-- or a timeout, succeeds again without changing anything instead of being refused as a
+-- lost lease); 'lost' otherwise.
+local function fence(k, token)
+  local f = fields(k, 'l', 'd')
+  if not f then return 'lost' end
+  if f[2] == token then return 'done' end
+  if f[1] == token then return 'held' end
+  return 'lost'
+end
 local function signal(q)
   local k = B .. 'signal:' .. q
   redis.call('LPUSH', k, '1')
   redis.call('LTRIM', k, 0, 0)
+end
+-- Makes a job ready; wakes a waiting worker when the queue was empty (a worker waits only
+-- after finding every queue it serves empty).
+local function ready(q, id, front)
+  local n
+  if front then n = redis.call('LPUSH', rk(q), id) else n = redis.call('RPUSH', rk(q), id) end
+  if n == 1 then signal(q) end
+end
+-- Adjusts the count of live jobs (queued, scheduled, running, retrying) behind the capacity
+-- check; `stats` recounts it from the lists and sets, so it cannot drift for long.
+local function live_add(n)
+  if n ~= 0 and redis.call('INCRBY', K_LIVE, n) < 0 then redis.call('SET', K_LIVE, 0) end
 end
 local function expire(k, ms)
   if ms <= 0 then redis.call('DEL', k) else redis.call('PEXPIRE', k, ms) end
@@ -1107,155 +1220,199 @@ local function valid_id(id)
   return string.match(id, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') ~= nil
     and string.match(id, '%u') == nil
 end
--- Oldest dead letters beyond `capacity` are dropped with their hashes.
+-- ZADD/ZREM with many members, in slices (Lua's unpack has a limit).
+local function zmany(cmd, key, args)
+  for i = 1, #args, 400 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 399, #args)))
+  end
+end
+-- Oldest dead letters beyond `capacity` are dropped with their records.
 local function evict(capacity, evicted)
   local over = redis.call('ZCARD', K_DEAD) - capacity
   if over > 0 then
     local popped = redis.call('ZPOPMIN', K_DEAD, over)
     for i = 1, #popped, 2 do
       local k = jk(popped[i])
-      if is_hash(k) and redis.call('HGET', k, 'state') == 'dead' then redis.call('DEL', k) end
+      local f = fields(k, 's')
+      if f and f[1] == 'dead' then redis.call('DEL', k) end
       evicted[#evicted + 1] = popped[i]
     end
   end
 end
--- id, has_dead, dead, body, job, queue, attempt, enqueued, died, last_error
+-- id, has_dead, dead, payload, job, queue, attempt, enqueued, died, last_error
 local function dead_row(id, k)
-  local f = redis.call('HMGET', k, 'dead', 'body', 'job', 'queue', 'attempt', 'enqueued', 'died', 'last_error')
+  local f = fields(k, 'dead', 'p', 'j', 'q', 'a', 'e', 'died', 'err') or {}
   local has = '0'
   if f[1] then has = '1' end
   return {id, has, f[1] or '', f[2] or '', f[3] or '', f[4] or '', f[5] or '0', f[6] or '', f[7] or '0', f[8] or ''}
 end
 "#;
 
-/// ARGV: base, id, body, job, queue, attempt, recoveries, enqueued, not_before ('' = none),
-/// capacity. Returns 'ok', 'exists' (a live job with this id is stored: nothing changed),
-/// 'full', or 'corrupt'.
+/// ARGV: base, capacity, then per job: id, payload, job, queue, max_attempts, attempt,
+/// recoveries, enqueued, not_before ('' = none). Stores jobs in order while capacity allows;
+/// an id already stored changes nothing and counts as stored. Returns {stored, status}:
+/// 'ok', 'full' (the rest did not fit), or 'corrupt' (the next job's key holds another type).
 const LUA_ENQUEUE: &str = r#"
-local id, body, job, q = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local k = jk(id)
-local kind = redis.call('TYPE', k)['ok']
-if kind ~= 'none' then
-  if kind ~= 'hash' then return 'corrupt' end
-  local st = redis.call('HGET', k, 'state')
-  if st ~= 'succeeded' and st ~= 'dead' then return 'exists' end
+local cap = tonumber(ARGV[2])
+local live = tonumber(redis.call('GET', K_LIVE) or '0')
+local now = nil
+local stored, added, status = 0, 0, 'ok'
+for i = 3, #ARGV, 9 do
+  local id, q, nb = ARGV[i], ARGV[i + 3], ARGV[i + 8]
+  local k = jk(id)
+  if redis.call('EXISTS', k) == 1 then
+    if redis.call('TYPE', k)['ok'] ~= 'hash' then
+      status = 'corrupt'
+      break
+    end
+  else
+    if live + added >= cap then
+      status = 'full'
+      break
+    end
+    added = added + 1
+    redis.call('HSET', k, 'p', ARGV[i + 1], 'j', ARGV[i + 2], 'q', q, 'm', ARGV[i + 4], 'e', ARGV[i + 7])
+    if ARGV[i + 5] ~= '0' then redis.call('HSET', k, 'a', ARGV[i + 5]) end
+    if ARGV[i + 6] ~= '0' then redis.call('HSET', k, 'r', ARGV[i + 6]) end
+    local at = tonumber(nb)
+    if at then
+      now = now or now_ms()
+      redis.call('HSET', k, 'nb', nb)
+    end
+    if at and at > now then
+      redis.call('HSET', k, 's', 'scheduled')
+      redis.call('SADD', K_QUEUES, q)
+      redis.call('ZADD', K_SCHEDULED, at, id)
+    elseif redis.call('RPUSH', rk(q), id) == 1 then
+      -- The queue was empty: make sure it is known (the set only grows), and wake a worker.
+      redis.call('SADD', K_QUEUES, q)
+      signal(q)
+    end
+  end
+  stored = stored + 1
 end
-local live = redis.call('ZCARD', K_SCHEDULED) + redis.call('ZCARD', K_LEASED)
-for _, name in ipairs(redis.call('SMEMBERS', K_QUEUES)) do
-  live = live + redis.call('LLEN', rk(name))
-end
-if live >= tonumber(ARGV[10]) then return 'full' end
-local now = now_ms()
-local nb = tonumber(ARGV[9])
-local state = 'queued'
-if nb and nb > now then state = 'scheduled' end
-redis.call('DEL', k)
-redis.call('HSET', k, 'body', body, 'job', job, 'queue', q, 'state', state,
-  'attempt', ARGV[6], 'recoveries', ARGV[7], 'enqueued', ARGV[8], 'updated', num(now))
-if nb then redis.call('HSET', k, 'not_before', ARGV[9]) end
-redis.call('ZREM', K_DEAD, id)
-redis.call('SADD', K_QUEUES, q)
-if state == 'scheduled' then
-  redis.call('ZADD', K_SCHEDULED, nb, id)
-else
-  redis.call('RPUSH', rk(q), id)
-  signal(q)
-end
-return 'ok'
+live_add(added)
+return {stored, status}
 "#;
 
 /// ARGV: base, max, lease_ms, promote_limit, n, queue_1..queue_n, token_1..token_max.
-/// Returns rows {'job', id, token, has_body, body, attempt, recoveries, not_before} and
-/// {'garbage', entry}.
+/// Returns rows {'job', id, token, has_payload, payload, job, queue, attempt, recoveries,
+/// not_before, max_attempts, enqueued} and {'garbage', entry}.
 const LUA_RESERVE: &str = r#"
 local max, lease, limit, nq = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_ms()
 local out = {}
-local leased = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', now, 'LIMIT', 0, limit)) do
-  redis.call('ZREM', K_SCHEDULED, id)
-  local k = jk(id)
-  local q = false
-  if is_hash(k) then q = redis.call('HGET', k, 'queue') end
-  if q then
-    redis.call('RPUSH', rk(q), id)
-  else
-    garbage(id)
-    out[#out + 1] = {'garbage', id}
+local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', now, 'LIMIT', 0, limit)
+if #due > 0 then
+  zmany('ZREM', K_SCHEDULED, due)
+  for _, id in ipairs(due) do
+    local f = fields(jk(id), 'q')
+    if f and f[1] then
+      ready(f[1], id, false)
+    else
+      garbage(id)
+      out[#out + 1] = {'garbage', id}
+    end
   end
 end
+local expiry = now + lease
+local sexpiry, snow = num(expiry), num(now)
+local leased, members = 0, {}
 local first_token = 6 + nq
 for i = 1, nq do
   local q = ARGV[5 + i]
   while leased < max do
-    local id = redis.call('LPOP', rk(q))
-    if not id then break end
-    local k = jk(id)
-    if not valid_id(id) then
-      garbage(id)
-      out[#out + 1] = {'garbage', id}
-    else
-      local kind = redis.call('TYPE', k)['ok']
-      if kind == 'none' then
-        -- No record (a finished job's hash expired under a stale entry): set aside.
+    local want = max - leased
+    local ids = redis.call('LPOP', rk(q), want)
+    if not ids then break end
+    for _, id in ipairs(ids) do
+      local k = jk(id)
+      if not valid_id(id) then
         garbage(id)
         out[#out + 1] = {'garbage', id}
       else
-        if kind ~= 'hash' then
-          -- A foreign value under a job key: keep its bytes as the body of a job record,
-          -- so it comes back as malformed and gets dead-lettered with a reason.
+        local f = fields(k, 's', 'p', 'j', 'q', 'a', 'r', 'nb', 'm', 'e')
+        if not f then
+          -- A foreign value under a job key: keep its bytes as the payload of a record with
+          -- no job name, so it comes back as malformed and is dead-lettered with a reason.
+          local kind = redis.call('TYPE', k)['ok']
           local raw = '<redis ' .. kind .. ' value>'
           if kind == 'string' then raw = redis.call('GET', k) end
           redis.call('DEL', k)
-          redis.call('HSET', k, 'body', raw, 'queue', q, 'state', 'queued')
+          redis.call('HSET', k, 'p', raw, 'q', q)
+          f = {false, raw, false, q, false, false, false, false, false}
         end
-        local st = redis.call('HGET', k, 'state')
-        -- An id that is running or finished is a stale duplicate entry: dropped.
-        if st ~= 'running' and st ~= 'succeeded' and st ~= 'dead' then
+        local st = f[1]
+        if not (f[1] or f[2] or f[3] or f[4] or f[5] or f[6] or f[7] or f[8] or f[9])
+          and redis.call('EXISTS', k) == 0 then
+          -- No record (a finished job's record expired under a stale entry): set aside.
+          garbage(id)
+          out[#out + 1] = {'garbage', id}
+        elseif st ~= 'running' and st ~= 'succeeded' and st ~= 'dead' then
+          -- (An id that is running or finished is a stale duplicate entry: dropped.)
           local token = ARGV[first_token + leased]
           leased = leased + 1
-          local attempt = (tonumber(redis.call('HGET', k, 'attempt')) or 0) + 1
-          local expiry = now + lease
-          if redis.call('HEXISTS', k, 'queue') == 0 then redis.call('HSET', k, 'queue', q) end
-          redis.call('HSET', k, 'state', 'running', 'attempt', num(attempt), 'lease', token,
-            'lease_until', num(expiry), 'updated', num(now))
-          redis.call('ZADD', K_LEASED, expiry, id)
-          local f = redis.call('HMGET', k, 'body', 'recoveries', 'not_before')
+          local attempt = num((tonumber(f[5]) or 0) + 1)
+          redis.call('HSET', k, 's', 'running', 'a', attempt, 'l', token, 'lu', sexpiry, 'u', snow)
+          if not f[4] then redis.call('HSET', k, 'q', q) end
+          members[#members + 1] = sexpiry
+          members[#members + 1] = id
           local has = '0'
-          if f[1] then has = '1' end
-          out[#out + 1] = {'job', id, token, has, f[1] or '', num(attempt), f[2] or '0', f[3] or '', q}
+          if f[2] then has = '1' end
+          out[#out + 1] = {'job', id, token, has, f[2] or '', f[3] or '', q, attempt, f[6] or '0', f[7] or '', f[8] or '', f[9] or ''}
         end
       end
     end
+    if #ids < want then break end
   end
+  -- Jobs left behind: wake another waiting worker.
+  if leased >= max and redis.call('LLEN', rk(q)) > 0 then signal(q) end
 end
+if #members > 0 then zmany('ZADD', K_LEASED, members) end
 return out
 "#;
 
-/// ARGV: base, id, token, retention_ms. Returns 1, or 0 when the lease is not held.
+/// ARGV: base, retention_ms, then pairs id, token. Returns the ids whose lease is not held.
 const LUA_ACK: &str = r#"
-local id, token = ARGV[2], ARGV[3]
-local k = jk(id)
-if done_by(k, token) then return 1 end
-if not held(k, token) then return 0 end
-redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 'state', 'succeeded', 'updated', num(now_ms()), 'done', token)
-redis.call('HDEL', k, 'lease', 'lease_until', 'body')
-expire(k, tonumber(ARGV[4]))
-return 1
+local retention = tonumber(ARGV[2])
+local now = num(now_ms())
+local lost, done = {}, {}
+for i = 3, #ARGV - 1, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local k = jk(id)
+  local state = fence(k, token)
+  if state == 'held' then
+    done[#done + 1] = id
+    if retention <= 0 then
+      redis.call('DEL', k)
+    else
+      redis.call('HSET', k, 's', 'succeeded', 'u', now, 'd', token)
+      redis.call('HDEL', k, 'l', 'lu', 'p')
+      redis.call('PEXPIRE', k, retention)
+    end
+  elseif state == 'lost' then
+    lost[#lost + 1] = id
+  end
+end
+if #done > 0 then
+  zmany('ZREM', K_LEASED, done)
+  live_add(-#done)
+end
+return lost
 "#;
 
 /// ARGV: base, id, token, at_ms, error. Returns 1, or 0 when the lease is not held.
 const LUA_RETRY: &str = r#"
 local id, token, at = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local k = jk(id)
-if done_by(k, token) then return 1 end
-if not held(k, token) then return 0 end
-local q = redis.call('HGET', k, 'queue')
+local state = fence(k, token)
+if state == 'done' then return 1 end
+if state ~= 'held' then return 0 end
+local q = redis.call('HGET', k, 'q')
 local now = now_ms()
 redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 'state', 'retrying', 'last_error', ARGV[5], 'not_before', ARGV[4], 'updated', num(now), 'done', token)
-redis.call('HDEL', k, 'lease', 'lease_until')
+redis.call('HSET', k, 's', 'retrying', 'err', ARGV[5], 'nb', ARGV[4], 'u', num(now), 'd', token)
+redis.call('HDEL', k, 'l', 'lu')
 redis.call('ZADD', K_SCHEDULED, at, id)
 if q and at <= now then signal(q) end
 return 1
@@ -1266,14 +1423,16 @@ return 1
 const LUA_DEAD_LETTER: &str = r#"
 local id, token = ARGV[2], ARGV[3]
 local k = jk(id)
-if done_by(k, token) then return {'1'} end
-if not held(k, token) then return {'0'} end
-local now = now_ms()
+local state = fence(k, token)
+if state == 'done' then return {'1'} end
+if state ~= 'held' then return {'0'} end
+local now = num(now_ms())
 redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 'state', 'dead', 'dead', ARGV[4], 'last_error', ARGV[5], 'died', num(now), 'updated', num(now), 'done', token)
-redis.call('HDEL', k, 'lease', 'lease_until')
+redis.call('HSET', k, 's', 'dead', 'dead', ARGV[4], 'err', ARGV[5], 'died', now, 'u', now, 'd', token)
+redis.call('HDEL', k, 'l', 'lu')
 redis.call('ZADD', K_DEAD, now, id)
 expire(k, tonumber(ARGV[6]))
+live_add(-1)
 local out = {'1'}
 local evicted = {}
 evict(tonumber(ARGV[7]), evicted)
@@ -1283,18 +1442,21 @@ return out
 
 /// ARGV: base, lease_ms, then pairs id, token. Returns the ids whose lease is not held.
 const LUA_EXTEND: &str = r#"
-local expiry = now_ms() + tonumber(ARGV[2])
-local lost = {}
+local expiry = num(now_ms() + tonumber(ARGV[2]))
+local lost, members = {}, {}
 for i = 3, #ARGV - 1, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local k = jk(id)
-  if held(k, token) then
-    redis.call('HSET', k, 'lease_until', num(expiry))
-    redis.call('ZADD', K_LEASED, expiry, id)
+  local f = fields(k, 'l')
+  if f and f[1] == token then
+    redis.call('HSET', k, 'lu', expiry)
+    members[#members + 1] = expiry
+    members[#members + 1] = id
   else
     lost[#lost + 1] = id
   end
 end
+if #members > 0 then zmany('ZADD', K_LEASED, members) end
 return lost
 "#;
 
@@ -1302,19 +1464,20 @@ return lost
 const LUA_RELEASE: &str = r#"
 local id, token = ARGV[2], ARGV[3]
 local k = jk(id)
-if done_by(k, token) then return 1 end
-if not held(k, token) then return 0 end
-local attempt = (tonumber(redis.call('HGET', k, 'attempt')) or 0) - 1
+local state = fence(k, token)
+if state == 'done' then return 1 end
+if state ~= 'held' then return 0 end
+local f = redis.call('HMGET', k, 'a', 'q')
+local attempt = (tonumber(f[1]) or 0) - 1
 if attempt < 0 then attempt = 0 end
-local q = redis.call('HGET', k, 'queue')
+local q = f[2]
 -- reserve gives every leased record a queue; checked before any write all the same.
 if not q then return 0 end
 redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 'state', 'queued', 'attempt', num(attempt), 'updated', num(now_ms()), 'done', token)
-redis.call('HDEL', k, 'lease', 'lease_until')
-redis.call('LPUSH', rk(q), id)
+redis.call('HSET', k, 'a', num(attempt), 'u', num(now_ms()), 'd', token)
+redis.call('HDEL', k, 's', 'l', 'lu')
 redis.call('SADD', K_QUEUES, q)
-signal(q)
+ready(q, id, true)
 return 1
 "#;
 
@@ -1324,32 +1487,28 @@ const LUA_REAP: &str = r#"
 local max_rec, reason, batch = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local retention, capacity = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
+local snow = num(now)
 local recovered, dead, evicted = {}, {}, {}
-local function envelope_like(body)
-  if not body then return false end
-  local ok, v = pcall(cjson.decode, body)
-  return ok and type(v) == 'table' and v.id ~= nil and v.payload ~= nil
-    and type(v.job) == 'string' and type(v.queue) == 'string'
-end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, batch)) do
-  redis.call('ZREM', K_LEASED, id)
+local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, batch)
+if #expired > 0 then zmany('ZREM', K_LEASED, expired) end
+for _, id in ipairs(expired) do
   local k = jk(id)
-  if is_hash(k) and redis.call('HEXISTS', k, 'lease') == 1 then
-    local f = redis.call('HMGET', k, 'body', 'queue', 'recoveries')
-    local q = f[2]
-    local rec = (tonumber(f[3]) or 0) + 1
-    redis.call('HDEL', k, 'lease', 'lease_until')
-    redis.call('HSET', k, 'recoveries', num(rec), 'updated', num(now))
-    if q and envelope_like(f[1]) and rec < max_rec then
-      redis.call('HSET', k, 'state', 'queued')
-      redis.call('LPUSH', rk(q), id)
-      signal(q)
+  local f = fields(k, 'l', 'p', 'j', 'q', 'r')
+  if f and f[1] then
+    local q = f[4]
+    local rec = (tonumber(f[5]) or 0) + 1
+    redis.call('HDEL', k, 'l', 'lu')
+    redis.call('HSET', k, 'r', num(rec), 'u', snow)
+    if q and f[2] and f[3] and rec < max_rec then
+      redis.call('HDEL', k, 's')
+      ready(q, id, true)
       recovered[#recovered + 1] = id
     else
-      redis.call('HSET', k, 'state', 'dead', 'last_error', reason, 'died', num(now))
+      redis.call('HSET', k, 's', 'dead', 'err', reason, 'died', snow)
       redis.call('ZADD', K_DEAD, now, id)
       expire(k, retention)
       dead[#dead + 1] = dead_row(id, k)
+      live_add(-1)
     end
   end
 end
@@ -1357,7 +1516,8 @@ evict(capacity, evicted)
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', now - retention, 'LIMIT', 0, batch)) do
   redis.call('ZREM', K_DEAD, id)
   local k = jk(id)
-  if is_hash(k) and redis.call('HGET', k, 'state') == 'dead' then redis.call('DEL', k) end
+  local f = fields(k, 's')
+  if f and f[1] == 'dead' then redis.call('DEL', k) end
 end
 return {recovered, dead, evicted}
 "#;
@@ -1368,29 +1528,33 @@ local id = ARGV[2]
 local k = jk(id)
 if not redis.call('ZSCORE', K_DEAD, id) then return 0 end
 redis.call('ZREM', K_DEAD, id)
-if not is_hash(k) then return 0 end
-local q = redis.call('HGET', k, 'queue')
-if not q then return 0 end
+local f = fields(k, 'q')
+if not f or not f[1] then return 0 end
+local q = f[1]
 redis.call('PERSIST', k)
-redis.call('HSET', k, 'state', 'queued', 'attempt', '0', 'recoveries', '0', 'updated', num(now_ms()))
-redis.call('HDEL', k, 'not_before', 'lease', 'lease_until', 'last_error', 'dead', 'died')
-redis.call('RPUSH', rk(q), id)
+redis.call('HSET', k, 'u', num(now_ms()))
+redis.call('HDEL', k, 's', 'a', 'r', 'nb', 'l', 'lu', 'err', 'dead', 'died', 'd')
 redis.call('SADD', K_QUEUES, q)
-signal(q)
+ready(q, id, false)
+live_add(1)
 return 1
 "#;
 
-/// ARGV: base. Returns {ready, scheduled, running, dead}.
+/// ARGV: base. Returns {ready, scheduled, running, dead}, and resets the live count to
+/// ready + scheduled + running.
 const LUA_STATS: &str = r#"
 local ready = 0
 for _, name in ipairs(redis.call('SMEMBERS', K_QUEUES)) do
   ready = ready + redis.call('LLEN', rk(name))
 end
-return {ready, redis.call('ZCARD', K_SCHEDULED), redis.call('ZCARD', K_LEASED), redis.call('ZCARD', K_DEAD)}
+local scheduled, running = redis.call('ZCARD', K_SCHEDULED), redis.call('ZCARD', K_LEASED)
+-- Recount the live jobs behind the capacity check (see live_add).
+redis.call('SET', K_LIVE, ready + scheduled + running)
+return {ready, scheduled, running, redis.call('ZCARD', K_DEAD)}
 "#;
 
 /// ARGV: base, limit. Returns up to `limit` dead rows, oldest first, dropping entries whose
-/// hash has expired.
+/// record has expired.
 const LUA_DEAD_LETTERS: &str = r#"
 local limit = tonumber(ARGV[2])
 local page = math.min(limit, 500)
@@ -1402,7 +1566,7 @@ while #out < limit do
   for _, id in ipairs(ids) do
     if #out >= limit then break end
     local k = jk(id)
-    if is_hash(k) then out[#out + 1] = dead_row(id, k) else stale[#stale + 1] = id end
+    if redis.call('EXISTS', k) == 1 then out[#out + 1] = dead_row(id, k) else stale[#stale + 1] = id end
   end
   start = start + #ids
 end
@@ -1410,15 +1574,16 @@ for _, id in ipairs(stale) do redis.call('ZREM', K_DEAD, id) end
 return out
 "#;
 
-/// ARGV: base, id, queue, raw. Stores raw bytes as a ready job record.
+/// ARGV: base, id, queue, raw. Stores raw bytes as the payload of a ready record that names
+/// no job.
 const LUA_INSERT_RAW: &str = r#"
 local id, q = ARGV[2], ARGV[3]
 local k = jk(id)
 redis.call('DEL', k)
-redis.call('HSET', k, 'body', ARGV[4], 'queue', q, 'state', 'queued', 'updated', num(now_ms()))
-redis.call('RPUSH', rk(q), id)
+redis.call('HSET', k, 'p', ARGV[4], 'q', q, 'u', num(now_ms()))
 redis.call('SADD', K_QUEUES, q)
-signal(q)
+ready(q, id, false)
+live_add(1)
 return 1
 "#;
 

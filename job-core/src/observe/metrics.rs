@@ -108,6 +108,10 @@ impl Counters {
         counter.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn add(counter: &Padded, n: u64) {
+        counter.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Attempts running now: started and not yet ended.
     pub(crate) fn in_flight(&self) -> usize {
         let ended = self.succeeded.load() + self.failed.load();

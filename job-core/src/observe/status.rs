@@ -19,7 +19,9 @@ pub enum JobState {
     Queued,
     /// Waiting for its start time (`enqueue_in` / `enqueue_at`).
     Scheduled,
-    /// An attempt is running.
+    /// An attempt is running. On a durable backend: reserved by a worker process, which
+    /// includes the few jobs a process fetches ahead of its workers when jobs are short (see
+    /// [`prefetch`](crate::JobRuntimeBuilder::prefetch)).
     Running,
     /// An attempt failed; waiting for the next one.
     Retrying,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use super::worker::{
     Decision, Outcome, decide, execute, job_span, notify_dead, prepare, spawn_hooks,
@@ -27,10 +28,29 @@ pub(crate) struct Durable {
     pub(crate) lease: Duration,
     pub(crate) max_recoveries: u32,
     pub(crate) reap_interval: Duration,
+    /// Successful attempts waiting to be acknowledged, in batches, by the acker.
+    acks_tx: async_channel::Sender<(JobId, LeaseToken)>,
+    acks_rx: async_channel::Receiver<(JobId, LeaseToken)>,
+    /// The acker task, awaited at shutdown before held jobs are given back.
+    acker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The fetcher task, awaited at shutdown before held jobs are given back.
+    fetcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Jobs reserved by this process and not yet written back: id -> lease.
     pub(crate) held: Mutex<HashMap<JobId, LeaseToken>>,
-    /// One permit per worker: the fetcher reserves only as many jobs as are free.
+    /// One permit per worker and per prefetched job: the fetcher reserves only as many jobs
+    /// as are free.
     pub(crate) slots: Arc<Semaphore>,
+    /// Workers.
+    concurrency: usize,
+    /// Jobs reserved ahead of the workers at most (the semaphore holds `concurrency` plus
+    /// this many permits).
+    max_prefetch: usize,
+    /// A fixed prefetch, or `None` to adapt it to how long jobs take.
+    fixed_prefetch: Option<usize>,
+    /// Moving average of recent attempts' run time, in nanoseconds (0: none yet).
+    job_ns: AtomicU64,
+    /// Signalled by a worker each time it frees a slot.
+    freed: tokio::sync::Notify,
     pub(crate) work_tx: async_channel::Sender<(Reservation, OwnedSemaphorePermit)>,
     pub(crate) work_rx: async_channel::Receiver<(Reservation, OwnedSemaphorePermit)>,
     /// Last depth the backend reported.
@@ -57,24 +77,87 @@ pub(crate) struct DurableConfig {
     pub(crate) lease: Duration,
     pub(crate) max_recoveries: u32,
     pub(crate) reap_interval: Duration,
+    /// Jobs reserved ahead of free workers (`None`: as many as `concurrency`).
+    pub(crate) prefetch: Option<usize>,
 }
+
+/// With the default (adaptive) prefetch, jobs buffered per worker at most ...
+const ADAPTIVE_PREFETCH_PER_WORKER: usize = 16;
+/// ... and about this much work buffered ahead of the workers: enough to cover a few round
+/// trips to the backend, little enough that a process does not sit on long jobs that idle
+/// processes could run.
+const PREFETCH_WORK: Duration = Duration::from_millis(2);
+
+/// Successful attempts waiting for the acker, at most (workers wait beyond it).
+const ACK_QUEUE: usize = 4096;
+/// Acknowledgements written per backend call, at most.
+const ACK_BATCH: usize = 256;
+/// Jobs reserved per backend call, at most.
+const RESERVE_BATCH: usize = 256;
 
 impl Durable {
     pub(crate) fn new(config: DurableConfig, queues: Vec<String>, concurrency: usize) -> Self {
-        let (work_tx, work_rx) = async_channel::bounded(concurrency.max(1));
+        let max_prefetch = config
+            .prefetch
+            .unwrap_or(concurrency.saturating_mul(ADAPTIVE_PREFETCH_PER_WORKER));
+        let slots = concurrency + max_prefetch;
+        let (work_tx, work_rx) = async_channel::bounded(slots.max(1));
+        let (acks_tx, acks_rx) = async_channel::bounded(ACK_QUEUE);
         Self {
+            acks_tx,
+            acks_rx,
+            acker: Mutex::new(None),
+            fetcher: Mutex::new(None),
             backend: config.backend,
             queues,
             lease: config.lease,
             max_recoveries: config.max_recoveries,
             reap_interval: config.reap_interval,
             held: Mutex::new(HashMap::new()),
-            slots: Arc::new(Semaphore::new(concurrency)),
+            slots: Arc::new(Semaphore::new(slots)),
+            concurrency,
+            max_prefetch,
+            fixed_prefetch: config.prefetch,
+            job_ns: AtomicU64::new(0),
+            freed: tokio::sync::Notify::new(),
             work_tx,
             work_rx,
             depth: AtomicU64::new(0),
             reachable: AtomicBool::new(true),
         }
+    }
+
+    /// Jobs to keep reserved ahead of the workers now.
+    fn prefetch(&self) -> usize {
+        if let Some(n) = self.fixed_prefetch {
+            return n;
+        }
+        let ns = self.job_ns.load(Ordering::Relaxed);
+        if ns == 0 {
+            // Nothing measured yet: fetch for idle workers only until the first jobs tell
+            // how long they take (with short jobs, that is the first batch).
+            return 0;
+        }
+        let per_worker = PREFETCH_WORK.as_nanos() as u64 / ns;
+        usize::try_from(per_worker)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(self.concurrency)
+            .min(self.max_prefetch)
+    }
+
+    /// Slots the fetcher may fill now.
+    fn free_slots(&self) -> usize {
+        self.slots
+            .available_permits()
+            .saturating_sub(self.max_prefetch - self.prefetch())
+    }
+
+    /// Records how long an attempt ran, for the adaptive prefetch.
+    fn ran_for(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.job_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { ns } else { old - old / 8 + ns / 8 };
+        self.job_ns.store(new.max(1), Ordering::Relaxed);
     }
 
     fn hold(&self, id: JobId, token: LeaseToken) {
@@ -113,29 +196,18 @@ impl Durable {
     }
 }
 
-/// Enqueues on the backend. Waits (polling) while the backend reports it is full.
-pub(crate) async fn enqueue<J: Job>(
+/// The envelope for a new job of registered kind `kind`.
+pub(crate) fn envelope_for<J: Job>(
     inner: &Inner,
-    d: &Durable,
-    job: J,
+    job: &J,
     kind: u16,
     delay: Option<Duration>,
-    wait_for_room: bool,
-) -> Result<JobId, EnqueueError<J>> {
+) -> Result<Envelope, String> {
     let entry = inner.registry.kind(kind);
-    let payload = match serde_json::to_value(&job) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(EnqueueError::Serialize {
-                job,
-                message: e.to_string(),
-            });
-        }
-    };
-    let id = JobId::new();
+    let payload = serde_json::to_value(job).map_err(|e| e.to_string())?;
     let now = SystemTime::now();
-    let envelope = Envelope {
-        id,
+    Ok(Envelope {
+        id: JobId::new(),
         job: entry.ty.name.to_owned(),
         queue: entry.ty.options.queue.to_owned(),
         payload,
@@ -145,7 +217,23 @@ pub(crate) async fn enqueue<J: Job>(
         enqueued_at: unix_ms(now),
         not_before: delay.map(|d| unix_ms(now + d)),
         lease: None,
+    })
+}
+
+/// Enqueues on the backend. Waits (polling) while the backend reports it is full.
+pub(crate) async fn enqueue<J: Job>(
+    inner: &Inner,
+    d: &Durable,
+    job: J,
+    kind: u16,
+    delay: Option<Duration>,
+    wait_for_room: bool,
+) -> Result<JobId, EnqueueError<J>> {
+    let envelope = match envelope_for(inner, &job, kind, delay) {
+        Ok(e) => e,
+        Err(message) => return Err(EnqueueError::Serialize { job, message }),
     };
+    let id = envelope.id;
     let mut pause = Duration::from_millis(10);
     loop {
         if inner.stopping.load(Ordering::Acquire) {
@@ -158,8 +246,7 @@ pub(crate) async fn enqueue<J: Job>(
         {
             Ok(()) => {
                 d.mark(true);
-                Counters::bump(&inner.counters.enqueued);
-                entry.metrics.enqueued.increment(1);
+                counted(inner, kind, 1);
                 return Ok(id);
             }
             Err(BackendError::Full) if wait_for_room => {
@@ -176,6 +263,60 @@ pub(crate) async fn enqueue<J: Job>(
             }
         }
     }
+}
+
+fn counted(inner: &Inner, kind: u16, n: u64) {
+    Counters::add(&inner.counters.enqueued, n);
+    inner.registry.kind(kind).metrics.enqueued.increment(n);
+}
+
+/// Stores `envelopes` (built from `jobs`, same order) with as few backend calls as the
+/// backend allows, waiting while it is full. On failure, returns how many were stored and
+/// the error; the jobs from that index on were not stored.
+pub(crate) async fn enqueue_batch(
+    inner: &Inner,
+    d: &Durable,
+    kind: u16,
+    envelopes: &[Envelope],
+) -> Result<(), (usize, BatchFailure)> {
+    let mut stored = 0;
+    let mut pause = Duration::from_millis(10);
+    while stored < envelopes.len() {
+        if inner.stopping.load(Ordering::Acquire) {
+            return Err((stored, BatchFailure::ShuttingDown));
+        }
+        let rest = envelopes.get(stored..).unwrap_or_default();
+        match d.backend.enqueue_batch(rest, inner.capacity as u64).await {
+            Ok(n) => {
+                d.mark(true);
+                let n = n.min(rest.len());
+                counted(inner, kind, n as u64);
+                stored += n;
+                if n < rest.len() {
+                    // Full: wait for room, then send the rest.
+                    tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                } else {
+                    pause = Duration::from_millis(10);
+                }
+            }
+            Err(BackendError::Full) => {
+                tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => {
+                d.mark(false);
+                return Err((stored, BatchFailure::Backend(error_chain(&e))));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a batch stopped.
+pub(crate) enum BatchFailure {
+    ShuttingDown,
+    Backend(String),
 }
 
 pub(crate) async fn requeue(d: &Durable, id: JobId) -> Result<JobId, RequeueError> {
@@ -199,10 +340,17 @@ pub(crate) fn launch(inner: &Arc<Inner>, concurrency: usize) -> Vec<tokio::task:
             tracing::error!(backend = name, error = %error_chain(&e), "job backend check failed at start; workers will keep retrying");
         }
     });
-    inner.background.spawn(fetcher(inner.clone()));
+    let fetching = inner.background.spawn(fetcher(inner.clone()));
+    *d.fetcher
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fetching);
     inner.background.spawn(heartbeat(inner.clone()));
     inner.background.spawn(reaper(inner.clone()));
     inner.background.spawn(refresh(inner.clone()));
+    let acker = inner.background.spawn(acker(inner.clone()));
+    *d.acker
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(acker);
     (0..concurrency)
         .map(|_| inner.workers.spawn(worker(inner.clone())))
         .collect()
@@ -214,23 +362,35 @@ async fn fetcher(inner: Arc<Inner>) {
     };
     let mut pause = Duration::from_millis(50);
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = inner.stop_fetch.cancelled() => break,
-            p = d.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        // While workers still have reserved jobs to go on with, wait until half the slots
+        // are free, so one round trip fetches a worthwhile batch; when they have none, fetch
+        // for whatever slot is free at once.
+        let free = loop {
+            let free = d.free_slots();
+            let floor = ((d.concurrency + d.prefetch()) / 2).max(1);
+            if free > 0 && (free >= floor || d.work_rx.is_empty()) {
+                break free;
+            }
+            tokio::select! {
+                biased;
+                _ = inner.stop_fetch.cancelled() => return close(d),
+                () = d.freed.notified() => {}
+            }
         };
-        let mut permits = vec![first];
-        while permits.len() < 64 {
+        let mut permits = Vec::new();
+        while permits.len() < free.min(RESERVE_BATCH) {
             match d.slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
             }
         }
-        let reserved = tokio::select! {
-            biased;
-            _ = inner.stop_fetch.cancelled() => break,
-            r = d.backend.reserve(&d.queues, permits.len(), d.lease) => r,
-        };
+        if permits.is_empty() {
+            continue;
+        }
+        // Not abandoned at shutdown: jobs reserved by a call whose reply is dropped would be
+        // leased to nobody until their lease ran out. Shutdown waits for this call (the
+        // backend bounds it) and gives back what it returns.
+        let reserved = d.backend.reserve(&d.queues, permits.len(), d.lease).await;
         match reserved {
             Ok(list) if list.is_empty() => {
                 d.mark(true);
@@ -246,6 +406,9 @@ async fn fetcher(inner: Arc<Inner>) {
             Ok(list) => {
                 d.mark(true);
                 pause = Duration::from_millis(50);
+                // Fewer than asked: the queues are empty now, and the next job to arrive
+                // will signal, so wait for it instead of asking again at once.
+                let drained = list.len() < permits.len();
                 for r in list {
                     d.hold(r.id(), r.token());
                     let Some(permit) = permits.pop() else {
@@ -256,6 +419,14 @@ async fn fetcher(inner: Arc<Inner>) {
                     if let Err(e) = d.work_tx.send((r, permit)).await {
                         let (r, _) = e.into_inner();
                         release(&inner, d, r.id(), r.token()).await;
+                    }
+                }
+                drop(permits);
+                if drained {
+                    tokio::select! {
+                        biased;
+                        _ = inner.stop_fetch.cancelled() => break,
+                        () = d.backend.wait_for_work(&d.queues, Duration::from_millis(200)) => {}
                     }
                 }
             }
@@ -272,6 +443,11 @@ async fn fetcher(inner: Arc<Inner>) {
             }
         }
     }
+    close(d);
+}
+
+/// The fetcher is done: workers finish what is buffered (if draining) and stop.
+fn close(d: &Durable) {
     d.work_tx.close();
 }
 
@@ -294,6 +470,7 @@ async fn worker(inner: Arc<Inner>) {
         };
         run(&inner, d, &mut cx, reservation).await;
         drop(permit);
+        d.freed.notify_one();
     }
 }
 
@@ -415,47 +592,110 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
     let max_attempts = envelope.max_attempts.max(1);
     prepare(cx, id, attempt, max_attempts, inner, kind);
     let span = job_span(id, entry.ty.name, entry.ty.options.queue, attempt);
+    let started = std::time::Instant::now();
     let outcome = execute(inner, cx, kind, job.as_ref(), &span).await;
-    let _enter = span.enter();
-    let mut finished = true;
-    match outcome {
-        Outcome::Ok => {
-            write_back(inner, d, id, "ack", || d.backend.ack(id, token)).await;
-        }
-        Outcome::Failed(failure) => {
-            let message = failure.message();
-            match decide(inner, &failure, attempt, max_attempts, kind) {
-                Decision::Interrupted => {
-                    tracing::warn!(error = %message, "attempt interrupted by shutdown; job returned to its queue");
-                    inner.tally.cancelled(id);
-                    write_back(inner, d, id, "release", || d.backend.release(id, token)).await;
-                    finished = false;
+    d.ran_for(started.elapsed());
+    let finished = async {
+        match outcome {
+            Outcome::Ok => {
+                // The acker writes it back (batched with others) and then lets go of the
+                // lease; the worker moves on at once.
+                match d.acks_tx.send((id, token)).await {
+                    Ok(()) => return true,
+                    Err(e) => {
+                        let (id, token) = e.into_inner();
+                        write_back(inner, d, id, "ack", || d.backend.ack(id, token)).await;
+                    }
                 }
-                Decision::Retry(delay) => {
-                    tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
-                    Counters::bump(&inner.counters.retried);
-                    entry.metrics.retried.increment(1);
-                    let retry = Retry {
-                        at: SystemTime::now() + delay,
-                        error: message.clone(),
-                    };
-                    write_back(inner, d, id, "retry", || {
-                        d.backend.retry(id, token, retry.clone())
-                    })
-                    .await;
-                    finished = false;
-                }
-                Decision::Dead(reason) => {
-                    tracing::error!(error = %message, reason, "job dead-lettered");
-                    bury(inner, d, id, token, Some(kind), dead_record(failure.chain)).await;
+            }
+            Outcome::Failed(failure) => {
+                let message = failure.message();
+                match decide(inner, &failure, attempt, max_attempts, kind) {
+                    Decision::Interrupted => {
+                        tracing::warn!(error = %message, "attempt interrupted by shutdown; job returned to its queue");
+                        inner.tally.cancelled(id);
+                        write_back(inner, d, id, "release", || d.backend.release(id, token)).await;
+                        d.unhold(id);
+                        return false;
+                    }
+                    Decision::Retry(delay) => {
+                        tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
+                        Counters::bump(&inner.counters.retried);
+                        entry.metrics.retried.increment(1);
+                        let retry = Retry {
+                            at: SystemTime::now() + delay,
+                            error: message.clone(),
+                        };
+                        write_back(inner, d, id, "retry", || {
+                            d.backend.retry(id, token, retry.clone())
+                        })
+                        .await;
+                        d.unhold(id);
+                        return false;
+                    }
+                    Decision::Dead(reason) => {
+                        tracing::error!(error = %message, reason, "job dead-lettered");
+                        bury(inner, d, id, token, Some(kind), dead_record(failure.chain)).await;
+                    }
                 }
             }
         }
+        d.unhold(id);
+        true
     }
-    d.unhold(id);
+    .instrument(span)
+    .await;
     if finished && inner.stopping.load(Ordering::Acquire) {
         inner.tally.completed.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Writes successful attempts back in batches: whatever piled up while the previous batch
+/// was in flight goes in the next call, so a busy process makes one round trip per batch
+/// and an idle one adds no delay. Exits when the channel is closed (at shutdown, after the
+/// workers stopped) and drained.
+async fn acker(inner: Arc<Inner>) {
+    let Some(d) = inner.durable.as_ref() else {
+        return;
+    };
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    while let Ok(first) = d.acks_rx.recv().await {
+        batch.push(first);
+        while batch.len() < ACK_BATCH {
+            match d.acks_rx.try_recv() {
+                Ok(ack) => batch.push(ack),
+                Err(_) => break,
+            }
+        }
+        ack_batch(&inner, d, &batch).await;
+        for (id, _) in batch.drain(..) {
+            d.unhold(id);
+        }
+    }
+}
+
+async fn ack_batch(inner: &Inner, d: &Durable, batch: &[(JobId, LeaseToken)]) {
+    let mut pause = Duration::from_millis(20);
+    for _ in 0..5 {
+        match d.backend.ack_batch(batch).await {
+            Ok(lost) => {
+                d.mark(true);
+                for id in lost {
+                    Counters::bump(&inner.counters.lease_lost);
+                    tracing::warn!(job_id = %id, "ack refused: the lease was lost (the job was recovered and may run again elsewhere)");
+                }
+                return;
+            }
+            Err(e) => {
+                d.mark(false);
+                tracing::warn!(jobs = batch.len(), error = %error_chain(&e), "ack failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
+    let ids: Vec<JobId> = batch.iter().map(|(id, _)| *id).collect();
+    tracing::error!(jobs = ?ids, "ack failed; the leases will expire and the jobs will run again");
 }
 
 async fn heartbeat(inner: Arc<Inner>) {
@@ -549,6 +789,20 @@ pub(crate) async fn give_back(inner: &Inner) -> Vec<JobId> {
     let Some(d) = inner.durable.as_ref() else {
         return Vec::new();
     };
+    // The fetcher's last reservation lands in the buffer (or it is given back below), and
+    // successful attempts are acknowledged first, so none of them is given back to run again.
+    for (task, close_acks) in [(&d.fetcher, false), (&d.acker, true)] {
+        if close_acks {
+            d.acks_tx.close();
+        }
+        let handle = task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
     let mut unstarted = Vec::new();
     while let Ok((r, _permit)) = d.work_rx.try_recv() {
         unstarted.push(r.id());

@@ -14,6 +14,7 @@
 //! job); the attempt is still isolated: a panic, an error or a timeout ends the attempt, never
 //! the worker.
 
+mod batch;
 mod builder;
 pub(crate) mod durable;
 pub(crate) mod shutdown;
