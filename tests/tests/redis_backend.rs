@@ -629,6 +629,118 @@ async fn status_follows_the_job() {
 }
 
 #[tokio::test]
+async fn enqueue_batch_stores_in_order_up_to_capacity() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    let first = envelope("q", 0);
+    b.enqueue(first.clone(), 5).await.unwrap();
+    // The stored one again (as after a lost reply) counts as stored and adds nothing.
+    let mut batch = vec![first.clone()];
+    batch.extend((1..8).map(|n| envelope("q", n)));
+    let stored = b.enqueue_batch(&batch, 5).await.unwrap();
+    assert_eq!(stored, 5, "a prefix, as many as fit under capacity 5");
+    assert_eq!(b.stats().await.unwrap().ready, 5);
+    let got = b.reserve(&queues(&["q"]), 10, LEASE).await.unwrap();
+    let ids: Vec<JobId> = got.iter().map(Reservation::id).collect();
+    let want: Vec<JobId> = batch.iter().take(5).map(|e| e.id).collect();
+    assert_eq!(ids, want, "stored once each, in order");
+    for r in got {
+        let (e, token) = job(r);
+        b.ack(e.id, token).await.unwrap();
+    }
+    // The rest goes in once there is room; an empty batch is a no-op.
+    assert_eq!(b.enqueue_batch(&batch[5..], 5).await.unwrap(), 3);
+    assert_eq!(b.enqueue_batch(&[], 5).await.unwrap(), 0);
+    assert_eq!(b.stats().await.unwrap().ready, 3);
+}
+
+#[tokio::test]
+async fn enqueue_batch_splits_long_batches() {
+    let f = Fixture::new().await;
+    let batch: Vec<Envelope> = (0..1_203).map(|n| envelope("q", n)).collect();
+    let stored = f.backend.enqueue_batch(&batch, 10_000).await.unwrap();
+    assert_eq!(stored, batch.len());
+    let got = f
+        .backend
+        .reserve(&queues(&["q"]), 2_000, LEASE)
+        .await
+        .unwrap();
+    let ids: Vec<JobId> = got.iter().map(Reservation::id).collect();
+    let want: Vec<JobId> = batch.iter().map(|e| e.id).collect();
+    assert_eq!(ids, want);
+}
+
+#[tokio::test]
+async fn ack_batch_reports_lost_leases_and_repeats_safely() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    for n in 0..3 {
+        b.enqueue(envelope("q", n), CAP).await.unwrap();
+    }
+    let got = b.reserve(&queues(&["q"]), 3, LEASE).await.unwrap();
+    let mut acks: Vec<(JobId, LeaseToken)> = got.iter().map(|r| (r.id(), r.token())).collect();
+    let stale = (acks[1].0, LeaseToken::random());
+    acks[1] = stale;
+    let lost = b.ack_batch(&acks).await.unwrap();
+    assert_eq!(lost, [stale.0], "only the wrong token is refused");
+    // The same batch again, as after a lost reply: the done ones succeed again.
+    assert_eq!(b.ack_batch(&acks).await.unwrap(), [stale.0]);
+    for (id, _) in [acks[0], acks[2]] {
+        let s = b.status(id).await.unwrap().unwrap();
+        assert_eq!(s.state, JobState::Succeeded);
+    }
+    let s = b.status(stale.0).await.unwrap().unwrap();
+    assert_eq!(s.state, JobState::Running, "a refused ack changes nothing");
+    let stats = b.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.running), (0, 1));
+}
+
+async fn encoding(raw: &mut MultiplexedConnection, key: &str) -> String {
+    redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(key)
+        .query_async(raw)
+        .await
+        .expect("OBJECT ENCODING")
+}
+
+#[tokio::test]
+async fn small_job_records_stay_compact() {
+    let mut f = Fixture::new().await;
+    let e = envelope("q", 1);
+    f.backend.enqueue(e.clone(), CAP).await.unwrap();
+    let key = f.job_key(e.id);
+    // Redis 7 calls the compact encoding listpack, Redis 6.2 ziplist.
+    let compact = ["listpack", "ziplist"];
+    let queued = encoding(&mut f.raw, &key).await;
+    assert!(compact.contains(&queued.as_str()), "queued: {queued}");
+    let (_, token) = reserve_one(&f.backend, "q", LEASE).await;
+    let running = encoding(&mut f.raw, &key).await;
+    assert!(compact.contains(&running.as_str()), "running: {running}");
+    f.backend.ack(e.id, token).await.unwrap();
+    let done = encoding(&mut f.raw, &key).await;
+    assert!(compact.contains(&done.as_str()), "succeeded: {done}");
+}
+
+#[tokio::test]
+async fn a_drifted_capacity_count_is_recounted_by_stats() {
+    let mut f = Fixture::new().await;
+    f.backend.enqueue(envelope("q", 1), 10).await.unwrap();
+    // As if a foreign tool or a bug had bumped the count.
+    let live = f.key("live");
+    let _: () = f.raw.set(&live, 1_000).await.unwrap();
+    assert!(matches!(
+        f.backend.enqueue(envelope("q", 2), 10).await,
+        Err(BackendError::Full)
+    ));
+    let stats = f.backend.stats().await.unwrap();
+    assert_eq!(stats.depth(), 1);
+    let count: i64 = f.raw.get(&live).await.unwrap();
+    assert_eq!(count, 1, "recounted from the lists and sets");
+    f.backend.enqueue(envelope("q", 2), 10).await.unwrap();
+}
+
+#[tokio::test]
 async fn malformed_records_come_back_as_malformed() {
     let mut f = Fixture::new().await;
     let not_json = JobId::new();

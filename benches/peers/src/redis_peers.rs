@@ -150,6 +150,18 @@ pub fn batched(which: &str, jobs: usize, batch: usize) {
 /// enqueues `produce` more, one at a time. Runs until every job ran or `window` passed;
 /// reports jobs run per second over that time.
 pub fn backlog(which: &str, backlog: usize, produce: usize, window: Duration) {
+    backlog_with(which, backlog, produce, window, 1);
+}
+
+/// As [`backlog`], with `producers` tasks sharing the `produce` jobs, each enqueueing one
+/// job at a time (as request handlers of a service do).
+pub fn backlog_with(
+    which: &str,
+    backlog: usize,
+    produce: usize,
+    window: Duration,
+    producers: usize,
+) {
     runtime().block_on(async move {
         if backlog > 0 {
             fill(which, backlog, 1000).await;
@@ -169,11 +181,21 @@ pub fn backlog(which: &str, backlog: usize, produce: usize, window: Duration) {
                 let client = rt.client();
                 let producer = tokio::spawn(async move {
                     let t = Instant::now();
-                    for i in 0..produce {
-                        // Fails only once the window closed and shutdown began.
-                        if client.enqueue(noop(i as u64)).await.is_err() {
-                            break;
-                        }
+                    let tasks: Vec<_> = (0..producers)
+                        .map(|p| {
+                            let client = client.clone();
+                            tokio::spawn(async move {
+                                for i in (p..produce).step_by(producers) {
+                                    // Fails only once the window closed and shutdown began.
+                                    if client.enqueue(noop(i as u64)).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        let _ = t.await;
                     }
                     t.elapsed()
                 });
@@ -188,7 +210,7 @@ pub fn backlog(which: &str, backlog: usize, produce: usize, window: Duration) {
             }
             "apalis" => {
                 let storage = apalis_storage::<Noop>().await;
-                let mut push = storage.clone();
+                let push = storage.clone();
                 let worker = WorkerBuilder::new("peers-redis")
                     .backend(storage)
                     .concurrency(concurrency())
@@ -196,10 +218,20 @@ pub fn backlog(which: &str, backlog: usize, produce: usize, window: Duration) {
                 let mut handle = tokio::spawn(worker.run());
                 let producer = tokio::spawn(async move {
                     let t = Instant::now();
-                    for i in 0..produce {
-                        if push.push(noop(i as u64)).await.is_err() {
-                            break;
-                        }
+                    let tasks: Vec<_> = (0..producers)
+                        .map(|p| {
+                            let mut push = push.clone();
+                            tokio::spawn(async move {
+                                for i in (p..produce).step_by(producers) {
+                                    if push.push(noop(i as u64)).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        let _ = t.await;
                     }
                     t.elapsed()
                 });

@@ -35,6 +35,8 @@ pub(crate) struct Durable {
     acker: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The fetcher task, awaited at shutdown before held jobs are given back.
     fetcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Single enqueues that arrive while another is being stored, sent together next.
+    pending: Arc<Mutex<Pending>>,
     /// Jobs reserved by this process and not yet written back: id -> lease.
     pub(crate) held: Mutex<HashMap<JobId, LeaseToken>>,
     /// One permit per worker and per prefetched job: the fetcher reserves only as many jobs
@@ -95,6 +97,86 @@ const ACK_BATCH: usize = 256;
 /// Jobs reserved per backend call, at most.
 const RESERVE_BATCH: usize = 256;
 
+/// Group commit for single enqueues: while one store call is in flight, the enqueues that
+/// arrive wait here and go to the backend together in one batch call when it returns. A lone
+/// producer sees no change (its call goes out at once); many concurrent producers (request
+/// handlers) share round trips and backend work.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// A store call (inline or the flusher's) is in flight.
+    busy: bool,
+    /// The runtime's capacity (the same for every enqueue).
+    capacity: u64,
+    waiting: Vec<(
+        Envelope,
+        tokio::sync::oneshot::Sender<Result<(), BackendError>>,
+    )>,
+}
+
+/// Frees the group-commit slot when an inline store call ends (or is cancelled): hands what
+/// waits to a flusher task.
+struct Inline {
+    backend: Arc<dyn Backend>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        hand_over(&self.backend, &self.pending);
+    }
+}
+
+fn lock_pending(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    pending
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The in-flight call ended: start a flusher for what waits, or mark the slot free.
+fn hand_over(backend: &Arc<dyn Backend>, pending: &Arc<Mutex<Pending>>) {
+    let mut p = lock_pending(pending);
+    if p.waiting.is_empty() {
+        p.busy = false;
+        return;
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        // Dropped outside any runtime: nothing can store them now; tell the callers.
+        for (_, reply) in p.waiting.drain(..) {
+            let _ = reply.send(Err(BackendError::Unavailable(
+                "the enqueue batch was dropped with its runtime".into(),
+            )));
+        }
+        p.busy = false;
+        return;
+    };
+    drop(p);
+    let (backend, pending) = (backend.clone(), pending.clone());
+    handle.spawn(async move {
+        loop {
+            let batch = {
+                let mut p = lock_pending(&pending);
+                if p.waiting.is_empty() {
+                    p.busy = false;
+                    return;
+                }
+                std::mem::take(&mut p.waiting)
+            };
+            let capacity = lock_pending(&pending).capacity;
+            let (envelopes, replies): (Vec<Envelope>, Vec<_>) = batch.into_iter().unzip();
+            let result = backend.enqueue_batch(&envelopes, capacity).await;
+            for (i, reply) in replies.into_iter().enumerate() {
+                let r = match &result {
+                    Ok(stored) if i < *stored => Ok(()),
+                    Ok(_) => Err(BackendError::Full),
+                    Err(e) => Err(BackendError::Unavailable(error_chain(e).into())),
+                };
+                // The caller may have given up waiting (cancelled): nothing to tell.
+                let _ = reply.send(r);
+            }
+        }
+    });
+}
+
 impl Durable {
     pub(crate) fn new(config: DurableConfig, queues: Vec<String>, concurrency: usize) -> Self {
         let max_prefetch = config
@@ -108,6 +190,7 @@ impl Durable {
             acks_rx,
             acker: Mutex::new(None),
             fetcher: Mutex::new(None),
+            pending: Arc::new(Mutex::new(Pending::default())),
             backend: config.backend,
             queues,
             lease: config.lease,
@@ -124,6 +207,36 @@ impl Durable {
             work_rx,
             depth: AtomicU64::new(0),
             reachable: AtomicBool::new(true),
+        }
+    }
+
+    /// Stores one new job, sharing the round trip with concurrent enqueues (see [`Pending`]).
+    async fn store(&self, envelope: Envelope, capacity: u64) -> Result<(), BackendError> {
+        let waiting = {
+            let mut p = lock_pending(&self.pending);
+            p.capacity = capacity;
+            if p.busy {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                p.waiting.push((envelope, tx));
+                Err(rx)
+            } else {
+                p.busy = true;
+                Ok(envelope)
+            }
+        };
+        match waiting {
+            Err(rx) => rx.await.unwrap_or_else(|_| {
+                Err(BackendError::Unavailable(
+                    "the batched enqueue was dropped before it replied".into(),
+                ))
+            }),
+            Ok(envelope) => {
+                let _slot = Inline {
+                    backend: self.backend.clone(),
+                    pending: self.pending.clone(),
+                };
+                self.backend.enqueue(envelope, capacity).await
+            }
         }
     }
 
@@ -239,11 +352,7 @@ pub(crate) async fn enqueue<J: Job>(
         if inner.stopping.load(Ordering::Acquire) {
             return Err(EnqueueError::ShuttingDown(job));
         }
-        match d
-            .backend
-            .enqueue(envelope.clone(), inner.capacity as u64)
-            .await
-        {
+        match d.store(envelope.clone(), inner.capacity as u64).await {
             Ok(()) => {
                 d.mark(true);
                 counted(inner, kind, 1);

@@ -149,8 +149,15 @@ impl Client {
     /// [`EnqueueError::PayloadTooLarge`] over the payload limit.
     ///
     /// # Cancel safety
-    /// Cancel safe: dropping the future before it completes leaves the job unenqueued (and
-    /// loses the caller's place in line for capacity).
+    /// In memory, cancel safe: dropping the future before it completes leaves the job
+    /// unenqueued (and loses the caller's place in line for capacity). On a durable backend,
+    /// a job whose store call already went out may be stored even though the future was
+    /// dropped (its id is lost with the future, the job runs).
+    ///
+    /// # Batching
+    /// On a durable backend, enqueues that arrive while another is being stored wait for it
+    /// and then go to the backend together, in one call: concurrent producers (request
+    /// handlers) share round trips, and a lone producer's call goes out at once.
     pub async fn enqueue<J: Job>(&self, job: J) -> Result<JobId, EnqueueError<J>> {
         let kind = match self.inner.check::<J>(&job) {
             Ok(kind) => kind,

@@ -1,0 +1,431 @@
+//! Batching on a durable backend (Redis): `Client::enqueue_many`, concurrent single enqueues
+//! sharing round trips, acknowledgements written in batches (and flushed before shutdown
+//! gives anything back), and the prefetch that reserves jobs ahead of the workers.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Behavior, Probe, Recorder, eventually, wait_state};
+use job_core::JobRuntimeBuilder;
+use job_core::backend::Backend;
+use job_core::backend::redis::RedisBackend;
+use job_core::prelude::*;
+use serde::{Deserialize, Serialize};
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// A job with a payload of any size, for the payload-limit case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Blob {
+    n: u64,
+    data: String,
+}
+
+impl Job for Blob {
+    const NAME: &'static str = "blob";
+    type Error = std::convert::Infallible;
+    async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+fn blob(n: u64, size: usize) -> Blob {
+    Blob {
+        n,
+        data: "x".repeat(size),
+    }
+}
+
+fn on(backend: &Arc<RedisBackend>, rec: &Arc<Recorder>) -> JobRuntimeBuilder {
+    common::builder(rec)
+        .register::<Blob>()
+        .backend(backend.clone())
+        .lease(Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn enqueue_many_stores_every_job_once_in_order() {
+    let (backend, _cleanup) = common::redis_backend().await;
+    let backend = Arc::new(backend);
+    let rec = Recorder::new();
+    let rt = on(&backend, &rec).concurrency(1).start().unwrap();
+    // More than one batch (500 per call), with the workers already taking jobs.
+    let ids = rt
+        .client()
+        .enqueue_many((0..1_203).map(|key| Probe::new(key, Behavior::Succeed)))
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1_203);
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        1_203,
+        "unique ids"
+    );
+    eventually(LONG, "all ran", || rec.successes() == 1_203).await;
+    let keys: Vec<u64> = rec.runs().iter().map(|r| r.key).collect();
+    assert_eq!(keys, (0..1_203).collect::<Vec<_>>(), "in order, each once");
+    assert_eq!(rt.stats().enqueued, 1_203);
+    let status = wait_state(&rt, ids[1_202], JobState::Succeeded, LONG).await;
+    assert_eq!(status.attempts, 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn enqueue_many_waits_for_room_under_capacity() {
+    let (backend, _cleanup) = common::redis_backend().await;
+    let backend = Arc::new(backend);
+    let rec = Recorder::new();
+    let rt = on(&backend, &rec)
+        .capacity(20)
+        .concurrency(2)
+        .start()
+        .unwrap();
+    let ids = tokio::time::timeout(
+        LONG,
+        rt.client()
+            .enqueue_many((0..150).map(|key| Probe::new(key, Behavior::SleepMs(1)))),
+    )
+    .await
+    .expect("enqueue_many made progress as workers freed room")
+    .unwrap();
+    assert_eq!(ids.len(), 150);
+    eventually(LONG, "all ran", || rec.successes() == 150).await;
+    let depth = backend.stats().await.unwrap().depth();
+    assert_eq!(depth, 0);
+    rt.shutdown().await;
+}
+
+/// In memory and on Redis alike: the jobs before a rejected one are enqueued, and the
+/// error gives back the rejected job and every job after it.
+async fn a_rejected_job_stops_the_batch_and_loses_nothing(backend: Option<Arc<RedisBackend>>) {
+    let rec = Recorder::new();
+    let mut b = common::builder(&rec)
+        .register::<Blob>()
+        .payload_limit(Some(1_000));
+    if let Some(backend) = &backend {
+        b = b.backend(backend.clone());
+    }
+    let rt = b.start().unwrap();
+    let jobs: Vec<Blob> = (0..10)
+        .map(|n| blob(n, if n == 6 { 5_000 } else { 10 }))
+        .collect();
+    let err = rt
+        .client()
+        .enqueue_many(jobs.clone())
+        .await
+        .expect_err("job 6 is over the payload limit");
+    assert_eq!(err.enqueued.len(), 6);
+    assert!(
+        matches!(err.error, EnqueueError::PayloadTooLarge { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("after 6 jobs were enqueued"),
+        "{err}"
+    );
+    assert_eq!(err.error.job(), &jobs[6]);
+    assert_eq!(err.remaining, jobs[7..]);
+    assert_eq!(err.into_jobs(), jobs[6..]);
+    // An unregistered type is refused before anything is stored.
+    let none = rt
+        .client()
+        .enqueue_many((0..3).map(|n| Unregistered { n }))
+        .await
+        .expect_err("not registered");
+    assert!(none.enqueued.is_empty());
+    assert!(matches!(none.error, EnqueueError::NotRegistered(_)));
+    assert_eq!(none.remaining.len(), 2);
+    // An empty batch is fine.
+    let empty: Vec<Blob> = Vec::new();
+    assert!(rt.client().enqueue_many(empty).await.unwrap().is_empty());
+    rt.shutdown().await;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Unregistered {
+    n: u64,
+}
+
+impl Job for Unregistered {
+    const NAME: &'static str = "unregistered";
+    type Error = std::convert::Infallible;
+    async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_job_stops_the_batch_in_memory() {
+    a_rejected_job_stops_the_batch_and_loses_nothing(None).await;
+}
+
+#[tokio::test]
+async fn a_rejected_job_stops_the_batch_on_redis() {
+    let (backend, _cleanup) = common::redis_backend().await;
+    a_rejected_job_stops_the_batch_and_loses_nothing(Some(Arc::new(backend))).await;
+}
+
+#[tokio::test]
+async fn concurrent_single_enqueues_all_land_once() {
+    let (backend, _cleanup) = common::redis_backend().await;
+    let backend = Arc::new(backend);
+    let rec = Recorder::new();
+    let rt = on(&backend, &rec).concurrency(4).start().unwrap();
+    let tasks: Vec<_> = (0..32u64)
+        .map(|t| {
+            let client = rt.client();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..50 {
+                    let job = Probe::new(t * 1_000 + i, Behavior::Succeed);
+                    ids.push(client.enqueue(job).await.unwrap());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1_600);
+    eventually(LONG, "all ran", || rec.successes() == 1_600).await;
+    let per_key = rec.runs_per_key();
+    assert_eq!(per_key.len(), 1_600);
+    assert!(per_key.values().all(|&n| n == 1), "each ran once");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn successes_are_acknowledged_before_shutdown_gives_anything_back() {
+    let (backend, _cleanup) = common::redis_backend().await;
+    let backend = Arc::new(backend);
+    let rec = Recorder::new();
+    let rt = on(&backend, &rec).concurrency(4).start().unwrap();
+    let ids = rt
+        .client()
+        .enqueue_many((0..400).map(|key| Probe::new(key, Behavior::Succeed)))
+        .await
+        .unwrap();
+    // Shut down while jobs are still running and acknowledgements are in flight.
+    eventually(LONG, "some ran", || rec.successes() >= 50).await;
+    let report = rt.shutdown().await;
+    let ran: HashSet<u64> = rec.runs().iter().map(|r| r.key).collect();
+    // Every job that succeeded is acknowledged: none of them is in the store any more...
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(stats.running, 0, "nothing left leased: {report:?}");
+    assert_eq!(stats.ready as usize, 400 - ran.len(), "{report:?}");
+    // ... and a new process runs exactly the ones that did not run.
+    let rt2 = on(&backend, &rec).concurrency(4).start().unwrap();
+    eventually(LONG, "the rest ran", || rec.successes() == 400).await;
+    let per_key = rec.runs_per_key();
+    assert_eq!(per_key.len(), 400);
+    assert!(
+        per_key.values().all(|&n| n == 1),
+        "no successful job ran twice"
+    );
+    for id in [ids[0], ids[399]] {
+        wait_state(&rt2, id, JobState::Succeeded, LONG).await;
+    }
+    rt2.shutdown().await;
+}
+
+#[tokio::test]
+async fn long_jobs_are_not_prefetched_by_default() {
+    let (backend, _cleanup) = common::redis_backend().await;
+    let backend = Arc::new(backend);
+    let rec = Recorder::new();
+    let rt = on(&backend, &rec).concurrency(1).start().unwrap();
+    let ids = rt
+        .client()
+        .enqueue_many((0..4).map(|key| Probe::new(key, Behavior::SleepMs(300))))
+        .await
+        .unwrap();
+    // While the second job runs (the first has told how long jobs take), the last two are
+    // still queued: free for any other process to take.
+    wait_state(&rt, ids[1], JobState::Running, LONG).await;
+    for id in &ids[2..] {
+        let s = rt.status(*id).await.unwrap();
+        assert_eq!(s.state, JobState::Queued, "{id} was reserved ahead");
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_fixed_prefetch_reserves_ahead_and_gives_back_at_shutdown() {
+    let (backend, _cleanup) = common::redis_backend().await;
+    let backend = Arc::new(backend);
+    let rec = Recorder::new();
+    let rt = on(&backend, &rec)
+        .concurrency(1)
+        .prefetch(2)
+        .shutdown_timeout(Duration::from_secs(5))
+        .start()
+        .unwrap();
+    let ids = rt
+        .client()
+        .enqueue_many((0..5).map(|key| Probe::new(key, Behavior::SleepMs(400))))
+        .await
+        .unwrap();
+    wait_state(&rt, ids[0], JobState::Running, LONG).await;
+    let mut running = 0;
+    for _ in 0..200 {
+        running = backend.stats().await.unwrap().running;
+        if running == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(running, 3, "one running and two reserved ahead");
+    let report = rt.shutdown().await;
+    // The running one finished; the two reserved ahead went back at once, named as left
+    // behind by this process.
+    assert_eq!(report.completed, 1, "{report:?}");
+    assert_eq!(report.left_behind_ids.len(), 2, "{report:?}");
+    let stats = backend.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.running), (4, 0));
+    let statuses: Vec<JobState> = {
+        let mut v = Vec::new();
+        for id in &ids[1..] {
+            v.push(backend.status(*id).await.unwrap().unwrap().state);
+        }
+        v
+    };
+    assert!(
+        statuses.iter().all(|s| *s == JobState::Queued),
+        "{statuses:?}"
+    );
+}
+
+/// A backend whose acknowledgements take a while (a slow network), to catch a shutdown
+/// that gives back jobs whose success is still being written.
+#[derive(Debug)]
+struct SlowAcks(job_core::backend::memory::MemoryBackend);
+
+mod slow_acks {
+    use std::time::Duration;
+
+    use job_core::backend::{
+        Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
+        Retry,
+    };
+    use job_core::{DeadLetter, JobId, JobStatus};
+
+    use super::SlowAcks;
+
+    const DELAY: Duration = Duration::from_millis(300);
+
+    impl Backend for SlowAcks {
+        fn name(&self) -> &'static str {
+            "slow-acks"
+        }
+        fn connect(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.connect()
+        }
+        fn enqueue(&self, e: Envelope, cap: u64) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.enqueue(e, cap)
+        }
+        fn reserve<'a>(
+            &'a self,
+            queues: &'a [String],
+            max: usize,
+            lease: Duration,
+        ) -> BoxFuture<'a, Result<Vec<Reservation>, BackendError>> {
+            self.0.reserve(queues, max, lease)
+        }
+        fn wait_for_work<'a>(&'a self, queues: &'a [String], t: Duration) -> BoxFuture<'a, ()> {
+            self.0.wait_for_work(queues, t)
+        }
+        fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
+            Box::pin(async move {
+                tokio::time::sleep(DELAY).await;
+                self.0.ack(id, token).await
+            })
+        }
+        fn ack_batch<'a>(
+            &'a self,
+            acks: &'a [(JobId, LeaseToken)],
+        ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+            Box::pin(async move {
+                tokio::time::sleep(DELAY).await;
+                self.0.ack_batch(acks).await
+            })
+        }
+        fn retry(
+            &self,
+            id: JobId,
+            token: LeaseToken,
+            retry: Retry,
+        ) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.retry(id, token, retry)
+        }
+        fn dead_letter(
+            &self,
+            id: JobId,
+            token: LeaseToken,
+            record: DeadLetter,
+        ) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.dead_letter(id, token, record)
+        }
+        fn extend<'a>(
+            &'a self,
+            leases: &'a [(JobId, LeaseToken)],
+            lease: Duration,
+        ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+            self.0.extend(leases, lease)
+        }
+        fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.release(id, token)
+        }
+        fn reap(&self, max_recoveries: u32) -> BoxFuture<'_, Result<Reaped, BackendError>> {
+            self.0.reap(max_recoveries)
+        }
+        fn status(&self, id: JobId) -> BoxFuture<'_, Result<Option<JobStatus>, BackendError>> {
+            self.0.status(id)
+        }
+        fn stats(&self) -> BoxFuture<'_, Result<BackendStats, BackendError>> {
+            self.0.stats()
+        }
+        fn dead_letters(
+            &self,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
+            self.0.dead_letters(limit)
+        }
+        fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.requeue(id)
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_acknowledgements_in_flight() {
+    let backend = Arc::new(SlowAcks(job_core::backend::memory::MemoryBackend::new()));
+    let rec = Recorder::new();
+    let rt = common::builder(&rec)
+        .backend(backend.clone())
+        .concurrency(2)
+        .start()
+        .unwrap();
+    rt.client()
+        .enqueue_many((0..20).map(|key| Probe::new(key, Behavior::Succeed)))
+        .await
+        .unwrap();
+    eventually(LONG, "all ran", || rec.successes() == 20).await;
+    // Their acknowledgements are still on the way (300 ms each batch) when shutdown starts.
+    let report = rt.shutdown().await;
+    assert!(report.left_behind_ids.is_empty(), "{report:?}");
+    let stats = backend.stats().await.unwrap();
+    assert_eq!(stats.depth(), 0, "every success acknowledged: {stats:?}");
+    // Nothing runs again in a new process.
+    let rt2 = common::builder(&rec)
+        .backend(backend.clone())
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rec.runs().len(), 20, "a successful job ran twice");
+    rt2.shutdown().await;
+}
