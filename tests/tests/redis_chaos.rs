@@ -488,7 +488,12 @@ async fn t1() {
             attempts.len() != v.len()
         })
         .collect();
-    let bound = kills * T1_CONCURRENCY as usize;
+    // A killed process loses what ran on it without reaching Redis as a success: the
+    // attempts running at the kill (at most `concurrency`) and the successes still waiting
+    // for their batched acknowledgement, one batch in flight at a time, in which no more
+    // than `concurrency` jobs of T1_SLEEP_MS finish within a round trip. Prefetched jobs that
+    // never started are not duplicates.
+    let bound = kills * T1_CONCURRENCY as usize * 2;
     let pids: HashSet<u32> = runs.iter().map(|r| r.pid).collect();
     println!(
         "T1 figures: jobs={T1_JOBS} workers={T1_WORKERS} concurrency={T1_CONCURRENCY} kills={kills} \
@@ -509,7 +514,7 @@ async fn t1() {
     );
     assert!(
         duplicates <= bound,
-        "{duplicates} duplicate executions, more than kills x concurrency = {bound}"
+        "{duplicates} duplicate executions, more than kills x concurrency x 2 = {bound}"
     );
     assert!(
         attempts_repeated.is_empty(),

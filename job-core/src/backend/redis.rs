@@ -108,7 +108,7 @@
 //! apalis#504/#507), recovery is per job rather than per worker, renewing a lease is one
 //! `ZADD`, and the reaper finds every expired lease with one `ZRANGEBYSCORE`.
 //!
-//! Retention keeps memory flat: a succeeded job's hash drops its body and expires after
+//! Retention keeps memory flat: a succeeded job's hash drops its payload and expires after
 //! [`finished_retention`](RedisBackendBuilder::finished_retention); a dead job's hash
 //! expires after [`dead_letter_retention`](RedisBackendBuilder::dead_letter_retention), and
 //! beyond [`dead_letter_capacity`](RedisBackendBuilder::dead_letter_capacity) the oldest dead
@@ -122,8 +122,12 @@
 //! with one `LPOP` per queue), ack (one job or a batch), retry, dead-letter,
 //! extend, release (each fenced by the lease token: a mismatch changes nothing and reports
 //! the lease lost), reap (expired leases back to the front of their queue with
-//! `recoveries + 1`, or dead as poison pills; prunes old dead letters), requeue, and the
-//! read-only stats and dead-letter listing.
+//! `recoveries + 1`, or dead as poison pills; prunes old dead letters), requeue, stats (which
+//! also recounts the capacity count) and the dead-letter listing. Batches are split so that
+//! no script call handles more than 500 jobs: a script blocks every other client of the
+//! server while it runs.
+//!
+//! Redis 6.2 or later is required ([`connect`](Backend::connect) refuses older servers).
 //!
 //! # Clocks
 //! Lease expiry is computed and compared with Redis's own clock (`TIME` inside the scripts),
