@@ -657,6 +657,35 @@ async fn enqueue_batch_stores_in_order_up_to_capacity() {
 }
 
 #[tokio::test]
+async fn enqueue_batch_of_mixed_jobs_keeps_each_ones_fields() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    let mut later = delayed("b", 2, Duration::from_secs(60));
+    later.max_attempts = 9;
+    let mut retried = envelope("a", 3);
+    retried.attempt = 2;
+    retried.recoveries = 1;
+    let batch = vec![envelope("a", 1), later.clone(), retried.clone()];
+    assert_eq!(b.enqueue_batch(&batch, CAP).await.unwrap(), 3);
+    let stats = b.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.scheduled), (2, 1));
+    let got = b.reserve(&queues(&["a", "b"]), 10, LEASE).await.unwrap();
+    let envelopes: Vec<Envelope> = got.into_iter().map(|r| job(r).0).collect();
+    assert_eq!(envelopes.len(), 2);
+    assert_eq!(envelopes[0].id, batch[0].id);
+    assert_eq!(
+        (
+            envelopes[1].id,
+            envelopes[1].attempt,
+            envelopes[1].recoveries
+        ),
+        (retried.id, 3, 1)
+    );
+    let s = b.status(later.id).await.unwrap().unwrap();
+    assert_eq!((s.state, s.queue.as_ref()), (JobState::Scheduled, "b"));
+}
+
+#[tokio::test]
 async fn enqueue_batch_splits_long_batches() {
     let f = Fixture::new().await;
     let batch: Vec<Envelope> = (0..1_203).map(|n| envelope("q", n)).collect();

@@ -635,26 +635,54 @@ impl RedisBackend {
         for chunk in envelopes.chunks(ENQUEUE_BATCH) {
             let mut inv = self.invocation(&self.scripts.enqueue);
             inv.arg(capacity.to_string());
-            for envelope in chunk {
+            let payload = |envelope: &Envelope| {
                 check_name("queue", &envelope.queue)?;
                 check_name("job", &envelope.job)?;
-                let payload = serde_json::to_string(&envelope.payload).map_err(|e| {
-                    BackendError::Corrupt(format!("payload does not serialize: {e}"))
-                })?;
-                inv.arg(envelope.id.to_string())
-                    .arg(payload)
-                    .arg(&envelope.job)
-                    .arg(&envelope.queue)
-                    .arg(envelope.max_attempts)
-                    .arg(envelope.attempt)
-                    .arg(envelope.recoveries)
-                    .arg(envelope.enqueued_at)
-                    .arg(
-                        envelope
-                            .not_before
-                            .map(|t| t.to_string())
-                            .unwrap_or_default(),
-                    );
+                serde_json::to_string(&envelope.payload)
+                    .map_err(|e| BackendError::Corrupt(format!("payload does not serialize: {e}")))
+            };
+            // The common case, a batch of fresh jobs of one type, sends what they share once.
+            let fresh =
+                |e: &Envelope| e.attempt == 0 && e.recoveries == 0 && e.not_before.is_none();
+            match chunk.first() {
+                Some(first)
+                    if chunk.len() > 1
+                        && chunk.iter().all(|e| {
+                            fresh(e)
+                                && e.job == first.job
+                                && e.queue == first.queue
+                                && e.max_attempts == first.max_attempts
+                        }) =>
+                {
+                    inv.arg("same")
+                        .arg(&first.job)
+                        .arg(&first.queue)
+                        .arg(first.max_attempts);
+                    for envelope in chunk {
+                        inv.arg(envelope.id.to_string())
+                            .arg(payload(envelope)?)
+                            .arg(envelope.enqueued_at);
+                    }
+                }
+                _ => {
+                    inv.arg("each");
+                    for envelope in chunk {
+                        inv.arg(envelope.id.to_string())
+                            .arg(payload(envelope)?)
+                            .arg(&envelope.job)
+                            .arg(&envelope.queue)
+                            .arg(envelope.max_attempts)
+                            .arg(envelope.attempt)
+                            .arg(envelope.recoveries)
+                            .arg(envelope.enqueued_at)
+                            .arg(
+                                envelope
+                                    .not_before
+                                    .map(|t| t.to_string())
+                                    .unwrap_or_default(),
+                            );
+                    }
+                }
             }
             let (done, status): (usize, String) = self.run_script(inv).await?;
             stored += done;
@@ -1265,17 +1293,56 @@ local function dead_row(id, k)
 end
 "#;
 
-/// ARGV: base, capacity, then per job: id, payload, job, queue, max_attempts, attempt,
-/// recoveries, enqueued, not_before ('' = none). Stores jobs in order while capacity allows;
-/// an id already stored changes nothing and counts as stored. Returns {stored, status}:
-/// 'ok', 'full' (the rest did not fit), or 'corrupt' (the next job's key holds another type).
+/// ARGV: base, capacity, then either 'each' and per job: id, payload, job, queue,
+/// max_attempts, attempt, recoveries, enqueued, not_before ('' = none); or 'same', job,
+/// queue, max_attempts, and per job: id, payload, enqueued (fresh jobs of one type, ready at
+/// once). Stores jobs in order while capacity allows; an id already stored changes nothing
+/// and counts as stored. Returns {stored, status}: 'ok', 'full' (the rest did not fit), or
+/// 'corrupt' (the next job's key holds another type).
 const LUA_ENQUEUE: &str = r#"
 local cap = tonumber(ARGV[2])
 local live = tonumber(redis.call('GET', K_LIVE) or '0')
 local now = nil
 local stored, added, status = 0, 0, 'ok'
-for i = 3, #ARGV, 9 do
-  local id, q, nb = ARGV[i], ARGV[i + 3], ARGV[i + 8]
+if ARGV[3] == 'same' then
+  -- Fresh jobs of one type: one RPUSH for all of them (in slices), at the end.
+  local job, q, m = ARGV[4], ARGV[5], ARGV[6]
+  local ready = {}
+  for i = 7, #ARGV, 3 do
+    local id = ARGV[i]
+    local k = jk(id)
+    if redis.call('EXISTS', k) == 1 then
+      if redis.call('TYPE', k)['ok'] ~= 'hash' then
+        status = 'corrupt'
+        break
+      end
+    else
+      if live + added >= cap then
+        status = 'full'
+        break
+      end
+      added = added + 1
+      redis.call('HSET', k, 'p', ARGV[i + 1], 'j', job, 'q', q, 'm', m, 'e', ARGV[i + 2])
+      ready[#ready + 1] = id
+    end
+    stored = stored + 1
+  end
+  if #ready > 0 then
+    local rq, len = rk(q), 0
+    for i = 1, #ready, 400 do
+      len = redis.call('RPUSH', rq, unpack(ready, i, math.min(i + 399, #ready)))
+    end
+    if len == #ready then
+      -- The queue was empty: make sure it is known (the set only grows), and wake a worker.
+      redis.call('SADD', K_QUEUES, q)
+      signal(q)
+    end
+  end
+  live_add(added)
+  return {stored, status}
+end
+for i = 4, #ARGV, 9 do
+  local id, p, job, q, m, a, r, e, nb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   local k = jk(id)
   if redis.call('EXISTS', k) == 1 then
     if redis.call('TYPE', k)['ok'] ~= 'hash' then
@@ -1288,9 +1355,9 @@ for i = 3, #ARGV, 9 do
       break
     end
     added = added + 1
-    redis.call('HSET', k, 'p', ARGV[i + 1], 'j', ARGV[i + 2], 'q', q, 'm', ARGV[i + 4], 'e', ARGV[i + 7])
-    if ARGV[i + 5] ~= '0' then redis.call('HSET', k, 'a', ARGV[i + 5]) end
-    if ARGV[i + 6] ~= '0' then redis.call('HSET', k, 'r', ARGV[i + 6]) end
+    redis.call('HSET', k, 'p', p, 'j', job, 'q', q, 'm', m, 'e', e)
+    if a ~= '0' then redis.call('HSET', k, 'a', a) end
+    if r ~= '0' then redis.call('HSET', k, 'r', r) end
     local at = tonumber(nb)
     if at then
       now = now or now_ms()

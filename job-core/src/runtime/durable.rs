@@ -505,11 +505,8 @@ async fn fetcher(inner: Arc<Inner>) {
                 d.mark(true);
                 pause = Duration::from_millis(50);
                 drop(permits);
-                tokio::select! {
-                    biased;
-                    _ = inner.stop_fetch.cancelled() => break,
-                    // Short enough that due retries and delayed jobs start close to their time.
-                    () = d.backend.wait_for_work(&d.queues, Duration::from_millis(200)) => {}
+                if !wait_for_work(&inner, d).await {
+                    break;
                 }
             }
             Ok(list) => {
@@ -531,12 +528,8 @@ async fn fetcher(inner: Arc<Inner>) {
                     }
                 }
                 drop(permits);
-                if drained {
-                    tokio::select! {
-                        biased;
-                        _ = inner.stop_fetch.cancelled() => break,
-                        () = d.backend.wait_for_work(&d.queues, Duration::from_millis(200)) => {}
-                    }
+                if drained && !wait_for_work(&inner, d).await {
+                    break;
                 }
             }
             Err(e) => {
@@ -553,6 +546,21 @@ async fn fetcher(inner: Arc<Inner>) {
         }
     }
     close(d);
+}
+
+/// Waits until the backend signals work, or 200 ms pass: short enough that due retries and
+/// delayed jobs start close to their time. Returns false at shutdown.
+///
+/// (Lingering a millisecond after a quick wake-up, so that the next reservation takes
+/// several jobs, was measured: it doubles throughput when a lone producer feeds idle workers,
+/// 8.5 k → 16 k jobs/s on Redis, and triples the start latency, p50 0.85 → 2.6 ms. Start
+/// latency won.)
+async fn wait_for_work(inner: &Inner, d: &Durable) -> bool {
+    tokio::select! {
+        biased;
+        _ = inner.stop_fetch.cancelled() => false,
+        () = d.backend.wait_for_work(&d.queues, Duration::from_millis(200)) => true,
+    }
 }
 
 /// The fetcher is done: workers finish what is buffered (if draining) and stop.
