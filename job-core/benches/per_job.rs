@@ -1,0 +1,103 @@
+//! A fixed workload for instruction counting (`valgrind --tool=callgrind`), where wall-clock
+//! timings are too noisy to compare small changes.
+//!
+//! `PER_JOB_MODE=phases` (default): enqueue `PER_JOB_JOBS` no-op jobs with the workers held,
+//! then release them. `PER_JOB_MODE=e2e`: one producer task enqueues while the workers run.
+//! `PER_JOB_THREADS` picks the tokio runtime: 1 (current-thread, default, deterministic) or
+//! more (multi-thread). Run it twice with different job counts and divide the difference in
+//! instructions by the difference in jobs to get instructions per job without setup.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use job_core::{Job, JobContext, JobRuntime};
+use serde::{Deserialize, Serialize};
+
+static DONE: AtomicUsize = AtomicUsize::new(0);
+static GATED: AtomicBool = AtomicBool::new(false);
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+static TARGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+static FINISHED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Noop {
+    n: u64,
+    s: String,
+}
+
+impl Job for Noop {
+    const NAME: &'static str = "noop";
+    type Error = std::convert::Infallible;
+    async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
+        if GATED.load(Ordering::Relaxed)
+            && let Ok(p) = GATE.acquire().await
+        {
+            p.forget();
+        }
+        if DONE.fetch_add(1, Ordering::Relaxed) + 1 == TARGET.load(Ordering::Relaxed) {
+            FINISHED.notify_one();
+        }
+        Ok(())
+    }
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Waits without polling: the job that reaches the target wakes the waiter.
+async fn wait_done() {
+    FINISHED.notified().await;
+}
+
+fn main() {
+    let jobs = env("PER_JOB_JOBS", 20_000);
+    let threads = env("PER_JOB_THREADS", 1);
+    let concurrency = env("PER_JOB_CONCURRENCY", 4);
+    let e2e = std::env::var("PER_JOB_MODE").is_ok_and(|m| m == "e2e");
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
+    TARGET.store(jobs, Ordering::Relaxed);
+    rt.block_on(async move {
+        let runtime = JobRuntime::builder()
+            .register::<Noop>()
+            .capacity(jobs + concurrency)
+            .concurrency(concurrency)
+            .start()
+            .expect("start");
+        let client = runtime.client();
+        let job = |n: usize| Noop {
+            n: n as u64,
+            s: "hello".to_owned(),
+        };
+        if e2e {
+            let producer = tokio::spawn(async move {
+                for i in 0..jobs {
+                    let _ = client.enqueue(job(i)).await;
+                }
+            });
+            wait_done().await;
+            let _ = producer.await;
+        } else {
+            GATED.store(true, Ordering::Relaxed);
+            for i in 0..jobs {
+                let _ = client.enqueue(job(i)).await;
+            }
+            GATED.store(false, Ordering::Relaxed);
+            GATE.add_permits(concurrency);
+            wait_done().await;
+        }
+        runtime.shutdown().await;
+    });
+}
