@@ -166,6 +166,12 @@ impl JobId {
     pub(crate) fn shard_key(&self) -> u64 {
         self.0.as_u64_pair().1
     }
+
+    /// The Unix time in milliseconds a UUIDv7 carries (the time [`JobId::new`] read); `None`
+    /// for an id of another version.
+    pub(crate) fn unix_ms(&self) -> Option<u64> {
+        (self.0.get_version_num() == 7).then(|| self.0.as_u64_pair().0 >> 16)
+    }
 }
 
 impl Default for JobId {
@@ -291,6 +297,21 @@ mod tests {
         assert_eq!(id.as_uuid().get_version_num(), 7);
         assert_eq!(id.to_string().parse::<JobId>().unwrap(), id);
         assert!("not-a-uuid".parse::<JobId>().is_err());
+    }
+
+    #[test]
+    fn unix_ms_is_the_creation_time() {
+        let before = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let ms = JobId::new().unix_ms().unwrap();
+        let after = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(before <= ms && ms <= after, "{before} {ms} {after}");
+        assert_eq!(JobId::from(uuid::Uuid::nil()).unix_ms(), None);
     }
 
     #[test]

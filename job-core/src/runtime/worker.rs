@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -247,11 +248,25 @@ pub(crate) async fn execute(
     job: &dyn crate::registry::ErasedJob,
     span: &tracing::Span,
 ) -> Outcome {
+    execute_from(inner, cx, kind, job, span, Instant::now())
+        .await
+        .0
+}
+
+/// As [`execute`], for an attempt that started at `started`; also gives the instant it
+/// ended (the clock is read once at each end of the attempt).
+pub(crate) async fn execute_from(
+    inner: &Inner,
+    cx: &mut JobContext,
+    kind: u16,
+    job: &dyn crate::registry::ErasedJob,
+    span: &tracing::Span,
+    started: Instant,
+) -> (Outcome, Instant) {
     let entry = inner.registry.kind(kind);
     let ty = &entry.ty;
     Counters::bump(&inner.counters.started);
     entry.metrics.started.increment(1);
-    let started = tokio::time::Instant::now();
     let outcome = async {
         if let Some(failure) = build_scoped(inner, cx, kind).await {
             return Outcome::Failed(failure);
@@ -288,10 +303,11 @@ pub(crate) async fn execute(
         .get_mut()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clear();
+    let ended = Instant::now();
     entry
         .metrics
         .duration
-        .record(started.elapsed().as_secs_f64());
+        .record(ended.saturating_duration_since(started).as_secs_f64());
     match &outcome {
         Outcome::Ok => {
             Counters::bump(&inner.counters.succeeded);
@@ -302,7 +318,7 @@ pub(crate) async fn execute(
             entry.metrics.failed.increment(1);
         }
     }
-    outcome
+    (outcome, ended)
 }
 
 pub(crate) fn job_span(id: crate::JobId, job: &str, queue: &str, attempt: u32) -> tracing::Span {
@@ -322,15 +338,17 @@ async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope)
         inner,
         env.kind,
     );
-    inner.status.set(env.id, JobState::Running, Some(attempt));
+    let started = Instant::now();
+    inner.status.running(env.id, attempt, started);
     let span = job_span(env.id, ty.name, ty.options.queue, attempt);
-    let outcome = execute(inner, cx, env.kind, env.job.as_ref(), &span).await;
+    let (outcome, ended) =
+        execute_from(inner, cx, env.kind, env.job.as_ref(), &span, started).await;
 
     let _enter = span.enter();
     let (id, kind) = (env.id, env.kind);
     let finished = match outcome {
         Outcome::Ok => {
-            inner.status.succeeded(id);
+            inner.status.succeeded(id, ended);
             true
         }
         Outcome::Failed(failure) => {
