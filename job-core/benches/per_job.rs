@@ -81,6 +81,7 @@ fn main() {
             n: n as u64,
             s: "hello".to_owned(),
         };
+        let t = std::time::Instant::now();
         if e2e {
             let producer = tokio::spawn(async move {
                 for i in 0..jobs {
@@ -98,6 +99,8 @@ fn main() {
             GATE.add_permits(concurrency);
             wait_done().await;
         }
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("{:.0} jobs/s", jobs as f64 / secs);
         runtime.shutdown().await;
     });
 }

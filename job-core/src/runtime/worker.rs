@@ -155,10 +155,13 @@ async fn worker(inner: Arc<Inner>) {
         if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
             return;
         }
-        let envelope = match inner.ready_rx.try_recv() {
+        let envelope = match try_recv_spinning(&inner).await {
             Ok(envelope) => envelope,
             Err(async_channel::TryRecvError::Closed) => return,
             Err(async_channel::TryRecvError::Empty) => {
+                if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
+                    return;
+                }
                 let next = if inner.drain_queue {
                     inner.ready_rx.recv().await.ok()
                 } else {
@@ -176,6 +179,27 @@ async fn worker(inner: Arc<Inner>) {
         };
         run_attempt(&inner, &mut cx, envelope).await;
     }
+}
+
+/// Yields to the scheduler this many times, looking for a job after each, before a worker
+/// that found the queue empty parks. A parked worker costs the producer a wake-up through the
+/// kernel for its next job; a few turns of the scheduler usually bring that job first.
+const SPINS: usize = 8;
+
+/// `try_recv`, retried after each of up to [`SPINS`] yields while the queue is empty (and
+/// the workers are not told to stop).
+async fn try_recv_spinning(inner: &Inner) -> Result<super::Envelope, async_channel::TryRecvError> {
+    let mut result = inner.ready_rx.try_recv();
+    for _ in 0..SPINS {
+        if !matches!(result, Err(async_channel::TryRecvError::Empty))
+            || (!inner.drain_queue && inner.stop_fetch.is_cancelled())
+        {
+            break;
+        }
+        tokio::task::yield_now().await;
+        result = inner.ready_rx.try_recv();
+    }
+    result
 }
 
 pub(crate) enum Outcome {
