@@ -117,38 +117,39 @@ struct Record {
     last_error: Option<Box<str>>,
 }
 
-/// Hashes a [`JobId`] by its random bits, mixed with a per-store seed: the ids are made by
-/// [`JobId::new`] (74 random bits), so a keyed SipHash buys nothing and costs a fifth of the
-/// store's time.
-#[derive(Clone, Copy)]
-struct IdHasherBuilder(u64);
+/// Hashes a [`JobId`] without SipHash: the ids are made by [`JobId::new`] and never chosen by
+/// a caller. The bucket comes from the id's sequence number (consecutive jobs, which also
+/// run one after the other, land in neighbouring buckets: the lookups of the worker follow
+/// the inserts of the producer through memory instead of jumping at random), the tag bits
+/// from its random bits.
+#[derive(Clone, Copy, Default)]
+struct IdHasherBuilder;
 
-struct IdHasher {
-    seed: u64,
-    bits: u64,
-}
+#[derive(Default)]
+struct IdHasher(u64);
 
 impl std::hash::BuildHasher for IdHasherBuilder {
     type Hasher = IdHasher;
     fn build_hasher(&self) -> IdHasher {
-        IdHasher {
-            seed: self.0,
-            bits: 0,
-        }
+        IdHasher(0)
     }
 }
 
 impl std::hash::Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
-        // A `JobId` writes its 16 bytes at once; the last 8 are (mostly) random. Anything else
-        // is folded in 8 bytes at a time.
-        for chunk in bytes.rchunks(8) {
+        // A `JobId` writes its 16 bytes at once: take the last 8 (random bits, sequence).
+        // Anything else is folded in 8 bytes at a time.
+        if let Some(tail) = bytes.last_chunk::<8>()
+            && bytes.len() == 16
+        {
+            self.0 = u64::from_be_bytes(*tail);
+            return;
+        }
+        for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.bits = self.bits.rotate_left(29) ^ u64::from_le_bytes(word);
-            if bytes.len() == 16 {
-                break;
-            }
+            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
     }
 
@@ -157,9 +158,12 @@ impl std::hash::Hasher for IdHasher {
     }
 
     fn finish(&self) -> u64 {
-        // Folded multiply: every output bit depends on every input bit.
-        let m = u128::from(self.bits ^ self.seed) * 0x9E37_79B9_7F4A_7C15_u128;
-        (m as u64) ^ ((m >> 64) as u64)
+        // The low 5 bits of the sequence pick the shard; the next ones the bucket. The top
+        // bits (hashbrown's tag) mix the random bits.
+        let sequence = self.0 & 0xFFFF_FFFF;
+        let random = self.0 >> 32;
+        let tag = random.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFFFF_FFFF_0000_0000;
+        tag | (sequence / SHARDS as u64)
     }
 }
 
@@ -167,12 +171,6 @@ impl std::hash::Hasher for IdHasher {
 struct Shard {
     live: HashMap<JobId, Record, IdHasherBuilder>,
     finished: VecDeque<(Instant, JobId)>,
-}
-
-impl Default for IdHasherBuilder {
-    fn default() -> Self {
-        Self(fastrand::u64(..))
-    }
 }
 
 const SHARDS: usize = 32;
