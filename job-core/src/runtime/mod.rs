@@ -158,9 +158,8 @@ impl Client {
         if let Some(d) = self.durable() {
             return durable::enqueue(&self.inner, d, job, kind, None, true).await;
         }
-        match self.inner.permits.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return Err(EnqueueError::ShuttingDown(job)),
+        if !self.inner.take_permit().await {
+            return Err(EnqueueError::ShuttingDown(job));
         }
         self.inner.admit(job, kind, None)
     }
@@ -206,9 +205,8 @@ impl Client {
         if let Some(d) = self.durable() {
             return durable::enqueue(&self.inner, d, job, kind, Some(delay), true).await;
         }
-        match self.inner.permits.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return Err(EnqueueError::ShuttingDown(job)),
+        if !self.inner.take_permit().await {
+            return Err(EnqueueError::ShuttingDown(job));
         }
         self.inner.admit(job, kind, Some(delay))
     }
@@ -335,6 +333,27 @@ impl Inner {
             }
         }
         Ok(kind)
+    }
+
+    /// Takes one capacity permit for good, waiting while there is none; false once the
+    /// permits are closed (shutdown). A free permit is taken without building the waiting
+    /// future (the common case when the runtime is below capacity).
+    ///
+    /// Cancel safe: the permit is taken in the poll that returns.
+    async fn take_permit(&self) -> bool {
+        // As the semaphore's own future would: a producer that never waits still yields to
+        // the scheduler once its task's budget is spent. Before taking the permit, so that
+        // dropping the future while it yields leaks nothing.
+        tokio::task::consume_budget().await;
+        match self.permits.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::Closed) => return false,
+            Err(TryAcquireError::NoPermits) => match self.permits.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return false,
+            },
+        }
+        true
     }
 
     /// Admits a job whose permit is already taken.
