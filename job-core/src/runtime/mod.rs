@@ -4,7 +4,7 @@
 //!
 //! A semaphore of `capacity` permits admits jobs: each job holds one permit from `enqueue`
 //! until it succeeds or dies, whether it is ready, scheduled, waiting to retry or running.
-//! Ready jobs wait in a multi-consumer channel that the permits bound; delayed jobs and
+//! Ready jobs wait in a lock-free multi-consumer queue that the permits bound; delayed jobs and
 //! retries wait in a timer task's heap, keyed by their start time. A retry therefore never
 //! needs room it might not get (the seed's single consumer re-enqueueing into a full channel
 //! deadlocks), and never makes a worker sleep.
@@ -16,6 +16,7 @@
 
 mod builder;
 pub(crate) mod durable;
+mod ready;
 pub(crate) mod shutdown;
 mod timer;
 mod worker;
@@ -59,8 +60,7 @@ pub(crate) struct Inner {
     pub(crate) capacity: usize,
     pub(crate) concurrency: usize,
     pub(crate) permits: Semaphore,
-    pub(crate) ready_tx: async_channel::Sender<Envelope>,
-    pub(crate) ready_rx: async_channel::Receiver<Envelope>,
+    pub(crate) ready: ready::ReadyQueue,
     pub(crate) timer_tx: mpsc::UnboundedSender<Timed>,
     pub(crate) status: StatusStore,
     pub(crate) counters: Counters,
@@ -378,7 +378,7 @@ impl Inner {
             job: Box::new(job),
         };
         let sent = match delay {
-            None => self.ready_tx.try_send(envelope).map_err(|e| e.into_inner()),
+            None => self.ready.push(envelope),
             Some(delay) => self
                 .timer_tx
                 .send(Timed::new(delay, envelope))
@@ -488,7 +488,7 @@ impl Inner {
             kind: entry.kind,
             job,
         };
-        if self.ready_tx.try_send(envelope).is_err() {
+        if self.ready.push(envelope).is_err() {
             self.permits.add_permits(1);
             self.dead.put_back(dead);
             return Err(RequeueError::ShuttingDown);

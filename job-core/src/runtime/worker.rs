@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::builder::JobRuntimeBuilder;
+use super::ready::Empty;
 use super::{Client, Envelope, Inner, JobRuntime, shutdown, timer};
 use crate::context::JobContext;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
@@ -74,7 +75,6 @@ impl JobRuntime {
             })
             .collect();
         scoped.clear();
-        let (ready_tx, ready_rx) = async_channel::unbounded();
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             registry,
@@ -83,8 +83,7 @@ impl JobRuntime {
             capacity,
             concurrency,
             permits: Semaphore::new(capacity),
-            ready_tx,
-            ready_rx,
+            ready: super::ready::ReadyQueue::new(),
             timer_tx,
             status: StatusStore::new(kinds, status_retention, status_capacity),
             counters: Counters::default(),
@@ -155,20 +154,20 @@ async fn worker(inner: Arc<Inner>) {
         if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
             return;
         }
-        let envelope = match try_recv_spinning(&inner).await {
+        let envelope = match try_pop_spinning(&inner).await {
             Ok(envelope) => envelope,
-            Err(async_channel::TryRecvError::Closed) => return,
-            Err(async_channel::TryRecvError::Empty) => {
+            Err(Empty::ForGood) => return,
+            Err(Empty::Now) => {
                 if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
                     return;
                 }
                 let next = if inner.drain_queue {
-                    inner.ready_rx.recv().await.ok()
+                    inner.ready.pop().await
                 } else {
                     tokio::select! {
                         biased;
                         _ = inner.stop_fetch.cancelled() => None,
-                        r = inner.ready_rx.recv() => r.ok(),
+                        r = inner.ready.pop() => r,
                     }
                 };
                 match next {
@@ -186,18 +185,18 @@ async fn worker(inner: Arc<Inner>) {
 /// kernel for its next job; a few turns of the scheduler usually bring that job first.
 const SPINS: usize = 8;
 
-/// `try_recv`, retried after each of up to [`SPINS`] yields while the queue is empty (and
+/// `try_pop`, retried after each of up to [`SPINS`] yields while the queue is empty (and
 /// the workers are not told to stop).
-async fn try_recv_spinning(inner: &Inner) -> Result<super::Envelope, async_channel::TryRecvError> {
-    let mut result = inner.ready_rx.try_recv();
+async fn try_pop_spinning(inner: &Inner) -> Result<super::Envelope, Empty> {
+    let mut result = inner.ready.try_pop();
     for _ in 0..SPINS {
-        if !matches!(result, Err(async_channel::TryRecvError::Empty))
+        if !matches!(result, Err(Empty::Now))
             || (!inner.drain_queue && inner.stop_fetch.is_cancelled())
         {
             break;
         }
         tokio::task::yield_now().await;
-        result = inner.ready_rx.try_recv();
+        result = inner.ready.try_pop();
     }
     result
 }
