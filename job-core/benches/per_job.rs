@@ -95,9 +95,16 @@ fn main() {
             for i in 0..jobs {
                 let _ = client.enqueue(job(i)).await;
             }
+            let enqueued = t.elapsed().as_secs_f64();
             GATED.store(false, Ordering::Relaxed);
+            let p = std::time::Instant::now();
             GATE.add_permits(concurrency);
             wait_done().await;
+            eprint!(
+                "enqueue {:.0} process {:.0} ",
+                jobs as f64 / enqueued,
+                jobs as f64 / p.elapsed().as_secs_f64()
+            );
         }
         let secs = t.elapsed().as_secs_f64();
         eprintln!("{:.0} jobs/s", jobs as f64 / secs);
