@@ -83,7 +83,7 @@ impl JobRuntime {
             capacity,
             concurrency,
             permits: Semaphore::new(capacity),
-            ready: super::ready::ReadyQueue::new(),
+            ready: super::ready::ReadyQueue::new(capacity),
             timer_tx,
             status: StatusStore::new(kinds, status_retention, status_capacity),
             counters: Counters::default(),
