@@ -52,6 +52,27 @@ async fn wait_done() {
     FINISHED.notified().await;
 }
 
+/// User + system CPU time of each thread of this process that has used any, in ms.
+fn thread_times() -> String {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for entry in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised name: state is the 3rd, utime the 14th.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            let ms = (ticks(11) + ticks(12)) * 10;
+            if ms > 0 {
+                out.push(ms.to_string());
+            }
+        }
+    }
+    out.join(",")
+}
+
 fn main() {
     let jobs = env("PER_JOB_JOBS", 20_000);
     let threads = env("PER_JOB_THREADS", 1);
@@ -87,9 +108,12 @@ fn main() {
                 for i in 0..jobs {
                     let _ = client.enqueue(job(i)).await;
                 }
+                t.elapsed().as_secs_f64()
             });
             wait_done().await;
-            let _ = producer.await;
+            if let Ok(secs) = producer.await {
+                eprint!("producer {:.0} ", jobs as f64 / secs);
+            }
         } else {
             GATED.store(true, Ordering::Relaxed);
             for i in 0..jobs {
@@ -107,6 +131,9 @@ fn main() {
             );
         }
         let secs = t.elapsed().as_secs_f64();
+        if std::env::var("PER_JOB_THREAD_TIMES").is_ok() {
+            eprint!("cpu ms per thread: {} ", thread_times());
+        }
         eprintln!("{:.0} jobs/s", jobs as f64 / secs);
         runtime.shutdown().await;
     });
