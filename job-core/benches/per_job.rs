@@ -60,10 +60,16 @@ fn thread_times() -> String {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
-            // Fields after the parenthesised name: state is the 3rd, utime the 14th.
+            // After the parenthesised name come the fields from `state` (3rd) on: utime (14th)
+            // and stime (15th) are at 11 and 12, in clock ticks (10 ms).
             let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
             let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
             let ms = (ticks(11) + ticks(12)) * 10;
             if ms > 0 {
                 out.push(ms.to_string());
