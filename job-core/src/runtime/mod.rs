@@ -89,7 +89,18 @@ pub(crate) struct Inner {
     pub(crate) durable: Option<durable::Durable>,
     /// Cancelled once every worker has stopped (ends the lease heartbeat).
     pub(crate) workers_done: CancellationToken,
+    /// Per in-memory worker: jobs it finished whose capacity permits it has not yet given
+    /// back (it gives them back in batches of `release_batch`, and whenever it finds the
+    /// queue empty). `depth` does not count them.
+    pub(crate) unreleased: Box<[Unreleased]>,
+    pub(crate) release_batch: usize,
 }
+
+/// One worker's count of finished jobs whose permits it still holds, alone on its cache
+/// line (only that worker writes it).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Unreleased(pub(crate) std::sync::atomic::AtomicUsize);
 
 /// A handle for enqueueing jobs and reading their status. Cheap to clone.
 ///
@@ -403,16 +414,17 @@ impl Inner {
     pub(crate) fn depth(&self) -> usize {
         match &self.durable {
             Some(d) => usize::try_from(d.depth.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
-            None => self
-                .capacity
-                .saturating_sub(self.permits.available_permits()),
+            None => {
+                let unreleased: usize = self
+                    .unreleased
+                    .iter()
+                    .map(|s| s.0.load(Ordering::Relaxed))
+                    .sum();
+                self.capacity
+                    .saturating_sub(self.permits.available_permits())
+                    .saturating_sub(unreleased)
+            }
         }
-    }
-
-    /// A job finished for good (succeeded or dead): free its slot.
-    pub(crate) fn release(&self, kind: u16) {
-        self.permits.add_permits(1);
-        self.registry.kind(kind).metrics.depth.decrement(1.0);
     }
 
     fn health(&self) -> Health {

@@ -107,12 +107,18 @@ impl JobRuntime {
             report: tokio::sync::OnceCell::new(),
             durable,
             workers_done: CancellationToken::new(),
+            unreleased: (0..concurrency)
+                .map(|_| super::Unreleased::default())
+                .collect(),
+            // Small against the capacity, so that batching never starves a producer waiting
+            // for room for long.
+            release_batch: (capacity / (4 * concurrency.max(1))).clamp(1, 16),
         });
         let handles: Vec<_> = if inner.durable.is_some() {
             super::durable::launch(&inner, concurrency)
         } else {
             (0..concurrency)
-                .map(|_| inner.workers.spawn(worker(inner.clone())))
+                .map(|i| inner.workers.spawn(worker(inner.clone(), i)))
                 .collect()
         };
         *inner
@@ -148,13 +154,64 @@ async fn maintenance(inner: Arc<Inner>) {
     }
 }
 
-async fn worker(inner: Arc<Inner>) {
+/// A worker's finished jobs whose capacity permits it has not given back yet. Giving each
+/// back at once made every job take the semaphore's lock, and bounce its line between the
+/// workers and the producer taking permits.
+struct Held<'a> {
+    inner: &'a Inner,
+    slot: &'a super::Unreleased,
+    count: usize,
+}
+
+impl Held<'_> {
+    fn finished(&mut self, kind: u16) {
+        self.inner.registry.kind(kind).metrics.depth.decrement(1.0);
+        self.count += 1;
+        self.slot.0.fetch_add(1, Ordering::Relaxed);
+        if self.count >= self.inner.release_batch {
+            self.give_back();
+        }
+    }
+
+    fn give_back(&mut self) {
+        if self.count > 0 {
+            // Uncounted before given back: `depth` may briefly count them, never miss one.
+            self.slot.0.fetch_sub(self.count, Ordering::Relaxed);
+            self.inner.permits.add_permits(self.count);
+            self.count = 0;
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+async fn worker(inner: Arc<Inner>, index: usize) {
     let mut cx = JobContext::for_worker(inner.job_cancel.clone(), inner.data.clone());
+    let Some(slot) = inner.unreleased.get(index) else {
+        return;
+    };
+    let mut held = Held {
+        inner: &inner,
+        slot,
+        count: 0,
+    };
     loop {
         if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
             return;
         }
-        let envelope = match try_pop_spinning(&inner).await {
+        let next = match inner.ready.try_pop() {
+            Ok(envelope) => Ok(envelope),
+            Err(_) => {
+                // Nothing queued: give back the held permits before waiting.
+                held.give_back();
+                try_pop_spinning(&inner).await
+            }
+        };
+        let envelope = match next {
             Ok(envelope) => envelope,
             Err(Empty::ForGood) => return,
             Err(Empty::Now) => {
@@ -176,7 +233,9 @@ async fn worker(inner: Arc<Inner>) {
                 }
             }
         };
-        run_attempt(&inner, &mut cx, envelope).await;
+        if let Some(kind) = run_attempt(&inner, &mut cx, envelope).await {
+            held.finished(kind);
+        }
     }
 }
 
@@ -348,7 +407,9 @@ pub(crate) fn job_span(id: crate::JobId, job: &str, queue: &str, attempt: u32) -
     tracing::info_span!("job", job_id = %id, job, queue, attempt)
 }
 
-async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope) {
+/// Runs one attempt and everything after it; gives the job's kind when the job finished
+/// for good (succeeded or dead), whose capacity permit the caller then gives back.
+async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope) -> Option<u16> {
     let entry = inner.registry.kind(env.kind);
     let ty = &entry.ty;
     env.attempts += 1;
@@ -425,11 +486,12 @@ async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope)
         }
     };
     if finished {
-        inner.release(kind);
         if inner.stopping.load(Ordering::Acquire) {
             inner.tally.completed.fetch_add(1, Ordering::Relaxed);
         }
+        return Some(kind);
     }
+    None
 }
 
 /// Builds the scoped values the job declared; a failing factory fails the attempt.
