@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -118,20 +119,121 @@ struct Record {
     last_error: Option<Box<str>>,
 }
 
+/// Hashes a [`JobId`] without SipHash: the ids are made by [`JobId::new`] and never chosen by
+/// a caller. The bucket comes from the id's sequence number (consecutive jobs, which also
+/// run one after the other, land in neighbouring buckets: the lookups of the worker follow
+/// the inserts of the producer through memory instead of jumping at random), the tag bits
+/// from its random bits.
+#[derive(Clone, Copy, Default)]
+struct IdHasherBuilder;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::BuildHasher for IdHasherBuilder {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // A `JobId` writes its 16 bytes at once: take the last 8 (random bits, sequence).
+        // Anything else is folded in 8 bytes at a time.
+        if let Some(tail) = bytes.last_chunk::<8>()
+            && bytes.len() == 16
+        {
+            self.0 = u64::from_be_bytes(*tail);
+            return;
+        }
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, _len: usize) {
+        // The length prefix of the id's byte array: the same for every key.
+    }
+
+    fn finish(&self) -> u64 {
+        // The sequence picks the shard (`shard_of`) and the bucket within it; the top bits
+        // (hashbrown's tag) mix the random bits.
+        let sequence = self.0 & 0xFFFF_FFFF;
+        let random = self.0 >> 32;
+        let tag = random.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFFFF_FFFF_0000_0000;
+        tag | bucket_of(sequence)
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    live: HashMap<JobId, Record>,
+    live: HashMap<JobId, Record, IdHasherBuilder>,
     finished: VecDeque<(Instant, JobId)>,
 }
 
 const SHARDS: usize = 32;
+/// Consecutive ids go to one shard in runs of this many (then the next shard): a worker
+/// walking the queue then reads runs of neighbouring buckets, which the hardware prefetches,
+/// rather than one bucket in each of 32 tables in turn.
+const RUN: u64 = 16;
+
+/// The shard of a sequence number: runs of [`RUN`] consecutive ids per shard, round robin.
+fn shard_of(sequence: u64) -> usize {
+    ((sequence / RUN) % SHARDS as u64) as usize
+}
+
+/// The bucket of a sequence number within its shard: consecutive in a run, and the runs of
+/// one shard one after the other.
+fn bucket_of(sequence: u64) -> u64 {
+    (sequence / (RUN * SHARDS as u64)) * RUN + sequence % RUN
+}
 
 /// Bounded status store.
+///
+/// Callers pass the instant of each change (one clock read per transition, shared with the
+/// attempt's duration); the wall-clock time recorded is derived from it (see [`Clock`]).
 pub(crate) struct StatusStore {
     shards: Box<[Mutex<Shard>]>,
     kinds: Vec<(&'static str, &'static str)>,
     retention: Duration,
     max_finished_per_shard: usize,
+    clock: Clock,
+}
+
+/// Wall-clock milliseconds from a monotonic instant: `offset_ms` is the Unix time of
+/// `anchor`, re-read from the system clock by [`StatusStore::prune`] every second, so a step
+/// of the system clock shows within a second.
+struct Clock {
+    anchor: Instant,
+    offset_ms: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let clock = Self {
+            anchor: Instant::now(),
+            offset_ms: AtomicU64::new(0),
+        };
+        clock.sync();
+        clock
+    }
+
+    fn sync(&self) {
+        let since = Instant::now().saturating_duration_since(self.anchor);
+        self.offset_ms.store(
+            now_ms().saturating_sub(since.as_millis() as u64),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn unix_ms(&self, at: Instant) -> u64 {
+        self.offset_ms.load(Ordering::Relaxed)
+            + at.saturating_duration_since(self.anchor).as_millis() as u64
+    }
 }
 
 fn now_ms() -> u64 {
@@ -156,17 +258,19 @@ impl StatusStore {
             kinds,
             retention,
             max_finished_per_shard: max_finished.div_ceil(SHARDS).max(1),
+            clock: Clock::new(),
         }
     }
 
     fn shard(&self, id: &JobId) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[(id.shard_key() as usize) % SHARDS]
+        self.shards[shard_of(id.shard_key() & 0xFFFF_FFFF)]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Records a new job; its enqueue time is the one its id carries.
     pub(crate) fn insert(&self, id: JobId, kind: u16, state: JobState) {
-        let now = now_ms();
+        let now = id.unix_ms().unwrap_or_else(now_ms);
         self.shard(&id).live.insert(
             id,
             Record {
@@ -180,40 +284,40 @@ impl StatusStore {
         );
     }
 
-    /// Sets the state of a live job (and the attempt count when given).
-    pub(crate) fn set(&self, id: JobId, state: JobState, attempts: Option<u32>) {
-        let now = now_ms();
+    /// Marks a live job running its attempt `attempt`, which started at `at`.
+    pub(crate) fn running(&self, id: JobId, attempt: u32, at: Instant) {
+        let now = self.clock.unix_ms(at);
         if let Some(r) = self.shard(&id).live.get_mut(&id) {
-            r.state = state;
-            r.updated_ms = now;
-            if let Some(a) = attempts {
-                r.attempts = a;
-            }
+            r.state = JobState::Running;
+            r.updated_ms = now.max(r.enqueued_ms);
+            r.attempts = attempt;
         }
     }
 
     /// Records a failure and the state it led to (retrying or dead).
     pub(crate) fn failed(&self, id: JobId, state: JobState, error: &str) {
-        let now = now_ms();
+        let at = Instant::now();
+        let now = self.clock.unix_ms(at);
         let mut shard = self.shard(&id);
         if let Some(r) = shard.live.get_mut(&id) {
             r.state = state;
-            r.updated_ms = now;
+            r.updated_ms = now.max(r.enqueued_ms);
             r.last_error = Some(error.into());
         }
         if state.is_finished() {
-            self.retire(&mut shard, id);
+            self.retire(&mut shard, id, at);
         }
     }
 
-    pub(crate) fn succeeded(&self, id: JobId) {
-        let now = now_ms();
+    /// Marks a job succeeded at `at`.
+    pub(crate) fn succeeded(&self, id: JobId, at: Instant) {
+        let now = self.clock.unix_ms(at);
         let mut shard = self.shard(&id);
         if let Some(r) = shard.live.get_mut(&id) {
             r.state = JobState::Succeeded;
-            r.updated_ms = now;
+            r.updated_ms = now.max(r.enqueued_ms);
         }
-        self.retire(&mut shard, id);
+        self.retire(&mut shard, id, at);
     }
 
     /// Drops a record (a job handed back to its caller).
@@ -238,8 +342,7 @@ impl StatusStore {
         record.updated_ms = now;
     }
 
-    fn retire(&self, shard: &mut Shard, id: JobId) {
-        let now = Instant::now();
+    fn retire(&self, shard: &mut Shard, id: JobId, now: Instant) {
         shard.finished.push_back((now, id));
         while let Some(&(at, old)) = shard.finished.front() {
             let expired = now.saturating_duration_since(at) >= self.retention;
@@ -248,14 +351,13 @@ impl StatusStore {
             }
             shard.finished.pop_front();
             // A requeued job is live again; only drop records that are still finished.
-            if shard.live.get(&old).is_some_and(|r| r.state.is_finished()) {
-                shard.live.remove(&old);
-            }
+            drop_if_finished(&mut shard.live, old);
         }
     }
 
     /// Drops expired finished records in every shard (called by the maintenance tick).
     pub(crate) fn prune(&self) {
+        self.clock.sync();
         let now = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = shard
@@ -266,9 +368,7 @@ impl StatusStore {
                     break;
                 }
                 shard.finished.pop_front();
-                if shard.live.get(&old).is_some_and(|r| r.state.is_finished()) {
-                    shard.live.remove(&old);
-                }
+                drop_if_finished(&mut shard.live, old);
             }
         }
     }
@@ -322,6 +422,15 @@ impl StatusStore {
     }
 }
 
+/// Removes `id`'s record if it is finished, with one lookup.
+fn drop_if_finished(live: &mut HashMap<JobId, Record, IdHasherBuilder>, id: JobId) {
+    if let std::collections::hash_map::Entry::Occupied(e) = live.entry(id)
+        && e.get().state.is_finished()
+    {
+        e.remove();
+    }
+}
+
 impl std::fmt::Debug for StatusStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusStore")
@@ -344,13 +453,15 @@ mod tests {
         let id = JobId::new();
         s.insert(id, 0, JobState::Queued);
         assert_eq!(s.get(id).unwrap().state, JobState::Queued);
-        s.set(id, JobState::Running, Some(1));
+        s.running(id, 1, Instant::now());
         s.failed(id, JobState::Retrying, "boom");
         let st = s.get(id).unwrap();
         assert_eq!((st.state, st.attempts), (JobState::Retrying, 1));
         assert_eq!(st.last_error.as_deref(), Some("boom"));
-        s.succeeded(id);
-        assert_eq!(s.get(id).unwrap().state, JobState::Succeeded);
+        s.succeeded(id, Instant::now());
+        let st = s.get(id).unwrap();
+        assert_eq!(st.state, JobState::Succeeded);
+        assert!(st.updated_at >= st.enqueued_at);
         tokio::time::advance(Duration::from_secs(61)).await;
         s.prune();
         assert!(s.get(id).is_none());
@@ -362,7 +473,7 @@ mod tests {
         for _ in 0..10_000 {
             let id = JobId::new();
             s.insert(id, 0, JobState::Queued);
-            s.succeeded(id);
+            s.succeeded(id, Instant::now());
         }
         assert!(s.len() <= SHARDS * 3, "{}", s.len());
     }

@@ -4,7 +4,7 @@
 //!
 //! A semaphore of `capacity` permits admits jobs: each job holds one permit from `enqueue`
 //! until it succeeds or dies, whether it is ready, scheduled, waiting to retry or running.
-//! Ready jobs wait in a multi-consumer channel that the permits bound; delayed jobs and
+//! Ready jobs wait in a lock-free multi-consumer queue that the permits bound; delayed jobs and
 //! retries wait in a timer task's heap, keyed by their start time. A retry therefore never
 //! needs room it might not get (the seed's single consumer re-enqueueing into a full channel
 //! deadlocks), and never makes a worker sleep.
@@ -17,6 +17,7 @@
 mod batch;
 mod builder;
 pub(crate) mod durable;
+mod ready;
 pub(crate) mod shutdown;
 mod timer;
 mod worker;
@@ -60,8 +61,7 @@ pub(crate) struct Inner {
     pub(crate) capacity: usize,
     pub(crate) concurrency: usize,
     pub(crate) permits: Semaphore,
-    pub(crate) ready_tx: async_channel::Sender<Envelope>,
-    pub(crate) ready_rx: async_channel::Receiver<Envelope>,
+    pub(crate) ready: ready::ReadyQueue,
     pub(crate) timer_tx: mpsc::UnboundedSender<Timed>,
     pub(crate) status: StatusStore,
     pub(crate) counters: Counters,
@@ -90,7 +90,18 @@ pub(crate) struct Inner {
     pub(crate) durable: Option<durable::Durable>,
     /// Cancelled once every worker has stopped (ends the lease heartbeat).
     pub(crate) workers_done: CancellationToken,
+    /// Per in-memory worker: jobs it finished whose capacity permits it has not yet given
+    /// back (it gives them back in batches of `release_batch`, and whenever it finds the
+    /// queue empty). `depth` does not count them.
+    pub(crate) unreleased: Box<[Unreleased]>,
+    pub(crate) release_batch: usize,
 }
+
+/// One worker's count of finished jobs whose permits it still holds, alone on its cache
+/// line (only that worker writes it).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Unreleased(pub(crate) std::sync::atomic::AtomicUsize);
 
 /// A handle for enqueueing jobs and reading their status. Cheap to clone.
 ///
@@ -166,9 +177,8 @@ impl Client {
         if let Some(d) = self.durable() {
             return durable::enqueue(&self.inner, d, job, kind, None, true).await;
         }
-        match self.inner.permits.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return Err(EnqueueError::ShuttingDown(job)),
+        if !self.inner.take_permit().await {
+            return Err(EnqueueError::ShuttingDown(job));
         }
         self.inner.admit(job, kind, None)
     }
@@ -214,9 +224,8 @@ impl Client {
         if let Some(d) = self.durable() {
             return durable::enqueue(&self.inner, d, job, kind, Some(delay), true).await;
         }
-        match self.inner.permits.acquire().await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return Err(EnqueueError::ShuttingDown(job)),
+        if !self.inner.take_permit().await {
+            return Err(EnqueueError::ShuttingDown(job));
         }
         self.inner.admit(job, kind, Some(delay))
     }
@@ -345,6 +354,27 @@ impl Inner {
         Ok(kind)
     }
 
+    /// Takes one capacity permit for good, waiting while there is none; false once the
+    /// permits are closed (shutdown). A free permit is taken without building the waiting
+    /// future (the common case when the runtime is below capacity).
+    ///
+    /// Cancel safe: the permit is taken in the poll that returns.
+    async fn take_permit(&self) -> bool {
+        // As the semaphore's own future would: a producer that never waits still yields to
+        // the scheduler once its task's budget is spent. Before taking the permit, so that
+        // dropping the future while it yields leaks nothing.
+        tokio::task::consume_budget().await;
+        match self.permits.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::Closed) => return false,
+            Err(TryAcquireError::NoPermits) => match self.permits.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return false,
+            },
+        }
+        true
+    }
+
     /// Admits a job whose permit is already taken.
     fn admit<J: Job>(
         &self,
@@ -367,7 +397,7 @@ impl Inner {
             job: Box::new(job),
         };
         let sent = match delay {
-            None => self.ready_tx.try_send(envelope).map_err(|e| e.into_inner()),
+            None => self.ready.push(envelope),
             Some(delay) => self
                 .timer_tx
                 .send(Timed::new(delay, envelope))
@@ -392,16 +422,17 @@ impl Inner {
     pub(crate) fn depth(&self) -> usize {
         match &self.durable {
             Some(d) => usize::try_from(d.depth.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
-            None => self
-                .capacity
-                .saturating_sub(self.permits.available_permits()),
+            None => {
+                let unreleased: usize = self
+                    .unreleased
+                    .iter()
+                    .map(|s| s.0.load(Ordering::Relaxed))
+                    .sum();
+                self.capacity
+                    .saturating_sub(self.permits.available_permits())
+                    .saturating_sub(unreleased)
+            }
         }
-    }
-
-    /// A job finished for good (succeeded or dead): free its slot.
-    pub(crate) fn release(&self, kind: u16) {
-        self.permits.add_permits(1);
-        self.registry.kind(kind).metrics.depth.decrement(1.0);
     }
 
     fn health(&self) -> Health {
@@ -477,7 +508,7 @@ impl Inner {
             kind: entry.kind,
             job,
         };
-        if self.ready_tx.try_send(envelope).is_err() {
+        if self.ready.push(envelope).is_err() {
             self.permits.add_permits(1);
             self.dead.put_back(dead);
             return Err(RequeueError::ShuttingDown);

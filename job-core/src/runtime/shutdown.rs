@@ -71,7 +71,7 @@ pub(crate) async fn run(inner: Arc<Inner>) -> ShutdownReport {
     inner.stopping.store(true, Ordering::Release);
     Client::clear_ambient(&inner);
     inner.permits.close();
-    inner.ready_tx.close();
+    inner.ready.close();
     // 2. Stop starting queued jobs, and stop the timer and the schedules.
     inner.stop_fetch.cancel();
     inner.stop_background.cancel();
@@ -118,7 +118,7 @@ pub(crate) async fn run(inner: Arc<Inner>) -> ShutdownReport {
 
     // 4. Whatever is still queued is left behind (the timer names its own on exit). A
     // durable backend gets back every job this process still holds.
-    while let Ok(envelope) = inner.ready_rx.try_recv() {
+    while let Ok(envelope) = inner.ready.try_pop() {
         inner.tally.left_behind(envelope.id);
     }
     for id in super::durable::give_back(&inner).await {

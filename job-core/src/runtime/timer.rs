@@ -75,9 +75,9 @@ pub(crate) async fn run(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Timed
                 let now = Instant::now();
                 while heap.peek().is_some_and(|e| e.due <= now) {
                     if let Some(entry) = heap.pop()
-                        && let Err(e) = inner.ready_tx.try_send(entry.envelope)
+                        && let Err(envelope) = inner.ready.push(entry.envelope)
                     {
-                        inner.tally.left_behind(e.into_inner().id);
+                        inner.tally.left_behind(envelope.id);
                     }
                 }
             }

@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::builder::JobRuntimeBuilder;
+use super::ready::Empty;
 use super::{Client, Envelope, Inner, JobRuntime, shutdown, timer};
 use crate::context::JobContext;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
@@ -73,7 +75,6 @@ impl JobRuntime {
             })
             .collect();
         scoped.clear();
-        let (ready_tx, ready_rx) = async_channel::unbounded();
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             registry,
@@ -82,8 +83,7 @@ impl JobRuntime {
             capacity,
             concurrency,
             permits: Semaphore::new(capacity),
-            ready_tx,
-            ready_rx,
+            ready: super::ready::ReadyQueue::new(capacity),
             timer_tx,
             status: StatusStore::new(kinds, status_retention, status_capacity),
             counters: Counters::default(),
@@ -107,12 +107,18 @@ impl JobRuntime {
             report: tokio::sync::OnceCell::new(),
             durable,
             workers_done: CancellationToken::new(),
+            unreleased: (0..concurrency)
+                .map(|_| super::Unreleased::default())
+                .collect(),
+            // Small against the capacity, so that batching never starves a producer waiting
+            // for room for long.
+            release_batch: (capacity / (4 * concurrency.max(1))).clamp(1, 16),
         });
         let handles: Vec<_> = if inner.durable.is_some() {
             super::durable::launch(&inner, concurrency)
         } else {
             (0..concurrency)
-                .map(|_| inner.workers.spawn(worker(inner.clone())))
+                .map(|i| inner.workers.spawn(worker(inner.clone(), i)))
                 .collect()
         };
         *inner
@@ -148,23 +154,77 @@ async fn maintenance(inner: Arc<Inner>) {
     }
 }
 
-async fn worker(inner: Arc<Inner>) {
+/// A worker's finished jobs whose capacity permits it has not given back yet. Giving each
+/// back at once made every job take the semaphore's lock, and bounce its line between the
+/// workers and the producer taking permits.
+struct Held<'a> {
+    inner: &'a Inner,
+    slot: &'a super::Unreleased,
+    count: usize,
+}
+
+impl Held<'_> {
+    fn finished(&mut self, kind: u16) {
+        self.inner.registry.kind(kind).metrics.depth.decrement(1.0);
+        self.count += 1;
+        self.slot.0.fetch_add(1, Ordering::Relaxed);
+        if self.count >= self.inner.release_batch {
+            self.give_back();
+        }
+    }
+
+    fn give_back(&mut self) {
+        if self.count > 0 {
+            // Uncounted before given back: `depth` may briefly count them, never miss one.
+            self.slot.0.fetch_sub(self.count, Ordering::Relaxed);
+            self.inner.permits.add_permits(self.count);
+            self.count = 0;
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+async fn worker(inner: Arc<Inner>, index: usize) {
     let mut cx = JobContext::for_worker(inner.job_cancel.clone(), inner.data.clone());
+    let Some(slot) = inner.unreleased.get(index) else {
+        return;
+    };
+    let mut held = Held {
+        inner: &inner,
+        slot,
+        count: 0,
+    };
     loop {
         if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
             return;
         }
-        let envelope = match inner.ready_rx.try_recv() {
+        let next = match inner.ready.try_pop() {
+            Ok(envelope) => Ok(envelope),
+            Err(_) => {
+                // Nothing queued: give back the held permits before waiting.
+                held.give_back();
+                try_pop_spinning(&inner).await
+            }
+        };
+        let envelope = match next {
             Ok(envelope) => envelope,
-            Err(async_channel::TryRecvError::Closed) => return,
-            Err(async_channel::TryRecvError::Empty) => {
+            Err(Empty::ForGood) => return,
+            Err(Empty::Now) => {
+                if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
+                    return;
+                }
                 let next = if inner.drain_queue {
-                    inner.ready_rx.recv().await.ok()
+                    inner.ready.pop().await
                 } else {
                     tokio::select! {
                         biased;
                         _ = inner.stop_fetch.cancelled() => None,
-                        r = inner.ready_rx.recv() => r.ok(),
+                        r = inner.ready.pop() => r,
                     }
                 };
                 match next {
@@ -173,8 +233,31 @@ async fn worker(inner: Arc<Inner>) {
                 }
             }
         };
-        run_attempt(&inner, &mut cx, envelope).await;
+        if let Some(kind) = run_attempt(&inner, &mut cx, envelope).await {
+            held.finished(kind);
+        }
     }
+}
+
+/// Yields to the scheduler this many times, looking for a job after each, before a worker
+/// that found the queue empty parks. A parked worker costs the producer a wake-up through the
+/// kernel for its next job; a few turns of the scheduler usually bring that job first.
+const SPINS: usize = 8;
+
+/// `try_pop`, retried after each of up to [`SPINS`] yields while the queue is empty (and
+/// the workers are not told to stop).
+async fn try_pop_spinning(inner: &Inner) -> Result<super::Envelope, Empty> {
+    let mut result = inner.ready.try_pop();
+    for _ in 0..SPINS {
+        if !matches!(result, Err(Empty::Now))
+            || (!inner.drain_queue && inner.stop_fetch.is_cancelled())
+        {
+            break;
+        }
+        tokio::task::yield_now().await;
+        result = inner.ready.try_pop();
+    }
+    result
 }
 
 pub(crate) enum Outcome {
@@ -247,11 +330,25 @@ pub(crate) async fn execute(
     job: &dyn crate::registry::ErasedJob,
     span: &tracing::Span,
 ) -> Outcome {
+    execute_from(inner, cx, kind, job, span, Instant::now())
+        .await
+        .0
+}
+
+/// As [`execute`], for an attempt that started at `started`; also gives the instant it
+/// ended (the clock is read once at each end of the attempt).
+pub(crate) async fn execute_from(
+    inner: &Inner,
+    cx: &mut JobContext,
+    kind: u16,
+    job: &dyn crate::registry::ErasedJob,
+    span: &tracing::Span,
+    started: Instant,
+) -> (Outcome, Instant) {
     let entry = inner.registry.kind(kind);
     let ty = &entry.ty;
     Counters::bump(&inner.counters.started);
     entry.metrics.started.increment(1);
-    let started = tokio::time::Instant::now();
     let outcome = async {
         if let Some(failure) = build_scoped(inner, cx, kind).await {
             return Outcome::Failed(failure);
@@ -288,10 +385,11 @@ pub(crate) async fn execute(
         .get_mut()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clear();
+    let ended = Instant::now();
     entry
         .metrics
         .duration
-        .record(started.elapsed().as_secs_f64());
+        .record(ended.saturating_duration_since(started).as_secs_f64());
     match &outcome {
         Outcome::Ok => {
             Counters::bump(&inner.counters.succeeded);
@@ -302,14 +400,16 @@ pub(crate) async fn execute(
             entry.metrics.failed.increment(1);
         }
     }
-    outcome
+    (outcome, ended)
 }
 
 pub(crate) fn job_span(id: crate::JobId, job: &str, queue: &str, attempt: u32) -> tracing::Span {
     tracing::info_span!("job", job_id = %id, job, queue, attempt)
 }
 
-async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope) {
+/// Runs one attempt and everything after it; gives the job's kind when the job finished
+/// for good (succeeded or dead), whose capacity permit the caller then gives back.
+async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope) -> Option<u16> {
     let entry = inner.registry.kind(env.kind);
     let ty = &entry.ty;
     env.attempts += 1;
@@ -322,15 +422,17 @@ async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope)
         inner,
         env.kind,
     );
-    inner.status.set(env.id, JobState::Running, Some(attempt));
+    let started = Instant::now();
+    inner.status.running(env.id, attempt, started);
     let span = job_span(env.id, ty.name, ty.options.queue, attempt);
-    let outcome = execute(inner, cx, env.kind, env.job.as_ref(), &span).await;
+    let (outcome, ended) =
+        execute_from(inner, cx, env.kind, env.job.as_ref(), &span, started).await;
 
     let _enter = span.enter();
     let (id, kind) = (env.id, env.kind);
     let finished = match outcome {
         Outcome::Ok => {
-            inner.status.succeeded(id);
+            inner.status.succeeded(id, ended);
             true
         }
         Outcome::Failed(failure) => {
@@ -384,11 +486,12 @@ async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope)
         }
     };
     if finished {
-        inner.release(kind);
         if inner.stopping.load(Ordering::Acquire) {
             inner.tally.completed.fetch_add(1, Ordering::Relaxed);
         }
+        return Some(kind);
     }
+    None
 }
 
 /// Builds the scoped values the job declared; a failing factory fails the attempt.
