@@ -116,6 +116,10 @@ impl fmt::Debug for JobRuntimeBuilder {
 impl JobRuntimeBuilder {
     /// The most jobs held at once, counting ready, scheduled, waiting-to-retry and running
     /// jobs (default 100). `enqueue` waits and `try_enqueue` fails while it is reached.
+    ///
+    /// In memory, the ready queue is a ring of 48 bytes per slot of capacity, allocated at
+    /// start for capacities up to 262,144 (12 MiB at most; above that it grows and shrinks in
+    /// blocks). On a durable backend, capacity bounds the jobs the backend stores.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self
