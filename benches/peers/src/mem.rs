@@ -187,6 +187,9 @@ pub fn memory(which: &str, jobs: usize) {
         let (heap, rss_growth) = match which {
             "ours" => {
                 GATED.store(true, Ordering::SeqCst);
+                // Measured from before the runtime exists: its ready queue is a ring
+                // allocated at start for the whole capacity, which is memory per queued job.
+                let (h0, r0) = (live_heap(), rss());
                 let rt = ours_runtime(jobs + concurrency());
                 let client = rt.client();
                 // Warm-up: the workers take one job each and wait at the gate.
@@ -194,7 +197,6 @@ pub fn memory(which: &str, jobs: usize) {
                     client.enqueue(noop(i as u64)).await.expect("enqueue");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let (h0, r0) = (live_heap(), rss());
                 for i in 0..jobs {
                     client.enqueue(noop(i as u64)).await.expect("enqueue");
                 }
