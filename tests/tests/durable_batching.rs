@@ -300,10 +300,15 @@ async fn a_fixed_prefetch_reserves_ahead_and_gives_back_at_shutdown() {
     );
 }
 
-/// A backend whose acknowledgements take a while (a slow network), to catch a shutdown
-/// that gives back jobs whose success is still being written.
-#[derive(Debug)]
-struct SlowAcks(job_core::backend::memory::MemoryBackend);
+/// `MemoryBackend` with faults: acknowledgements that take a while (a slow network), to
+/// catch a shutdown that gives back jobs whose success is still being written; and, when
+/// `broken_batches` is set, slow single enqueues and batch enqueues that panic (a backend
+/// bug), to check that enqueues waiting for a batch get an error instead of hanging.
+#[derive(Debug, Default)]
+struct SlowAcks(
+    job_core::backend::memory::MemoryBackend,
+    std::sync::atomic::AtomicBool,
+);
 
 mod slow_acks {
     use std::time::Duration;
@@ -326,7 +331,25 @@ mod slow_acks {
             self.0.connect()
         }
         fn enqueue(&self, e: Envelope, cap: u64) -> BoxFuture<'_, Result<(), BackendError>> {
-            self.0.enqueue(e, cap)
+            Box::pin(async move {
+                if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(DELAY).await;
+                }
+                self.0.enqueue(e, cap).await
+            })
+        }
+        fn enqueue_batch<'a>(
+            &'a self,
+            envelopes: &'a [Envelope],
+            cap: u64,
+        ) -> BoxFuture<'a, Result<usize, BackendError>> {
+            Box::pin(async move {
+                assert!(
+                    !self.1.load(std::sync::atomic::Ordering::SeqCst),
+                    "a backend bug: enqueue_batch panicked"
+                );
+                self.0.enqueue_batch(envelopes, cap).await
+            })
         }
         fn reserve<'a>(
             &'a self,
@@ -403,7 +426,7 @@ mod slow_acks {
 
 #[tokio::test]
 async fn shutdown_waits_for_acknowledgements_in_flight() {
-    let backend = Arc::new(SlowAcks(job_core::backend::memory::MemoryBackend::new()));
+    let backend = Arc::new(SlowAcks::default());
     let rec = Recorder::new();
     let rt = common::builder(&rec)
         .backend(backend.clone())
@@ -428,4 +451,54 @@ async fn shutdown_waits_for_acknowledgements_in_flight() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rec.runs().len(), 20, "a successful job ran twice");
     rt2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueues_waiting_for_a_batch_that_dies_get_an_error() {
+    let backend = Arc::new(SlowAcks::default());
+    backend.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rec = Recorder::new();
+    let rt = common::builder(&rec)
+        .backend(backend.clone())
+        .start()
+        .unwrap();
+    // The first goes out alone (slowly); the others wait for it, then go as one batch,
+    // whose call panics.
+    let tasks: Vec<_> = (0..8u64)
+        .map(|key| {
+            let client = rt.client();
+            tokio::spawn(async move {
+                let r = client.enqueue(Probe::new(key, Behavior::Succeed)).await;
+                r.map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    for t in tasks {
+        match tokio::time::timeout(LONG, t)
+            .await
+            .expect("no enqueue hangs")
+        {
+            Ok(Ok(_)) => ok += 1,
+            Ok(Err(e)) => failed.push(e),
+            Err(e) => panic!("enqueue task panicked: {e}"),
+        }
+    }
+    assert!(ok >= 1, "the first went out alone");
+    assert!(!failed.is_empty(), "some waited for the batch");
+    assert!(failed.iter().all(|e| e.contains("backend")), "{failed:?}");
+    // The slot is free again: the next enqueues work, alone and in batches.
+    backend.1.store(false, std::sync::atomic::Ordering::SeqCst);
+    let client = rt.client();
+    let ids = tokio::time::timeout(
+        LONG,
+        futures_util::future::join_all(
+            (100..104).map(|key| client.enqueue(Probe::new(key, Behavior::Succeed))),
+        ),
+    )
+    .await
+    .expect("enqueues after the failure do not hang");
+    assert!(ids.iter().all(Result::is_ok), "{ids:?}");
+    rt.shutdown().await;
 }

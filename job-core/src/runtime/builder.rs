@@ -119,7 +119,11 @@ impl JobRuntimeBuilder {
     ///
     /// In memory, the ready queue is a ring of 48 bytes per slot of capacity, allocated at
     /// start for capacities up to 262,144 (12 MiB at most; above that it grows and shrinks in
-    /// blocks). On a durable backend, capacity bounds the jobs the backend stores.
+    /// blocks). Workers running quick jobs (under 100 µs) give finished jobs' slots back in
+    /// small batches, at most a quarter of the capacity in all, so `enqueue` may wait a
+    /// moment before the count of held jobs reaches capacity; a worker gives back what it
+    /// holds after a slower job and whenever it finds the queue empty. On a durable
+    /// backend, capacity bounds the jobs the backend stores.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
         self

@@ -79,7 +79,7 @@ pub(crate) struct DurableConfig {
     pub(crate) lease: Duration,
     pub(crate) max_recoveries: u32,
     pub(crate) reap_interval: Duration,
-    /// Jobs reserved ahead of free workers (`None`: as many as `concurrency`).
+    /// Jobs reserved ahead of free workers (`None`: adaptive, see `Durable::prefetch`).
     pub(crate) prefetch: Option<usize>,
 }
 
@@ -152,11 +152,16 @@ fn hand_over(backend: &Arc<dyn Backend>, pending: &Arc<Mutex<Pending>>) {
     drop(p);
     let (backend, pending) = (backend.clone(), pending.clone());
     handle.spawn(async move {
+        // If this task ends any other way than below (a backend that panics, a runtime
+        // shutting down), the callers waiting get an error and the slot is freed, so later
+        // enqueues do not wait for a flusher that is gone.
+        let mut guard = FlusherGone(Some(pending.clone()));
         loop {
             let batch = {
                 let mut p = lock_pending(&pending);
                 if p.waiting.is_empty() {
                     p.busy = false;
+                    guard.0 = None;
                     return;
                 }
                 std::mem::take(&mut p.waiting)
@@ -175,6 +180,23 @@ fn hand_over(backend: &Arc<dyn Backend>, pending: &Arc<Mutex<Pending>>) {
             }
         }
     });
+}
+
+/// See the flusher in [`hand_over`].
+struct FlusherGone(Option<Arc<Mutex<Pending>>>);
+
+impl Drop for FlusherGone {
+    fn drop(&mut self) {
+        if let Some(pending) = self.0.take() {
+            let mut p = lock_pending(&pending);
+            for (_, reply) in p.waiting.drain(..) {
+                let _ = reply.send(Err(BackendError::Unavailable(
+                    "the batched enqueue stopped before it replied".into(),
+                )));
+            }
+            p.busy = false;
+        }
+    }
 }
 
 impl Durable {
@@ -585,6 +607,10 @@ async fn worker(inner: Arc<Inner>) {
         let Some((reservation, permit)) = next else {
             break;
         };
+        if d.work_rx.is_empty() {
+            // The buffer ran dry: the fetcher may be waiting for a worthwhile batch.
+            d.freed.notify_one();
+        }
         run(&inner, d, &mut cx, reservation).await;
         drop(permit);
         d.freed.notify_one();

@@ -233,11 +233,21 @@ async fn worker(inner: Arc<Inner>, index: usize) {
                 }
             }
         };
-        if let Some(kind) = run_attempt(&inner, &mut cx, envelope).await {
+        if let Some((kind, took)) = run_attempt(&inner, &mut cx, envelope).await {
             held.finished(kind);
+            if took >= QUICK_JOB {
+                // Batching saves little next to a job this long, and a permit held through
+                // the next (maybe long) job would shrink the capacity producers see.
+                held.give_back();
+            }
         }
     }
 }
+
+/// Jobs quicker than this hand their capacity permits back in batches (see [`Held`]); after a
+/// slower one, the worker gives back what it holds at once. So permits are held back only
+/// across runs of quick jobs: at most a batch of them, for about a batch of quick jobs' time.
+const QUICK_JOB: Duration = Duration::from_micros(100);
 
 /// Yields to the scheduler this many times, looking for a job after each, before a worker
 /// that found the queue empty parks. A parked worker costs the producer a wake-up through the
@@ -407,9 +417,14 @@ pub(crate) fn job_span(id: crate::JobId, job: &str, queue: &str, attempt: u32) -
     tracing::info_span!("job", job_id = %id, job, queue, attempt)
 }
 
-/// Runs one attempt and everything after it; gives the job's kind when the job finished
-/// for good (succeeded or dead), whose capacity permit the caller then gives back.
-async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope) -> Option<u16> {
+/// Runs one attempt and everything after it; gives the job's kind and how long the attempt
+/// ran when the job finished for good (succeeded or dead), whose capacity permit the caller
+/// then gives back.
+async fn run_attempt(
+    inner: &Arc<Inner>,
+    cx: &mut JobContext,
+    mut env: Envelope,
+) -> Option<(u16, Duration)> {
     let entry = inner.registry.kind(env.kind);
     let ty = &entry.ty;
     env.attempts += 1;
@@ -489,7 +504,7 @@ async fn run_attempt(inner: &Arc<Inner>, cx: &mut JobContext, mut env: Envelope)
         if inner.stopping.load(Ordering::Acquire) {
             inner.tally.completed.fetch_add(1, Ordering::Relaxed);
         }
-        return Some(kind);
+        return Some((kind, ended.saturating_duration_since(started)));
     }
     None
 }
