@@ -288,12 +288,12 @@ impl JobRuntimeBuilder {
     /// finishes a job finds the next one already fetched instead of waiting a round trip to
     /// the backend, and one round trip fetches many jobs.
     ///
-    /// By default the prefetch adapts to how long jobs take: about 2 ms of work is kept
-    /// ahead of the workers, at most 16 jobs per worker, none before the first jobs have run. Short jobs (a few hundred
-    /// microseconds) get the full buffer and the throughput that comes with it; jobs of a
-    /// second or more get none, so a process never sits on long jobs that idle processes
-    /// could run. A fixed `jobs` replaces the adaptive value (`0`: reserve only for idle
-    /// workers).
+    /// By default the prefetch adapts to how long jobs take (a moving average of recent
+    /// attempts): about 2 ms of work is kept ahead of each worker, at most 16 jobs, and none
+    /// before the first jobs have run. Jobs of 125 µs or less get the full 16 per worker and
+    /// the throughput that comes with it; jobs longer than 2 ms get none, so a process never
+    /// sits on long jobs that idle processes could run. A fixed `jobs` (in all, not per
+    /// worker) replaces the adaptive value (`0`: reserve only for idle workers).
     ///
     /// Prefetched jobs are leased (and renewed) like running ones; at shutdown they go back
     /// to the front of their queue at once.
