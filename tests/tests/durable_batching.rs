@@ -39,6 +39,28 @@ fn blob(n: u64, size: usize) -> Blob {
     }
 }
 
+/// A Redis backend on a fresh prefix (deleted on drop) and a fresh recorder.
+async fn redis() -> (Arc<RedisBackend>, common::RedisCleanup, Arc<Recorder>) {
+    let (backend, cleanup) = common::redis_backend().await;
+    (Arc::new(backend), cleanup, Recorder::new())
+}
+
+/// Polls the backend's counts until `done` holds (or about 4 s pass); the last counts.
+async fn backend_until(
+    backend: &RedisBackend,
+    done: impl Fn(&job_core::backend::BackendStats) -> bool,
+) -> job_core::backend::BackendStats {
+    let mut stats = backend.stats().await.unwrap();
+    for _ in 0..200 {
+        if done(&stats) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stats = backend.stats().await.unwrap();
+    }
+    stats
+}
+
 fn on(backend: &Arc<RedisBackend>, rec: &Arc<Recorder>) -> JobRuntimeBuilder {
     common::builder(rec)
         .register::<Blob>()
@@ -48,9 +70,7 @@ fn on(backend: &Arc<RedisBackend>, rec: &Arc<Recorder>) -> JobRuntimeBuilder {
 
 #[tokio::test]
 async fn enqueue_many_stores_every_job_once_in_order() {
-    let (backend, _cleanup) = common::redis_backend().await;
-    let backend = Arc::new(backend);
-    let rec = Recorder::new();
+    let (backend, _cleanup, rec) = redis().await;
     let rt = on(&backend, &rec).concurrency(1).start().unwrap();
     // More than one batch (500 per call), with the workers already taking jobs.
     let ids = rt
@@ -75,9 +95,7 @@ async fn enqueue_many_stores_every_job_once_in_order() {
 
 #[tokio::test]
 async fn enqueue_many_waits_for_room_under_capacity() {
-    let (backend, _cleanup) = common::redis_backend().await;
-    let backend = Arc::new(backend);
-    let rec = Recorder::new();
+    let (backend, _cleanup, rec) = redis().await;
     let rt = on(&backend, &rec)
         .capacity(20)
         .concurrency(2)
@@ -94,14 +112,7 @@ async fn enqueue_many_waits_for_room_under_capacity() {
     assert_eq!(ids.len(), 150);
     eventually(LONG, "all ran", || rec.successes() == 150).await;
     // Acknowledgements are written just after the attempts end.
-    let mut depth = u64::MAX;
-    for _ in 0..100 {
-        depth = backend.stats().await.unwrap().depth();
-        if depth == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let depth = backend_until(&backend, |s| s.depth() == 0).await.depth();
     assert_eq!(depth, 0, "every job acknowledged");
     rt.shutdown().await;
 }
@@ -178,9 +189,7 @@ async fn a_rejected_job_stops_the_batch_on_redis() {
 
 #[tokio::test]
 async fn concurrent_single_enqueues_all_land_once() {
-    let (backend, _cleanup) = common::redis_backend().await;
-    let backend = Arc::new(backend);
-    let rec = Recorder::new();
+    let (backend, _cleanup, rec) = redis().await;
     let rt = on(&backend, &rec).concurrency(4).start().unwrap();
     let tasks: Vec<_> = (0..32u64)
         .map(|t| {
@@ -209,9 +218,7 @@ async fn concurrent_single_enqueues_all_land_once() {
 
 #[tokio::test]
 async fn successes_are_acknowledged_before_shutdown_gives_anything_back() {
-    let (backend, _cleanup) = common::redis_backend().await;
-    let backend = Arc::new(backend);
-    let rec = Recorder::new();
+    let (backend, _cleanup, rec) = redis().await;
     let rt = on(&backend, &rec).concurrency(4).start().unwrap();
     let ids = rt
         .client()
@@ -243,9 +250,7 @@ async fn successes_are_acknowledged_before_shutdown_gives_anything_back() {
 
 #[tokio::test]
 async fn long_jobs_are_not_prefetched_by_default() {
-    let (backend, _cleanup) = common::redis_backend().await;
-    let backend = Arc::new(backend);
-    let rec = Recorder::new();
+    let (backend, _cleanup, rec) = redis().await;
     let rt = on(&backend, &rec).concurrency(1).start().unwrap();
     let ids = rt
         .client()
@@ -264,9 +269,7 @@ async fn long_jobs_are_not_prefetched_by_default() {
 
 #[tokio::test]
 async fn a_fixed_prefetch_reserves_ahead_and_gives_back_at_shutdown() {
-    let (backend, _cleanup) = common::redis_backend().await;
-    let backend = Arc::new(backend);
-    let rec = Recorder::new();
+    let (backend, _cleanup, rec) = redis().await;
     let rt = on(&backend, &rec)
         .concurrency(1)
         .prefetch(2)
@@ -279,14 +282,7 @@ async fn a_fixed_prefetch_reserves_ahead_and_gives_back_at_shutdown() {
         .await
         .unwrap();
     wait_state(&rt, ids[0], JobState::Running, LONG).await;
-    let mut running = 0;
-    for _ in 0..200 {
-        running = backend.stats().await.unwrap().running;
-        if running == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let running = backend_until(&backend, |s| s.running == 3).await.running;
     assert_eq!(running, 3, "one running and two reserved ahead");
     let report = rt.shutdown().await;
     // The running one finished; the two reserved ahead went back at once, named as left

@@ -1304,6 +1304,18 @@ local cap = tonumber(ARGV[2])
 local live = tonumber(redis.call('GET', K_LIVE) or '0')
 local now = nil
 local stored, added, status = 0, 0, 'ok'
+-- Whether the job under key `k` is 'new' (its room under capacity is taken), 'stored'
+-- already (nothing to do), or stops the batch: 'corrupt' (another type under the key) or
+-- 'full'.
+local function admit(k)
+  if redis.call('EXISTS', k) == 1 then
+    if redis.call('TYPE', k)['ok'] ~= 'hash' then return 'corrupt' end
+    return 'stored'
+  end
+  if live + added >= cap then return 'full' end
+  added = added + 1
+  return 'new'
+end
 if ARGV[3] == 'same' then
   -- Fresh jobs of one type: one RPUSH for all of them (in slices), at the end.
   local job, q, m = ARGV[4], ARGV[5], ARGV[6]
@@ -1311,17 +1323,12 @@ if ARGV[3] == 'same' then
   for i = 7, #ARGV, 3 do
     local id = ARGV[i]
     local k = jk(id)
-    if redis.call('EXISTS', k) == 1 then
-      if redis.call('TYPE', k)['ok'] ~= 'hash' then
-        status = 'corrupt'
-        break
-      end
-    else
-      if live + added >= cap then
-        status = 'full'
-        break
-      end
-      added = added + 1
+    local verdict = admit(k)
+    if verdict == 'corrupt' or verdict == 'full' then
+      status = verdict
+      break
+    end
+    if verdict == 'new' then
       redis.call('HSET', k, 'p', ARGV[i + 1], 'j', job, 'q', q, 'm', m, 'e', ARGV[i + 2])
       ready[#ready + 1] = id
     end
@@ -1344,17 +1351,12 @@ end
 for i = 4, #ARGV, 9 do
   local id, p, job, q, m, a, r, e, nb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   local k = jk(id)
-  if redis.call('EXISTS', k) == 1 then
-    if redis.call('TYPE', k)['ok'] ~= 'hash' then
-      status = 'corrupt'
-      break
-    end
-  else
-    if live + added >= cap then
-      status = 'full'
-      break
-    end
-    added = added + 1
+  local verdict = admit(k)
+  if verdict == 'corrupt' or verdict == 'full' then
+    status = verdict
+    break
+  end
+  if verdict == 'new' then
     redis.call('HSET', k, 'p', p, 'j', job, 'q', q, 'm', m, 'e', e)
     if a ~= '0' then redis.call('HSET', k, 'a', a) end
     if r ~= '0' then redis.call('HSET', k, 'r', r) end

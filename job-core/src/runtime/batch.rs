@@ -55,7 +55,7 @@ impl Client {
     {
         let mut jobs = jobs.into_iter();
         let mut ids = Vec::with_capacity(jobs.size_hint().0);
-        if self.durable().is_none() {
+        let Some(d) = self.durable() else {
             while let Some(job) = jobs.next() {
                 match self.enqueue(job).await {
                     Ok(id) => ids.push(id),
@@ -63,7 +63,7 @@ impl Client {
                 }
             }
             return Ok(ids);
-        }
+        };
         loop {
             // Serialize a chunk; keep the jobs until they are stored, to give back on failure.
             let mut chunk: Vec<J> = Vec::with_capacity(CHUNK);
@@ -90,9 +90,6 @@ impl Client {
                 }
             }
             if !envelopes.is_empty() {
-                let Some(d) = self.durable() else {
-                    break;
-                };
                 if let Err((stored, failure)) =
                     durable::enqueue_batch(&self.inner, d, kind, &envelopes).await
                 {
@@ -121,17 +118,13 @@ impl Client {
             if let Some(error) = rejected {
                 return Err(stop(ids, error, jobs));
             }
-            if chunk_was_last(&envelopes) {
+            // A chunk shorter than CHUNK means the iterator ran out.
+            if envelopes.len() < CHUNK {
                 break;
             }
         }
         Ok(ids)
     }
-}
-
-/// A chunk shorter than [`CHUNK`] means the iterator ran out.
-fn chunk_was_last(envelopes: &[Envelope]) -> bool {
-    envelopes.len() < CHUNK
 }
 
 fn stop<J>(

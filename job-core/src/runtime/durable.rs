@@ -37,6 +37,8 @@ pub(crate) struct Durable {
     fetcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Single enqueues that arrive while another is being stored, sent together next.
     pending: Arc<Mutex<Pending>>,
+    /// The runtime's capacity: the most jobs the backend may store.
+    capacity: u64,
     /// Jobs reserved by this process and not yet written back: id -> lease.
     pub(crate) held: Mutex<HashMap<JobId, LeaseToken>>,
     /// One permit per worker and per prefetched job: the fetcher reserves only as many jobs
@@ -105,8 +107,6 @@ const RESERVE_BATCH: usize = 256;
 pub(crate) struct Pending {
     /// A store call (inline or the flusher's) is in flight.
     busy: bool,
-    /// The runtime's capacity (the same for every enqueue).
-    capacity: u64,
     waiting: Vec<(
         Envelope,
         tokio::sync::oneshot::Sender<Result<(), BackendError>>,
@@ -118,11 +118,12 @@ pub(crate) struct Pending {
 struct Inline {
     backend: Arc<dyn Backend>,
     pending: Arc<Mutex<Pending>>,
+    capacity: u64,
 }
 
 impl Drop for Inline {
     fn drop(&mut self) {
-        hand_over(&self.backend, &self.pending);
+        hand_over(&self.backend, &self.pending, self.capacity);
     }
 }
 
@@ -133,7 +134,7 @@ fn lock_pending(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> 
 }
 
 /// The in-flight call ended: start a flusher for what waits, or mark the slot free.
-fn hand_over(backend: &Arc<dyn Backend>, pending: &Arc<Mutex<Pending>>) {
+fn hand_over(backend: &Arc<dyn Backend>, pending: &Arc<Mutex<Pending>>, capacity: u64) {
     let mut p = lock_pending(pending);
     if p.waiting.is_empty() {
         p.busy = false;
@@ -166,7 +167,6 @@ fn hand_over(backend: &Arc<dyn Backend>, pending: &Arc<Mutex<Pending>>) {
                 }
                 std::mem::take(&mut p.waiting)
             };
-            let capacity = lock_pending(&pending).capacity;
             let (envelopes, replies): (Vec<Envelope>, Vec<_>) = batch.into_iter().unzip();
             let result = backend.enqueue_batch(&envelopes, capacity).await;
             for (i, reply) in replies.into_iter().enumerate() {
@@ -200,7 +200,12 @@ impl Drop for FlusherGone {
 }
 
 impl Durable {
-    pub(crate) fn new(config: DurableConfig, queues: Vec<String>, concurrency: usize) -> Self {
+    pub(crate) fn new(
+        config: DurableConfig,
+        queues: Vec<String>,
+        concurrency: usize,
+        capacity: u64,
+    ) -> Self {
         let max_prefetch = config
             .prefetch
             .unwrap_or(concurrency.saturating_mul(ADAPTIVE_PREFETCH_PER_WORKER));
@@ -213,6 +218,7 @@ impl Durable {
             acker: Mutex::new(None),
             fetcher: Mutex::new(None),
             pending: Arc::new(Mutex::new(Pending::default())),
+            capacity,
             backend: config.backend,
             queues,
             lease: config.lease,
@@ -233,31 +239,31 @@ impl Durable {
     }
 
     /// Stores one new job, sharing the round trip with concurrent enqueues (see [`Pending`]).
-    async fn store(&self, envelope: Envelope, capacity: u64) -> Result<(), BackendError> {
+    async fn store(&self, envelope: &Envelope) -> Result<(), BackendError> {
         let waiting = {
             let mut p = lock_pending(&self.pending);
-            p.capacity = capacity;
             if p.busy {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                p.waiting.push((envelope, tx));
-                Err(rx)
+                p.waiting.push((envelope.clone(), tx));
+                Some(rx)
             } else {
                 p.busy = true;
-                Ok(envelope)
+                None
             }
         };
         match waiting {
-            Err(rx) => rx.await.unwrap_or_else(|_| {
+            Some(rx) => rx.await.unwrap_or_else(|_| {
                 Err(BackendError::Unavailable(
                     "the batched enqueue was dropped before it replied".into(),
                 ))
             }),
-            Ok(envelope) => {
+            None => {
                 let _slot = Inline {
                     backend: self.backend.clone(),
                     pending: self.pending.clone(),
+                    capacity: self.capacity,
                 };
-                self.backend.enqueue(envelope, capacity).await
+                self.backend.enqueue(envelope.clone(), self.capacity).await
             }
         }
     }
@@ -374,16 +380,13 @@ pub(crate) async fn enqueue<J: Job>(
         if inner.stopping.load(Ordering::Acquire) {
             return Err(EnqueueError::ShuttingDown(job));
         }
-        match d.store(envelope.clone(), inner.capacity as u64).await {
+        match d.store(&envelope).await {
             Ok(()) => {
                 d.mark(true);
                 counted(inner, kind, 1);
                 return Ok(id);
             }
-            Err(BackendError::Full) if wait_for_room => {
-                tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
+            Err(BackendError::Full) if wait_for_room => wait_for_room_in(&mut pause).await,
             Err(BackendError::Full) => return Err(EnqueueError::QueueFull(job)),
             Err(e) => {
                 d.mark(false);
@@ -394,6 +397,12 @@ pub(crate) async fn enqueue<J: Job>(
             }
         }
     }
+}
+
+/// Waits a jittered `pause` for the backend to have room, and doubles it (up to 500 ms).
+async fn wait_for_room_in(pause: &mut Duration) {
+    tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
+    *pause = (*pause * 2).min(Duration::from_millis(500));
 }
 
 fn counted(inner: &Inner, kind: u16, n: u64) {
@@ -417,7 +426,7 @@ pub(crate) async fn enqueue_batch(
             return Err((stored, BatchFailure::ShuttingDown));
         }
         let rest = envelopes.get(stored..).unwrap_or_default();
-        match d.backend.enqueue_batch(rest, inner.capacity as u64).await {
+        match d.backend.enqueue_batch(rest, d.capacity).await {
             Ok(n) => {
                 d.mark(true);
                 let n = n.min(rest.len());
@@ -425,16 +434,12 @@ pub(crate) async fn enqueue_batch(
                 stored += n;
                 if n < rest.len() {
                     // Full: wait for room, then send the rest.
-                    tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
+                    wait_for_room_in(&mut pause).await;
                 } else {
                     pause = Duration::from_millis(10);
                 }
             }
-            Err(BackendError::Full) => {
-                tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
+            Err(BackendError::Full) => wait_for_room_in(&mut pause).await,
             Err(e) => {
                 d.mark(false);
                 return Err((stored, BatchFailure::Backend(error_chain(&e))));
@@ -617,33 +622,56 @@ async fn worker(inner: Arc<Inner>) {
     }
 }
 
-/// Writes an outcome back, retrying briefly on backend errors; a lost lease is final.
-async fn write_back<F, Fut>(inner: &Inner, d: &Durable, id: JobId, what: &str, mut op: F)
+/// Runs a write-back, retrying it briefly while the backend fails (`failed` logs each
+/// failure). `Some(Err(id))`: the lease of `id` was lost, an answer rather than a failure;
+/// `None`: every try failed.
+async fn retried<T, F, Fut>(
+    d: &Durable,
+    mut op: F,
+    failed: impl Fn(&BackendError),
+) -> Option<Result<T, JobId>>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), BackendError>>,
+    Fut: std::future::Future<Output = Result<T, BackendError>>,
 {
     let mut pause = Duration::from_millis(20);
     for _ in 0..5 {
         match op().await {
-            Ok(()) => {
+            Ok(v) => {
                 d.mark(true);
-                return;
+                return Some(Ok(v));
             }
-            Err(BackendError::LeaseLost(_)) => {
-                Counters::bump(&inner.counters.lease_lost);
-                tracing::warn!(job_id = %id, "{what} refused: the lease was lost (the job was recovered and may run again elsewhere)");
-                return;
-            }
+            Err(BackendError::LeaseLost(id)) => return Some(Err(id)),
             Err(e) => {
                 d.mark(false);
-                tracing::warn!(job_id = %id, error = %error_chain(&e), "{what} failed; retrying");
+                failed(&e);
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
         }
     }
-    tracing::error!(job_id = %id, "{what} failed; the lease will expire and the job will be recovered");
+    None
+}
+
+/// Writes an outcome back, retrying briefly on backend errors; a lost lease is final.
+async fn write_back<F, Fut>(inner: &Inner, d: &Durable, id: JobId, what: &str, op: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BackendError>>,
+{
+    let failed = |e: &BackendError| {
+        tracing::warn!(job_id = %id, error = %error_chain(e), "{what} failed; retrying");
+    };
+    match retried(d, op, failed).await {
+        Some(Ok(())) => {}
+        Some(Err(_)) => {
+            Counters::bump(&inner.counters.lease_lost);
+            tracing::warn!(job_id = %id, "{what} refused: the lease was lost (the job was recovered and may run again elsewhere)");
+        }
+        None => {
+            tracing::error!(job_id = %id, "{what} failed; the lease will expire and the job will be recovered");
+        }
+    }
 }
 
 async fn release(inner: &Inner, d: &Durable, id: JobId, token: LeaseToken) {
@@ -818,27 +846,22 @@ async fn acker(inner: Arc<Inner>) {
 }
 
 async fn ack_batch(inner: &Inner, d: &Durable, batch: &[(JobId, LeaseToken)]) {
-    let mut pause = Duration::from_millis(20);
-    for _ in 0..5 {
-        match d.backend.ack_batch(batch).await {
-            Ok(lost) => {
-                d.mark(true);
-                for id in lost {
-                    Counters::bump(&inner.counters.lease_lost);
-                    tracing::warn!(job_id = %id, "ack refused: the lease was lost (the job was recovered and may run again elsewhere)");
-                }
-                return;
-            }
-            Err(e) => {
-                d.mark(false);
-                tracing::warn!(jobs = batch.len(), error = %error_chain(&e), "ack failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
+    let failed = |e: &BackendError| {
+        tracing::warn!(jobs = batch.len(), error = %error_chain(e), "ack failed; retrying");
+    };
+    match retried(d, || d.backend.ack_batch(batch), failed).await {
+        Some(Ok(lost)) => {
+            for id in lost {
+                Counters::bump(&inner.counters.lease_lost);
+                tracing::warn!(job_id = %id, "ack refused: the lease was lost (the job was recovered and may run again elsewhere)");
             }
         }
+        // `ack_batch` reports lost leases in its list, not as an error.
+        Some(Err(_)) | None => {
+            let ids: Vec<JobId> = batch.iter().map(|(id, _)| *id).collect();
+            tracing::error!(jobs = ?ids, "ack failed; the leases will expire and the jobs will run again");
+        }
     }
-    let ids: Vec<JobId> = batch.iter().map(|(id, _)| *id).collect();
-    tracing::error!(jobs = ?ids, "ack failed; the leases will expire and the jobs will run again");
 }
 
 async fn heartbeat(inner: Arc<Inner>) {

@@ -56,7 +56,7 @@ impl JobRuntime {
                 q.dedup();
                 q
             });
-            super::durable::Durable::new(config, queues, concurrency)
+            super::durable::Durable::new(config, queues, concurrency, capacity as u64)
         });
         let kinds: Vec<_> = registry
             .kinds()
