@@ -172,7 +172,24 @@ impl std::hash::Hasher for IdHasher {
 #[derive(Default)]
 struct Shard {
     live: HashMap<JobId, Record, IdHasherBuilder>,
-    finished: VecDeque<(Instant, JobId)>,
+    /// Finished jobs, oldest first, with when they finished (ms on the store's monotonic
+    /// clock).
+    finished: VecDeque<(u64, JobId)>,
+}
+
+/// The attempt one worker is running: job, attempt number, start. A worker writes only its
+/// own board, so starting an attempt takes no shard lock and no map lookup; a reader merges
+/// the board with the job's record (see [`StatusStore::get`]).
+#[derive(Default)]
+#[repr(align(128))]
+struct Board(Mutex<Option<(JobId, u32, Instant)>>);
+
+impl Board {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(JobId, u32, Instant)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 const SHARDS: usize = 32;
@@ -198,8 +215,11 @@ fn bucket_of(sequence: u64) -> u64 {
 /// attempt's duration); the wall-clock time recorded is derived from it (see [`Clock`]).
 pub(crate) struct StatusStore {
     shards: Box<[Mutex<Shard>]>,
+    /// One per worker.
+    boards: Box<[Board]>,
     kinds: Vec<(&'static str, &'static str)>,
     retention: Duration,
+    retention_ms: u64,
     max_finished_per_shard: usize,
     clock: Clock,
 }
@@ -230,9 +250,14 @@ impl Clock {
         );
     }
 
-    fn unix_ms(&self, at: Instant) -> u64 {
-        self.offset_ms.load(Ordering::Relaxed)
-            + at.saturating_duration_since(self.anchor).as_millis() as u64
+    /// Milliseconds from the anchor to `at`, monotonic.
+    fn mono_ms(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.anchor);
+        since.as_secs() * 1000 + u64::from(since.subsec_millis())
+    }
+
+    fn unix_ms_of_mono(&self, mono: u64) -> u64 {
+        self.offset_ms.load(Ordering::Relaxed) + mono
     }
 }
 
@@ -248,15 +273,20 @@ fn from_ms(ms: u64) -> SystemTime {
 
 impl StatusStore {
     /// `kinds[i]` is the (job, queue) of kind index `i`.
+    /// `workers`: how many workers report attempts (`running`, `succeeded`, `failed` take a
+    /// worker index below it).
     pub(crate) fn new(
         kinds: Vec<(&'static str, &'static str)>,
         retention: Duration,
         max_finished: usize,
+        workers: usize,
     ) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            boards: (0..workers).map(|_| Board::default()).collect(),
             kinds,
             retention,
+            retention_ms: u64::try_from(retention.as_millis()).unwrap_or(u64::MAX),
             max_finished_per_shard: max_finished.div_ceil(SHARDS).max(1),
             clock: Clock::new(),
         }
@@ -285,42 +315,75 @@ impl StatusStore {
     }
 
     /// Marks a live job running its attempt `attempt`, which started at `at`.
-    pub(crate) fn running(&self, id: JobId, attempt: u32, at: Instant) {
-        let now = self.clock.unix_ms(at);
-        if let Some(r) = self.shard(&id).live.get_mut(&id) {
-            r.state = JobState::Running;
-            r.updated_ms = now.max(r.enqueued_ms);
-            r.attempts = attempt;
+    /// Worker `worker` starts attempt `attempt` of `id` at `at`.
+    pub(crate) fn running(&self, worker: usize, id: JobId, attempt: u32, at: Instant) {
+        if let Some(board) = self.boards.get(worker) {
+            *board.lock() = Some((id, attempt, at));
         }
     }
 
-    /// Records a failure and the state it led to (retrying or dead).
-    pub(crate) fn failed(&self, id: JobId, state: JobState, error: &str) {
-        let at = Instant::now();
-        let now = self.clock.unix_ms(at);
-        let mut shard = self.shard(&id);
-        if let Some(r) = shard.live.get_mut(&id) {
-            r.state = state;
-            r.updated_ms = now.max(r.enqueued_ms);
-            r.last_error = Some(error.into());
+    /// Attempt `attempt` of `id`, run by `worker`, failed; the job is now in `state`
+    /// (retrying or dead).
+    pub(crate) fn failed(
+        &self,
+        worker: usize,
+        id: JobId,
+        attempt: u32,
+        state: JobState,
+        error: &str,
+    ) {
+        let mono = self.clock.mono_ms(Instant::now());
+        let now = self.clock.unix_ms_of_mono(mono);
+        {
+            let mut shard = self.shard(&id);
+            if let Some(r) = shard.live.get_mut(&id) {
+                r.state = state;
+                r.attempts = attempt;
+                r.updated_ms = now.max(r.enqueued_ms);
+                r.last_error = Some(error.into());
+            }
+            if state.is_finished() {
+                self.retire(&mut shard, id, mono);
+            }
         }
-        if state.is_finished() {
-            self.retire(&mut shard, id, at);
+        self.clear_board(worker);
+    }
+
+    /// Attempt `attempt` of `id`, run by `worker`, succeeded at `at`.
+    pub(crate) fn succeeded(&self, worker: usize, id: JobId, attempt: u32, at: Instant) {
+        let mono = self.clock.mono_ms(at);
+        let now = self.clock.unix_ms_of_mono(mono);
+        {
+            let mut shard = self.shard(&id);
+            if let Some(r) = shard.live.get_mut(&id) {
+                r.state = JobState::Succeeded;
+                r.attempts = attempt;
+                r.updated_ms = now.max(r.enqueued_ms);
+            }
+            self.retire(&mut shard, id, mono);
+        }
+        self.clear_board(worker);
+    }
+
+    /// After the record says how the attempt ended, so that a reader never sees neither.
+    /// Before the caller publishes the end anywhere else (the dead-letter store, from which
+    /// a job can be requeued), so that a requeued job's record never meets a stale board.
+    fn clear_board(&self, worker: usize) {
+        if let Some(board) = self.boards.get(worker) {
+            *board.lock() = None;
         }
     }
 
-    /// Marks a job succeeded at `at`.
-    pub(crate) fn succeeded(&self, id: JobId, at: Instant) {
-        let now = self.clock.unix_ms(at);
-        let mut shard = self.shard(&id);
-        if let Some(r) = shard.live.get_mut(&id) {
-            r.state = JobState::Succeeded;
-            r.updated_ms = now.max(r.enqueued_ms);
-        }
-        self.retire(&mut shard, id, at);
+    /// The attempt running `id` now, if any: number and start. Call with `id`'s shard
+    /// locked and its record's count of ended attempts: a board whose attempt is not newer
+    /// is one whose end the record already has.
+    fn on_board(&self, id: JobId, ended: u32) -> Option<(u32, Instant)> {
+        self.boards.iter().find_map(|b| match *b.lock() {
+            Some((on, attempt, at)) if on == id && attempt > ended => Some((attempt, at)),
+            _ => None,
+        })
     }
 
-    /// Drops a record (a job handed back to its caller).
     pub(crate) fn forget(&self, id: JobId) {
         self.shard(&id).live.remove(&id);
     }
@@ -342,10 +405,10 @@ impl StatusStore {
         record.updated_ms = now;
     }
 
-    fn retire(&self, shard: &mut Shard, id: JobId, now: Instant) {
+    fn retire(&self, shard: &mut Shard, id: JobId, now: u64) {
         shard.finished.push_back((now, id));
         while let Some(&(at, old)) = shard.finished.front() {
-            let expired = now.saturating_duration_since(at) >= self.retention;
+            let expired = now.saturating_sub(at) >= self.retention_ms;
             if !expired && shard.finished.len() <= self.max_finished_per_shard {
                 break;
             }
@@ -358,13 +421,13 @@ impl StatusStore {
     /// Drops expired finished records in every shard (called by the maintenance tick).
     pub(crate) fn prune(&self) {
         self.clock.sync();
-        let now = Instant::now();
+        let now = self.clock.mono_ms(Instant::now());
         for shard in self.shards.iter() {
             let mut shard = shard
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             while let Some(&(at, old)) = shard.finished.front() {
-                if now.saturating_duration_since(at) < self.retention {
+                if now.saturating_sub(at) < self.retention_ms {
                     break;
                 }
                 shard.finished.pop_front();
@@ -377,34 +440,43 @@ impl StatusStore {
         let shard = self.shard(&id);
         let r = shard.live.get(&id)?;
         let (job, queue) = self.kinds.get(r.kind as usize).copied()?;
+        let (state, attempts, updated_ms) = match self.on_board(id, r.attempts) {
+            Some((attempt, at)) if !r.state.is_finished() => {
+                let started = self.clock.unix_ms_of_mono(self.clock.mono_ms(at));
+                (JobState::Running, attempt, started.max(r.enqueued_ms))
+            }
+            _ => (r.state, r.attempts, r.updated_ms),
+        };
         Some(JobStatus {
             job_id: id,
             job: Cow::Borrowed(job),
             queue: Cow::Borrowed(queue),
-            state: r.state,
-            attempts: r.attempts,
+            state,
+            attempts,
             last_error: r.last_error.as_deref().map(str::to_owned),
             enqueued_at: from_ms(r.enqueued_ms),
-            updated_at: from_ms(r.updated_ms),
+            updated_at: from_ms(updated_ms),
         })
     }
 
-    /// Ids of the jobs in `state` (used at shutdown).
-    pub(crate) fn ids_in(&self, state: JobState) -> Vec<JobId> {
-        let mut ids = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            ids.extend(
-                shard
+    /// Ids of the jobs whose attempt started and has not ended (used at shutdown, for the
+    /// attempts its abort dropped).
+    pub(crate) fn running_ids(&self) -> Vec<JobId> {
+        let started: Vec<(JobId, u32)> = self
+            .boards
+            .iter()
+            .filter_map(|b| b.lock().map(|(id, attempt, _)| (id, attempt)))
+            .collect();
+        started
+            .into_iter()
+            .filter(|&(id, attempt)| {
+                self.shard(&id)
                     .live
-                    .iter()
-                    .filter(|(_, r)| r.state == state)
-                    .map(|(id, _)| *id),
-            );
-        }
-        ids
+                    .get(&id)
+                    .is_some_and(|r| !r.state.is_finished() && attempt > r.attempts)
+            })
+            .map(|(id, _)| id)
+            .collect()
     }
 
     /// Records held, live and finished (for tests of boundedness).
@@ -444,7 +516,7 @@ mod tests {
     use super::*;
 
     fn store(max: usize) -> StatusStore {
-        StatusStore::new(vec![("a", "q")], Duration::from_secs(60), max)
+        StatusStore::new(vec![("a", "q")], Duration::from_secs(60), max, 2)
     }
 
     #[tokio::test(start_paused = true)]
@@ -453,14 +525,15 @@ mod tests {
         let id = JobId::new();
         s.insert(id, 0, JobState::Queued);
         assert_eq!(s.get(id).unwrap().state, JobState::Queued);
-        s.running(id, 1, Instant::now());
-        s.failed(id, JobState::Retrying, "boom");
+        s.running(0, id, 1, Instant::now());
+        s.failed(0, id, 1, JobState::Retrying, "boom");
         let st = s.get(id).unwrap();
         assert_eq!((st.state, st.attempts), (JobState::Retrying, 1));
         assert_eq!(st.last_error.as_deref(), Some("boom"));
-        s.succeeded(id, Instant::now());
+        s.running(1, id, 2, Instant::now());
+        s.succeeded(1, id, 2, Instant::now());
         let st = s.get(id).unwrap();
-        assert_eq!(st.state, JobState::Succeeded);
+        assert_eq!((st.state, st.attempts), (JobState::Succeeded, 2));
         assert!(st.updated_at >= st.enqueued_at);
         tokio::time::advance(Duration::from_secs(61)).await;
         s.prune();
@@ -473,8 +546,55 @@ mod tests {
         for _ in 0..10_000 {
             let id = JobId::new();
             s.insert(id, 0, JobState::Queued);
-            s.succeeded(id, Instant::now());
+            s.succeeded(0, id, 1, Instant::now());
         }
         assert!(s.len() <= SHARDS * 3, "{}", s.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_started_attempt_reads_as_running_until_its_end_is_recorded() {
+        let s = store(1000);
+        let (id, other) = (JobId::new(), JobId::new());
+        s.insert(id, 0, JobState::Queued);
+        s.insert(other, 0, JobState::Queued);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let started = Instant::now();
+        s.running(1, id, 1, started);
+        let st = s.get(id).unwrap();
+        assert_eq!((st.state, st.attempts), (JobState::Running, 1));
+        assert!(
+            st.updated_at > st.enqueued_at,
+            "updated at the start of the attempt"
+        );
+        assert_eq!(s.get(other).unwrap().state, JobState::Queued);
+        assert_eq!(s.running_ids(), vec![id]);
+
+        // A retry: the record holds the failed attempt; the next one runs on another worker.
+        s.failed(1, id, 1, JobState::Retrying, "boom");
+        assert_eq!(s.get(id).unwrap().state, JobState::Retrying);
+        assert!(s.running_ids().is_empty());
+        s.running(0, id, 2, Instant::now());
+        let st = s.get(id).unwrap();
+        assert_eq!((st.state, st.attempts), (JobState::Running, 2));
+        assert_eq!(st.last_error.as_deref(), Some("boom"));
+
+        // Dead, then requeued by id: queued again with no attempts, never "running".
+        s.failed(0, id, 2, JobState::Dead, "boom again");
+        assert_eq!(s.get(id).unwrap().state, JobState::Dead);
+        s.requeued(id, 0);
+        let st = s.get(id).unwrap();
+        assert_eq!((st.state, st.attempts), (JobState::Queued, 0));
+        assert!(s.running_ids().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_dropped_mid_run_stays_running() {
+        // Shutdown aborts a worker between `running` and its end: the id must be named.
+        let s = store(1000);
+        let id = JobId::new();
+        s.insert(id, 0, JobState::Queued);
+        s.running(0, id, 1, Instant::now());
+        assert_eq!(s.running_ids(), vec![id]);
+        assert_eq!(s.get(id).unwrap().state, JobState::Running);
     }
 }

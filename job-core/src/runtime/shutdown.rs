@@ -8,7 +8,6 @@ use tokio::time::Instant;
 
 use super::{Client, Inner};
 use crate::job::JobId;
-use crate::observe::status::JobState;
 
 /// What shutdown did. Every job the runtime held when shutdown began is counted exactly
 /// once: completed, cancelled, or left behind.
@@ -107,7 +106,7 @@ pub(crate) async fn run(inner: Arc<Inner>) -> ShutdownReport {
             // Attempts dropped mid-run are still marked running (in memory) or still held
             // (durable: `give_back` below names and returns them).
             if inner.durable.is_none() {
-                for id in inner.status.ids_in(JobState::Running) {
+                for id in inner.status.running_ids() {
                     inner.tally.cancelled(id);
                 }
             }

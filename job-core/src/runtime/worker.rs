@@ -85,7 +85,7 @@ impl JobRuntime {
             permits: Semaphore::new(capacity),
             ready: super::ready::ReadyQueue::new(capacity),
             timer_tx,
-            status: StatusStore::new(kinds, status_retention, status_capacity),
+            status: StatusStore::new(kinds, status_retention, status_capacity, concurrency),
             counters: Counters::default(),
             dead: DeadLetterStore::new(dead_letter_capacity),
             hooks,
@@ -233,7 +233,7 @@ async fn worker(inner: Arc<Inner>, index: usize) {
                 }
             }
         };
-        if let Some((kind, took)) = run_attempt(&inner, &mut cx, envelope).await {
+        if let Some((kind, took)) = run_attempt(&inner, index, &mut cx, envelope).await {
             held.finished(kind);
             if took >= QUICK_JOB {
                 // Batching saves little next to a job this long, and a permit held through
@@ -346,7 +346,7 @@ pub(crate) async fn execute(
 }
 
 /// As [`execute`], for an attempt that started at `started`; also gives the instant it
-/// ended (the clock is read once at each end of the attempt).
+/// ended and how long it took (the clock is read once at each end of the attempt).
 pub(crate) async fn execute_from(
     inner: &Inner,
     cx: &mut JobContext,
@@ -354,7 +354,7 @@ pub(crate) async fn execute_from(
     job: &dyn crate::registry::ErasedJob,
     span: &tracing::Span,
     started: Instant,
-) -> (Outcome, Instant) {
+) -> (Outcome, Instant, Duration) {
     let entry = inner.registry.kind(kind);
     let ty = &entry.ty;
     Counters::bump(&inner.counters.started);
@@ -396,10 +396,8 @@ pub(crate) async fn execute_from(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clear();
     let ended = Instant::now();
-    entry
-        .metrics
-        .duration
-        .record(ended.saturating_duration_since(started).as_secs_f64());
+    let took = ended.saturating_duration_since(started);
+    entry.metrics.duration.record(took.as_secs_f64());
     match &outcome {
         Outcome::Ok => {
             Counters::bump(&inner.counters.succeeded);
@@ -410,7 +408,7 @@ pub(crate) async fn execute_from(
             entry.metrics.failed.increment(1);
         }
     }
-    (outcome, ended)
+    (outcome, ended, took)
 }
 
 pub(crate) fn job_span(id: crate::JobId, job: &str, queue: &str, attempt: u32) -> tracing::Span {
@@ -422,6 +420,7 @@ pub(crate) fn job_span(id: crate::JobId, job: &str, queue: &str, attempt: u32) -
 /// then gives back.
 async fn run_attempt(
     inner: &Arc<Inner>,
+    worker: usize,
     cx: &mut JobContext,
     mut env: Envelope,
 ) -> Option<(u16, Duration)> {
@@ -438,16 +437,16 @@ async fn run_attempt(
         env.kind,
     );
     let started = Instant::now();
-    inner.status.running(env.id, attempt, started);
+    inner.status.running(worker, env.id, attempt, started);
     let span = job_span(env.id, ty.name, ty.options.queue, attempt);
-    let (outcome, ended) =
+    let (outcome, ended, took) =
         execute_from(inner, cx, env.kind, env.job.as_ref(), &span, started).await;
 
     let _enter = span.enter();
     let (id, kind) = (env.id, env.kind);
     let finished = match outcome {
         Outcome::Ok => {
-            inner.status.succeeded(id, ended);
+            inner.status.succeeded(worker, id, attempt, ended);
             true
         }
         Outcome::Failed(failure) => {
@@ -456,7 +455,9 @@ async fn run_attempt(
                 Decision::Interrupted => {
                     tracing::warn!(error = %message, "attempt interrupted by shutdown");
                     inner.status.failed(
+                        worker,
                         env.id,
+                        attempt,
                         JobState::Retrying,
                         &format!("interrupted by shutdown: {message}"),
                     );
@@ -465,7 +466,9 @@ async fn run_attempt(
                 }
                 Decision::Retry(delay) => {
                     tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
-                    inner.status.failed(env.id, JobState::Retrying, &message);
+                    inner
+                        .status
+                        .failed(worker, env.id, attempt, JobState::Retrying, &message);
                     Counters::bump(&inner.counters.retried);
                     entry.metrics.retried.increment(1);
                     if let Err(e) = inner.timer_tx.send(timer::Timed::new(delay, env)) {
@@ -475,7 +478,9 @@ async fn run_attempt(
                 }
                 Decision::Dead(reason) => {
                     tracing::error!(error = %message, reason, "job dead-lettered");
-                    inner.status.failed(env.id, JobState::Dead, &message);
+                    inner
+                        .status
+                        .failed(worker, env.id, attempt, JobState::Dead, &message);
                     let payload = env.job.to_json().unwrap_or_else(|e| {
                         serde_json::Value::String(format!("<payload did not serialize: {e}>"))
                     });
@@ -504,7 +509,7 @@ async fn run_attempt(
         if inner.stopping.load(Ordering::Acquire) {
             inner.tally.completed.fetch_add(1, Ordering::Relaxed);
         }
-        return Some((kind, ended.saturating_duration_since(started)));
+        return Some((kind, took));
     }
     None
 }
