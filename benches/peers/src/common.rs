@@ -46,9 +46,27 @@ pub fn expect(target: usize) {
     TARGET.store(target, Ordering::SeqCst);
 }
 
+static MARK: AtomicUsize = AtomicUsize::new(usize::MAX);
+static MARK_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Notes (`marked_ns`) when the `n`th run of this workload happens.
+pub fn mark_at(n: usize) {
+    let _ = now_ns();
+    MARK_NS.store(0, Ordering::SeqCst);
+    MARK.store(n, Ordering::SeqCst);
+}
+
+/// `now_ns()` at the run `mark_at` named, once it happened.
+pub fn marked_ns() -> Option<u64> {
+    Some(MARK_NS.load(Ordering::SeqCst)).filter(|&ns| ns > 0)
+}
+
 /// Counts one run; the run that reaches the target wakes `finished()`.
 pub fn tick() {
     let done = DONE.fetch_add(1, Ordering::Relaxed) + 1;
+    if done == MARK.load(Ordering::Relaxed) {
+        MARK_NS.store(now_ns(), Ordering::Relaxed);
+    }
     if done == TARGET.load(Ordering::Relaxed) {
         FINISHED.notify_one();
     }

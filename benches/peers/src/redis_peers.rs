@@ -11,8 +11,8 @@ use job_core::JobRuntime;
 use job_core::backend::redis::RedisBackend;
 
 use crate::common::{
-    Noop, Timed, done, expect, finished, latency_percentiles, latency_slots, noop, noop_body,
-    now_ns, report, runtime, timed_body,
+    Noop, Timed, done, expect, finished, latency_percentiles, latency_slots, mark_at, marked_ns,
+    noop, noop_body, now_ns, report, runtime, timed_body,
 };
 use crate::mem::concurrency;
 
@@ -104,6 +104,30 @@ pub fn single(which: &str, jobs: usize) {
     });
 }
 
+/// The floor under any enqueue that awaits its reply: `n` PINGs, one at a time, through a
+/// redis-rs multiplexed connection (what both frameworks send their commands through).
+pub fn ping(n: usize) {
+    runtime().block_on(async move {
+        let client = redis::Client::open(url()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .expect("PING");
+        let t = Instant::now();
+        for _ in 0..n {
+            let _: String = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .expect("PING");
+        }
+        report("ping_rate", n as f64 / t.elapsed().as_secs_f64());
+    });
+}
+
 /// Enqueues `jobs` in batches of `batch`: apalis' `push_bulk` (one script call per batch);
 /// ours `Client::enqueue_many` (one script call per 500 jobs). Then Redis memory per queued
 /// job.
@@ -148,7 +172,10 @@ pub fn batched(which: &str, jobs: usize, batch: usize) {
 
 /// Workers (concurrency 4) start on a backlog of `backlog` jobs while one producer
 /// enqueues `produce` more, one at a time. Runs until every job ran or `window` passed;
-/// reports jobs run per second over that time.
+/// reports jobs run per second over that time (`run_rate`), and the rate at which the
+/// backlog's worth of jobs ran while the producer was adding more (`backlog_rate`: what the
+/// workers sustain with a backlog to take from; `run_rate` ends up bounded by the producer
+/// once the backlog is gone).
 pub fn backlog(which: &str, backlog: usize, produce: usize, window: Duration) {
     backlog_with(which, backlog, produce, window, 1);
 }
@@ -170,6 +197,10 @@ pub fn backlog_with(
         let extra = usize::from(backlog > 0);
         let total = backlog + extra + produce;
         expect(total);
+        if backlog > 0 && produce > 0 {
+            mark_at(backlog + extra);
+        }
+        let t_ns = now_ns();
         let deadline = tokio::time::sleep(window);
         tokio::pin!(deadline);
         let t = Instant::now();
@@ -263,6 +294,10 @@ pub fn backlog_with(
         report("complete", if ran >= total { 1.0 } else { 0.0 });
         if let Some(p) = produced_in {
             report("produce_rate", produce as f64 / p.as_secs_f64());
+        }
+        if let Some(ns) = marked_ns() {
+            let secs = ns.saturating_sub(t_ns) as f64 / 1e9;
+            report("backlog_rate", (backlog + extra) as f64 / secs);
         }
     });
 }
