@@ -702,6 +702,62 @@ async fn enqueue_batch_splits_long_batches() {
 }
 
 #[tokio::test]
+async fn a_repeated_batch_of_fresh_jobs_duplicates_nothing_in_any_state() {
+    let mut f = Fixture::new().await;
+    // Fresh jobs of one type: the script's shared-fields mode, one HSET per job.
+    let batch: Vec<Envelope> = (0..4).map(|n| envelope("q", n)).collect();
+    assert_eq!(f.backend.enqueue_batch(&batch, CAP).await.unwrap(), 4);
+    let got = f.backend.reserve(&queues(&["q"]), 2, LEASE).await.unwrap();
+    let mut got = got.into_iter().map(job);
+    let (done, token) = got.next().unwrap();
+    let (running, _) = got.next().unwrap();
+    assert_eq!((done.id, running.id), (batch[0].id, batch[1].id));
+    f.backend.ack(done.id, token).await.unwrap();
+    assert_eq!(f.hget(done.id, "p").await, None, "an ack drops the payload");
+
+    // The same batch again, as after a lost reply: every job counts as stored, none is
+    // queued twice, and the finished one does not get its payload back.
+    assert_eq!(f.backend.enqueue_batch(&batch, CAP).await.unwrap(), 4);
+    let stats = f.backend.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.running), (2, 1));
+    assert_eq!(f.hget(done.id, "p").await, None);
+    let s = f.backend.status(done.id).await.unwrap().unwrap();
+    assert_eq!(s.state, JobState::Succeeded);
+    let s = f.backend.status(running.id).await.unwrap().unwrap();
+    assert_eq!((s.state, s.attempts), (JobState::Running, 1));
+
+    // At capacity (3 live), the stored ids still pass; a new job does not.
+    let mut more = batch.clone();
+    more.push(envelope("q", 9));
+    assert_eq!(f.backend.enqueue_batch(&more, 3).await.unwrap(), 4);
+
+    // A key that holds something else stops the batch there, loudly; what came before it
+    // is stored.
+    let planted = envelope("q", 10);
+    let key = f.job_key(planted.id);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("not a job")
+        .query_async(&mut f.raw)
+        .await
+        .unwrap();
+    let fresh = envelope("q", 11);
+    let r = f
+        .backend
+        .enqueue_batch(&[fresh.clone(), planted, envelope("q", 12)], CAP)
+        .await;
+    assert!(matches!(r, Err(BackendError::Corrupt(_))), "{r:?}");
+
+    let rest = f.backend.reserve(&queues(&["q"]), 10, LEASE).await.unwrap();
+    let ids: Vec<JobId> = rest.iter().map(Reservation::id).collect();
+    assert_eq!(
+        ids,
+        [batch[2].id, batch[3].id, fresh.id],
+        "each once, in order"
+    );
+}
+
+#[tokio::test]
 async fn ack_batch_reports_lost_leases_and_repeats_safely() {
     let f = Fixture::new().await;
     let b = &f.backend;
