@@ -122,6 +122,7 @@ impl std::io::Write for ByteCounter {
 }
 
 type Decode = fn(&serde_json::Value) -> Result<Box<dyn ErasedJob>, serde_json::Error>;
+type DecodeStr = fn(&str) -> Result<Box<dyn ErasedJob>, serde_json::Error>;
 
 /// Everything the runtime knows about one job type.
 #[derive(Clone)]
@@ -132,6 +133,8 @@ pub(crate) struct JobType {
     pub(crate) options: JobOptions,
     pub(crate) dependencies: Dependencies,
     pub(crate) decode: Decode,
+    /// The same from JSON text (a durable backend's payload), without a `Value` between.
+    pub(crate) decode_str: DecodeStr,
 }
 
 impl JobType {
@@ -145,6 +148,9 @@ impl JobType {
             options: J::options(),
             dependencies,
             decode: |value| J::deserialize(value).map(|job| Box::new(job) as Box<dyn ErasedJob>),
+            decode_str: |text| {
+                serde_json::from_str::<J>(text).map(|job| Box::new(job) as Box<dyn ErasedJob>)
+            },
         }
     }
 }

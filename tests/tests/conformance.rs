@@ -336,8 +336,8 @@ async fn bad_payloads_are_dead_lettered_and_the_worker_goes_on(store: Store) {
         not_before: None,
         lease: None,
     };
-    let unknown = envelope("nobody_knows_me", serde_json::json!({}));
-    let undecodable = envelope("probe", serde_json::json!({"key": "not a number"}));
+    let unknown = envelope("nobody_knows_me", serde_json::json!({}).into());
+    let undecodable = envelope("probe", serde_json::json!({"key": "not a number"}).into());
     let (unknown_id, undecodable_id) = (unknown.id, undecodable.id);
     backend.enqueue(unknown, 100).await.unwrap();
     backend.enqueue(undecodable, 100).await.unwrap();

@@ -160,6 +160,26 @@ async fn a_rejected_job_stops_the_batch_and_loses_nothing(backend: Option<Arc<Re
     // An empty batch is fine.
     let empty: Vec<Blob> = Vec::new();
     assert!(rt.client().enqueue_many(empty).await.unwrap().is_empty());
+    // A single enqueue over the limit: the size is the encoded payload's, the same in
+    // memory (counted) as on Redis (encoded once, and stored as encoded); the job comes
+    // back; one byte under the limit goes in.
+    let big = Blob {
+        n: 7,
+        data: "x".repeat(1_001 - 17),
+    };
+    let err = rt.client().enqueue(big.clone()).await.unwrap_err();
+    match &err {
+        EnqueueError::PayloadTooLarge { size, limit, .. } => {
+            assert_eq!((*size, *limit), (1_001, 1_000));
+        }
+        other => panic!("expected PayloadTooLarge, got {other}"),
+    }
+    assert_eq!(err.into_inner(), big);
+    let fits = Blob {
+        n: 7,
+        data: "x".repeat(1_000 - 17),
+    };
+    rt.client().enqueue(fits).await.unwrap();
     rt.shutdown().await;
 }
 

@@ -118,7 +118,7 @@ fn envelope(queue: &str, n: u64) -> Envelope {
         id: JobId::new(),
         job: "probe".to_owned(),
         queue: queue.to_owned(),
-        payload: json!({ "n": n, "list": [], "big": 9_007_199_254_740_993_u64 }),
+        payload: json!({ "n": n, "list": [], "big": 9_007_199_254_740_993_u64 }).into(),
         attempt: 0,
         max_attempts: 5,
         recoveries: 0,
@@ -194,7 +194,7 @@ async fn dead_record(envelope: &Envelope, attempts: u32, error: &[&str]) -> Dead
     record.job_id = envelope.id;
     record.job = envelope.job.clone();
     record.queue = envelope.queue.clone();
-    record.payload = envelope.payload.clone();
+    record.payload = envelope.payload.to_value();
     record.attempts = attempts;
     record.error = error.iter().map(|s| (*s).to_owned()).collect();
     record.enqueued_at = from_unix_ms(envelope.enqueued_at);
@@ -504,7 +504,7 @@ async fn recovered_jobs_go_first_and_poison_pills_die() {
             let dead = &reaped.dead[0];
             assert_eq!((dead.job_id, dead.attempts), (pill.id, 3));
             assert_eq!((&dead.job, &dead.queue), (&pill.job, &pill.queue));
-            assert_eq!(dead.payload, pill.payload);
+            assert_eq!(dead.payload, pill.payload.to_value());
             assert!(dead.error_message().contains("poison pill"), "{dead:?}");
             assert!(dead.error_message().contains("3 times"), "{dead:?}");
         }
@@ -515,7 +515,7 @@ async fn recovered_jobs_go_first_and_poison_pills_die() {
     let listed = b.dead_letters(10).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].job_id, pill.id);
-    assert_eq!(listed[0].payload, pill.payload);
+    assert_eq!(listed[0].payload, pill.payload.to_value());
     let stats = b.stats().await.unwrap();
     assert_eq!((stats.ready, stats.running, stats.dead), (1, 0, 1));
     let (next, _) = reserve_one(b, "q", LEASE).await;
@@ -553,7 +553,7 @@ async fn dead_letters_are_listed_requeued_and_bounded() {
     let dead = &listed[0];
     assert_eq!(dead.error, ["permanent failure", "root cause"]);
     assert_eq!((dead.attempts, &dead.job), (1, &jobs[1].job));
-    assert_eq!(dead.payload, jobs[1].payload);
+    assert_eq!(dead.payload, jobs[1].payload.to_value());
     assert_eq!(unix_ms(dead.enqueued_at), jobs[1].enqueued_at);
     let status = f.backend.status(jobs[1].id).await.unwrap().unwrap();
     assert_eq!(status.state, JobState::Dead);

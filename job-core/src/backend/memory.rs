@@ -15,8 +15,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
-    Retry, from_unix_ms, unix_ms,
+    Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Payload, Reaped,
+    Reservation, Retry, from_unix_ms, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::JobId;
@@ -394,7 +394,7 @@ impl Backend for MemoryBackend {
                         job_id: id,
                         job: env.job.clone(),
                         queue: env.queue.clone(),
-                        payload: env.payload.clone(),
+                        payload: env.payload.to_value(),
                         attempts: env.attempt,
                         error: vec![reason],
                         enqueued_at: from_unix_ms(env.enqueued_at),
@@ -486,7 +486,7 @@ impl Backend for MemoryBackend {
                 id,
                 job: record.job.clone(),
                 queue: record.queue.clone(),
-                payload: record.payload.clone(),
+                payload: Payload::from(&record.payload),
                 attempt: 0,
                 max_attempts: record.attempts.max(1),
                 recoveries: 0,
@@ -522,7 +522,7 @@ mod tests {
             id: JobId::new(),
             job: "j".to_owned(),
             queue: queue.to_owned(),
-            payload: serde_json::json!({}),
+            payload: serde_json::json!({}).into(),
             attempt: 0,
             max_attempts: 3,
             recoveries: 0,

@@ -46,8 +46,8 @@ pub struct Envelope {
     pub job: String,
     /// Its queue.
     pub queue: String,
-    /// Its arguments.
-    pub payload: serde_json::Value,
+    /// Its arguments, as the JSON the client encoded.
+    pub payload: Payload,
     /// Attempts started so far (the next reservation makes it `attempt + 1`).
     pub attempt: u32,
     /// Attempts allowed in all.
@@ -63,6 +63,95 @@ pub struct Envelope {
     /// The current lease token, while reserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseToken>,
+}
+
+/// A job's arguments as JSON text, encoded once by the client and carried as is: a backend
+/// stores these bytes and hands the same bytes back, and the worker decodes the job from
+/// them. (A `serde_json::Value` in between cost an allocation per field and two more passes
+/// per job.)
+///
+/// ```
+/// use job_core::backend::Payload;
+///
+/// let p = Payload::encode(&serde_json::json!({ "to": "a@example.com", "n": 2 })).unwrap();
+/// assert_eq!(p.as_str(), r#"{"n":2,"to":"a@example.com"}"#);
+/// // Stored text comes back as is, once checked to be JSON.
+/// let back = Payload::from_json(p.as_str().to_owned()).unwrap();
+/// assert_eq!(back, p);
+/// assert!(Payload::from_json("{not json".to_owned()).is_err());
+/// assert_eq!(p.to_value()["n"], 2);
+/// ```
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Payload(Box<serde_json::value::RawValue>);
+
+impl Payload {
+    /// Encodes `value` as JSON.
+    ///
+    /// # Errors
+    /// When `value`'s `Serialize` fails (a map with non-string keys, a failing custom impl).
+    pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(Self)
+    }
+
+    /// Takes JSON text as stored, after checking that it is one well-formed JSON value.
+    ///
+    /// # Errors
+    /// When `json` is not valid JSON.
+    pub fn from_json(json: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(json).map(Self)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.as_str().len()
+    }
+
+    /// Whether the text is empty (never, for a payload built by this type).
+    pub fn is_empty(&self) -> bool {
+        self.as_str().is_empty()
+    }
+
+    /// Parsed into a `serde_json::Value` (for dead letters and inspection).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.as_str()).unwrap_or_else(|_| {
+            // Unreachable: the text was checked to be JSON when the payload was built.
+            serde_json::Value::String(self.as_str().to_owned())
+        })
+    }
+}
+
+impl From<&serde_json::Value> for Payload {
+    fn from(value: &serde_json::Value) -> Self {
+        // A `Value` always encodes: its map keys are strings.
+        Self::encode(value).unwrap_or_else(|_| Self(serde_json::value::RawValue::NULL.to_owned()))
+    }
+}
+
+impl From<serde_json::Value> for Payload {
+    fn from(value: serde_json::Value) -> Self {
+        Self::from(&value)
+    }
+}
+
+/// Byte for byte: two payloads are equal when their JSON text is.
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Payload {}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A lease token: proof of holding a reserved job.

@@ -167,8 +167,8 @@ use backon::{ExponentialBuilder, Retryable};
 use tokio::time::Instant;
 
 use super::{
-    Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
-    Retry, from_unix_ms, unix_ms,
+    Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Payload, Reaped,
+    Reservation, Retry, from_unix_ms, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
@@ -635,12 +635,11 @@ impl RedisBackend {
         for chunk in envelopes.chunks(ENQUEUE_BATCH) {
             let mut inv = self.invocation(&self.scripts.enqueue);
             inv.arg(capacity.to_string());
-            let payload = |envelope: &Envelope| {
+            fn payload(envelope: &Envelope) -> Result<&str, BackendError> {
                 check_name("queue", &envelope.queue)?;
                 check_name("job", &envelope.job)?;
-                serde_json::to_string(&envelope.payload)
-                    .map_err(|e| BackendError::Corrupt(format!("payload does not serialize: {e}")))
-            };
+                Ok(envelope.payload.as_str())
+            }
             // The common case, a batch of fresh jobs of one type, sends what they share once.
             let fresh =
                 |e: &Envelope| e.attempt == 0 && e.recoveries == 0 && e.not_before.is_none();
@@ -1080,13 +1079,12 @@ fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
         .map(LeaseToken)
         .map_err(|_| BackendError::Corrupt("reserve returned a malformed lease token".into()))?;
     let payload = field(row, 4);
-    let raw = String::from_utf8_lossy(payload).into_owned();
     let queue = text(row, 6);
     let malformed = |reason: &str| Reservation::Malformed {
         id,
         token,
         queue: queue.clone(),
-        raw: raw.clone(),
+        raw: String::from_utf8_lossy(payload).into_owned(),
         reason: format!("stored record is not a job envelope: {reason}"),
     };
     if field(row, 3) != b"1" {
@@ -1099,8 +1097,12 @@ fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
     let Ok(max_attempts) = text(row, 10).parse::<u32>() else {
         return Ok(malformed("it has no attempt limit"));
     };
-    let payload = match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(v) => v,
+    let text_payload = match std::str::from_utf8(payload) {
+        Ok(t) => t.to_owned(),
+        Err(e) => return Ok(malformed(&format!("the payload is not UTF-8: {e}"))),
+    };
+    let payload = match Payload::from_json(text_payload) {
+        Ok(p) => p,
         Err(e) => return Ok(malformed(&format!("the payload is not JSON: {e}"))),
     };
     let envelope = Envelope {

@@ -1,7 +1,7 @@
 //! [`Client::enqueue_many`]: many jobs of one type in as few backend calls as possible.
 
+use super::Client;
 use super::durable::{self, BatchFailure};
-use super::{Client, Rejected};
 use crate::backend::Envelope;
 use crate::error::{EnqueueError, EnqueueManyError};
 use crate::job::{Job, JobId};
@@ -73,7 +73,7 @@ impl Client {
             for job in jobs.by_ref() {
                 let checked = self.inner.check::<J>(&job).and_then(|k| {
                     kind = k;
-                    durable::envelope_for(&self.inner, &job, k, None).map_err(Rejected::Serialize)
+                    durable::envelope_for(&self.inner, &job, k, None)
                 });
                 match checked {
                     Ok(envelope) => {

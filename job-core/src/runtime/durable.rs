@@ -13,8 +13,10 @@ use tracing::Instrument;
 use super::worker::{
     Decision, Outcome, decide, execute, job_span, notify_dead, prepare, spawn_hooks,
 };
-use super::{Client, Inner};
-use crate::backend::{Backend, BackendError, Envelope, LeaseToken, Reservation, Retry, unix_ms};
+use super::{Client, Inner, Rejected};
+use crate::backend::{
+    Backend, BackendError, Envelope, LeaseToken, Payload, Reservation, Retry, unix_ms,
+};
 use crate::context::JobContext;
 use crate::dead_letter::DeadLetter;
 use crate::error::{EnqueueError, RequeueError, error_chain};
@@ -343,9 +345,18 @@ pub(crate) fn envelope_for<J: Job>(
     job: &J,
     kind: u16,
     delay: Option<Duration>,
-) -> Result<Envelope, String> {
+) -> Result<Envelope, Rejected> {
     let entry = inner.registry.kind(kind);
-    let payload = serde_json::to_value(job).map_err(|e| e.to_string())?;
+    // Encoded once: the size checked against the limit is the size the backend stores.
+    let payload = Payload::encode(job).map_err(|e| Rejected::Serialize(e.to_string()))?;
+    if let Some(limit) = inner.payload_limit
+        && payload.len() > limit
+    {
+        return Err(Rejected::TooLarge {
+            size: payload.len(),
+            limit,
+        });
+    }
     let now = SystemTime::now();
     Ok(Envelope {
         id: JobId::new(),
@@ -372,7 +383,7 @@ pub(crate) async fn enqueue<J: Job>(
 ) -> Result<JobId, EnqueueError<J>> {
     let envelope = match envelope_for(inner, &job, kind, delay) {
         Ok(e) => e,
-        Err(message) => return Err(EnqueueError::Serialize { job, message }),
+        Err(rejected) => return Err(rejected.with(job)),
     };
     let id = envelope.id;
     let mut pause = Duration::from_millis(10);
@@ -732,7 +743,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
         job_id: id,
         job: envelope.job.clone(),
         queue: envelope.queue.clone(),
-        payload: envelope.payload.clone(),
+        payload: envelope.payload.to_value(),
         attempts: envelope.attempt,
         error,
         enqueued_at: crate::backend::from_unix_ms(envelope.enqueued_at),
@@ -749,7 +760,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
         return;
     };
     let kind = entry.kind;
-    let job = match (entry.ty.decode)(&envelope.payload) {
+    let job = match (entry.ty.decode_str)(envelope.payload.as_str()) {
         Ok(job) => job,
         Err(e) => {
             let reason = format!("payload does not decode as job `{}`: {e}", envelope.job);

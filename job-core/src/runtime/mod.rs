@@ -329,7 +329,7 @@ pub(crate) enum Rejected {
 }
 
 impl Rejected {
-    fn with<J>(self, job: J) -> EnqueueError<J> {
+    pub(crate) fn with<J>(self, job: J) -> EnqueueError<J> {
         match self {
             Self::NotRegistered => EnqueueError::NotRegistered(job),
             Self::TooLarge { size, limit } => EnqueueError::PayloadTooLarge { job, size, limit },
@@ -344,7 +344,11 @@ impl Inner {
             .registry
             .kind_of(std::any::TypeId::of::<J>())
             .ok_or(Rejected::NotRegistered)?;
-        if let Some(limit) = self.payload_limit {
+        // A durable enqueue encodes the payload once and checks its size then
+        // (`durable::envelope_for`); in memory the job is never encoded, only counted.
+        if let Some(limit) = self.payload_limit
+            && self.durable.is_none()
+        {
             let size =
                 ErasedJob::encoded_len(job).map_err(|e| Rejected::Serialize(e.to_string()))?;
             if size > limit {
