@@ -272,9 +272,8 @@ fn from_ms(ms: u64) -> SystemTime {
 }
 
 impl StatusStore {
-    /// `kinds[i]` is the (job, queue) of kind index `i`.
-    /// `workers`: how many workers report attempts (`running`, `succeeded`, `failed` take a
-    /// worker index below it).
+    /// `kinds[i]` is the (job, queue) of kind index `i`; `workers`: how many workers report
+    /// attempts (`running`, `succeeded` and `failed` take a worker index below it).
     pub(crate) fn new(
         kinds: Vec<(&'static str, &'static str)>,
         retention: Duration,
@@ -314,8 +313,7 @@ impl StatusStore {
         );
     }
 
-    /// Marks a live job running its attempt `attempt`, which started at `at`.
-    /// Worker `worker` starts attempt `attempt` of `id` at `at`.
+    /// Worker `worker` starts attempt `attempt` of `id` at `at` (only its board changes).
     pub(crate) fn running(&self, worker: usize, id: JobId, attempt: u32, at: Instant) {
         if let Some(board) = self.boards.get(worker) {
             *board.lock() = Some((id, attempt, at));
@@ -384,6 +382,7 @@ impl StatusStore {
         })
     }
 
+    /// Drops a record (a job handed back to its caller).
     pub(crate) fn forget(&self, id: JobId) {
         self.shard(&id).live.remove(&id);
     }
