@@ -55,13 +55,18 @@ async fn apalis_timed(job: Timed) {
     timed_body(&job);
 }
 
-/// Bytes Redis uses (`INFO memory` used_memory).
-async fn used_memory() -> i64 {
-    let client = redis::Client::open(url()).expect("redis url");
-    let mut conn = client
+/// A plain redis-rs multiplexed connection to the benchmark's server.
+async fn connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url())
+        .expect("redis url")
         .get_multiplexed_async_connection()
         .await
-        .expect("redis connection");
+        .expect("redis connection")
+}
+
+/// Bytes Redis uses (`INFO memory` used_memory).
+async fn used_memory() -> i64 {
+    let mut conn = connection().await;
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(&mut conn)
@@ -108,11 +113,7 @@ pub fn single(which: &str, jobs: usize) {
 /// redis-rs multiplexed connection (what both frameworks send their commands through).
 pub fn ping(n: usize) {
     runtime().block_on(async move {
-        let client = redis::Client::open(url()).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connection");
+        let mut conn = connection().await;
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
