@@ -905,6 +905,45 @@ async fn malformed_records_come_back_as_malformed() {
 }
 
 #[tokio::test]
+async fn entries_that_are_not_canonical_ids_are_set_aside_even_with_a_record() {
+    // Each names a job-shaped record, so only the id check keeps it from being run: an
+    // uppercase id, a hyphen out of place, a character that is not hex.
+    let mut f = Fixture::new().await;
+    let real = JobId::new().to_string();
+    let upper = real.to_uppercase();
+    let shifted = format!("{}-{}", &real[..7], &real[7..35].replace('-', "0"));
+    let not_hex = format!("{}g", &real[..35]);
+    let bad = [upper, shifted, not_hex];
+    for s in &bad {
+        assert_eq!(s.len(), 36, "{s}");
+        let _: () = redis::pipe()
+            .hset_multiple(
+                f.key(&format!("job:{s}")),
+                &[
+                    ("p", "{}"),
+                    ("j", "probe"),
+                    ("q", "q"),
+                    ("m", "3"),
+                    ("e", "1"),
+                ],
+            )
+            .rpush(f.key("ready:q"), s)
+            .query_async(&mut f.raw)
+            .await
+            .unwrap();
+    }
+    let good = envelope("q", 1);
+    f.backend.enqueue(good.clone(), CAP).await.unwrap();
+    let got = f.backend.reserve(&queues(&["q"]), 10, LEASE).await.unwrap();
+    let ids: Vec<JobId> = got.iter().map(Reservation::id).collect();
+    assert_eq!(ids, [good.id]);
+    let garbage: Vec<String> = f.raw.lrange(f.key("garbage"), 0, -1).await.unwrap();
+    let mut want: Vec<String> = bad.to_vec();
+    want.reverse();
+    assert_eq!(garbage, want, "newest first");
+}
+
+#[tokio::test]
 async fn insert_raw_plants_a_malformed_record() {
     let f = Fixture::new().await;
     let id = JobId::new();

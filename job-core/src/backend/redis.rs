@@ -1263,9 +1263,17 @@ local function garbage(entry)
   redis.call('LPUSH', K_GARBAGE, entry)
   redis.call('LTRIM', K_GARBAGE, 0, 999)
 end
+-- A job id as this crate writes it: 36 bytes of lowercase hex in groups of 8-4-4-4-12.
+-- (Plain finds for the hyphens and one anchored character-set scan: 0.6 µs a call here,
+-- against 1.3 µs for a pattern of 32 `%x` items and an uppercase scan, once per reserved job.)
 local function valid_id(id)
-  return string.match(id, '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$') ~= nil
-    and string.match(id, '%u') == nil
+  return #id == 36
+    and string.find(id, '-', 1, true) == 9
+    and string.find(id, '-', 10, true) == 14
+    and string.find(id, '-', 15, true) == 19
+    and string.find(id, '-', 20, true) == 24
+    and string.find(id, '-', 25, true) == nil
+    and string.find(id, '^[0-9a-f%-]*$') ~= nil
 end
 -- ZADD/ZREM with many members, in slices (Lua's unpack has a limit).
 local function zmany(cmd, key, args)
