@@ -306,8 +306,26 @@ async fn ack_finishes_and_the_record_expires() {
     let key = f.job_key(e.id);
     let ttl = f.pttl(&key).await;
     assert!(ttl > 50_000 && ttl <= 60_000, "finished hash TTL {ttl} ms");
-    assert_eq!(f.hget(e.id, "p").await, None, "the payload is dropped");
-    assert_eq!(f.hget(e.id, "l").await, None);
+    assert_eq!(
+        f.hget(e.id, "p").await.as_deref(),
+        Some(""),
+        "the payload is emptied"
+    );
+    assert_eq!(f.hget(e.id, "l").await.as_deref(), Some(""), "no lease");
+    // A heartbeat that still carries the token (it raced the ack) renews nothing: the job
+    // does not go back into the leased set, where the reaper would run it again.
+    let lost = f
+        .backend
+        .extend(&[(e.id, token)], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(lost, [e.id]);
+    let leased: Option<f64> = f
+        .raw
+        .zscore(f.key("leased"), e.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(leased, None);
     let stats = f.backend.stats().await.unwrap();
     assert_eq!(stats.depth(), 0);
     // The same ack again (as after a lost reply): accepted, and nothing changes.
@@ -713,14 +731,18 @@ async fn a_repeated_batch_of_fresh_jobs_duplicates_nothing_in_any_state() {
     let (running, _) = got.next().unwrap();
     assert_eq!((done.id, running.id), (batch[0].id, batch[1].id));
     f.backend.ack(done.id, token).await.unwrap();
-    assert_eq!(f.hget(done.id, "p").await, None, "an ack drops the payload");
+    assert_eq!(
+        f.hget(done.id, "p").await.as_deref(),
+        Some(""),
+        "an ack empties the payload"
+    );
 
     // The same batch again, as after a lost reply: every job counts as stored, none is
     // queued twice, and the finished one does not get its payload back.
     assert_eq!(f.backend.enqueue_batch(&batch, CAP).await.unwrap(), 4);
     let stats = f.backend.stats().await.unwrap();
     assert_eq!((stats.ready, stats.running), (2, 1));
-    assert_eq!(f.hget(done.id, "p").await, None);
+    assert_eq!(f.hget(done.id, "p").await.as_deref(), Some(""));
     let s = f.backend.status(done.id).await.unwrap().unwrap();
     assert_eq!(s.state, JobState::Succeeded);
     let s = f.backend.status(running.id).await.unwrap().unwrap();

@@ -90,14 +90,14 @@
 //! | `a`, `r` | attempts started, crash recoveries (absent = 0) | reserve, reap, requeue |
 //! | `nb` | not before (ms), for delayed jobs and retries | enqueue, retry |
 //! | `u` | last change (ms, Redis clock; absent = `e`) | every change but enqueue |
-//! | `l` | lease token, while reserved (the expiry is the job's score in `{p}:leased`) | reserve |
+//! | `l` | lease token, while reserved (the expiry is the job's score in `{p}:leased`); empty once succeeded | reserve, ack |
 //! | `d` | the token whose outcome was written last, so a repeated write-back is recognised | ack, retry, dead-letter, release |
 //! | `err` | last error | retry, dead-letter, reap |
 //! | `dead`, `died` | the dead-letter record (JSON) and when it died | dead-letter, reap |
 //!
 //! The payload is stored as the client wrote it and never re-encoded by a script (Lua's JSON
-//! would turn `[]` into `{}` and round large integers). A succeeded job's record drops its
-//! payload.
+//! would turn `[]` into `{}` and round large integers). A succeeded job's record keeps an
+//! empty payload (the ack empties it in the same `HSET` that records the success).
 //!
 //! Enqueueing an id that is already stored changes nothing and succeeds, so an enqueue
 //! retried after a lost reply does not duplicate the job (ids are fresh UUIDv7s, so this
@@ -108,7 +108,7 @@
 //! apalis#504/#507), recovery is per job rather than per worker, renewing a lease is one
 //! `ZADD`, and the reaper finds every expired lease with one `ZRANGEBYSCORE`.
 //!
-//! Retention keeps memory flat: a succeeded job's hash drops its payload and expires after
+//! Retention keeps memory flat: a succeeded job's hash empties its payload and expires after
 //! [`finished_retention`](RedisBackendBuilder::finished_retention); a dead job's hash
 //! expires after [`dead_letter_retention`](RedisBackendBuilder::dead_letter_retention), and
 //! beyond [`dead_letter_capacity`](RedisBackendBuilder::dead_letter_capacity) the oldest dead
@@ -253,7 +253,7 @@ impl RedisBackendBuilder {
     /// How long the status of a succeeded job is kept (default 10 minutes; zero deletes it at
     /// once, which also makes each acknowledgement cheaper).
     ///
-    /// A succeeded job's record (its payload dropped) takes about 300 bytes of Redis memory,
+    /// A succeeded job's record (its payload emptied) takes about 300 bytes of Redis memory,
     /// so this costs about `jobs per second × retention × 300 B`: 180 MB at 1,000 jobs/s for
     /// 10 minutes, 1 GB for an hour. Redis refuses writes when full (`noeviction`), so size
     /// this to the throughput.
@@ -1341,7 +1341,7 @@ if ARGV[3] == 'same' then
       -- One command instead of EXISTS then HSET: a fresh id gets all five fields, so HSET
       -- counts five new ones. Fewer means the id was stored already (this batch again,
       -- after its reply was lost): the fields just written hold the bytes they held, and
-      -- only a payload that a finished job's ack had removed needs removing again.
+      -- only a payload that a finished job's ack had emptied needs emptying again.
       local n = redis.pcall('HSET', k, 'p', ARGV[i + 1], 'j', job, 'q', q, 'm', m, 'e', ARGV[i + 2])
       if type(n) == 'table' then
         verdict = 'corrupt'
@@ -1349,10 +1349,7 @@ if ARGV[3] == 'same' then
         added = added + 1
         verdict = 'new'
       else
-        if n > 0 then
-          local st = redis.call('HGET', k, 's')
-          if st == 'succeeded' then redis.call('HDEL', k, 'p') end
-        end
+        if redis.call('HGET', k, 's') == 'succeeded' then redis.call('HSET', k, 'p', '') end
         verdict = 'stored'
       end
     end
@@ -1470,7 +1467,9 @@ for i = 1, nq do
           -- (An id that is running or finished is a stale duplicate entry: dropped.)
           local token = ARGV[first_token + leased]
           leased = leased + 1
-          local attempt = tostring((tonumber(f[5]) or 0) + 1)
+          -- A first attempt needs no number formatting (tostring costs ~0.7 µs a call).
+          local attempt = '1'
+          if f[5] then attempt = tostring((tonumber(f[5]) or 0) + 1) end
           redis.call('HSET', k, 's', 'running', 'a', attempt, 'l', token, 'u', snow)
           if not f[4] then redis.call('HSET', k, 'q', q) end
           members[#members + 1] = sexpiry
@@ -1507,8 +1506,10 @@ for i = 3, #ARGV - 1, 2 do
     if retention <= 0 then
       redis.call('DEL', k)
     else
-      redis.call('HSET', k, 's', 'succeeded', 'u', now, 'd', token)
-      redis.call('HDEL', k, 'l', 'p')
+      -- The lease and the payload are emptied in the same HSET rather than deleted by an
+      -- HDEL (one command less per job; an empty lease matches no token, and nothing reads
+      -- a finished job's payload).
+      redis.call('HSET', k, 's', 'succeeded', 'u', now, 'd', token, 'l', '', 'p', '')
       redis.call('PEXPIRE', k, retention)
     end
   elseif state == 'lost' then
