@@ -204,17 +204,29 @@ impl std::hash::BuildHasher for TypeIdHasherBuilder {
     }
 }
 
+/// Folds `bytes` into `state` 8 bytes at a time (the last word zero-padded): the cheap mix
+/// behind the runtime's hashers of keys it made itself (type ids here, job ids in the status
+/// store).
+pub(crate) fn fold_bytes(mut state: u64, bytes: &[u8]) -> u64 {
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        state = fold_word(state, u64::from_le_bytes(word));
+    }
+    state
+}
+
+fn fold_word(state: u64, word: u64) -> u64 {
+    (state.rotate_left(29) ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 impl std::hash::Hasher for TypeIdHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
+        self.0 = fold_bytes(self.0, bytes);
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = fold_word(self.0, n);
     }
 
     fn finish(&self) -> u64 {

@@ -285,6 +285,16 @@ impl Driver {
         }
     }
 
+    /// Records ours (this round's last `workload`/`metric` value) divided by `ceiling`.
+    fn ceiling_ratio(&mut self, name: &str, workload: &str, metric: &str, ceiling: Option<f64>) {
+        let ours = self
+            .series(workload, metric)
+            .and_then(|s| s.ours.last().copied());
+        if let (Some(o), Some(c)) = (ours, ceiling) {
+            self.ceiling(name, Some(o / c));
+        }
+    }
+
     fn series(&self, workload: &str, metric: &str) -> Option<&Series> {
         self.data.get(&(workload.to_owned(), metric.to_owned()))
     }
@@ -365,15 +375,12 @@ impl Driver {
                     "tokio mpsc(1024), 1 producer, 1 consumer",
                     m.get("rate").copied(),
                 );
-                let ours = self
-                    .series("mem-concurrent", "e2e_concurrent")
-                    .and_then(|s| s.ours.last().copied());
-                if let (Some(o), Some(c)) = (ours, m.get("rate")) {
-                    self.ceiling(
-                        "ours end-to-end (producer running) / tokio mpsc",
-                        Some(o / c),
-                    );
-                }
+                self.ceiling_ratio(
+                    "ours end-to-end (producer running) / tokio mpsc",
+                    "mem-concurrent",
+                    "e2e_concurrent",
+                    m.get("rate").copied(),
+                );
                 let m = self.spawn("mpmc", "raw", None);
                 self.ceiling(
                     "async-channel(1024), 1 producer, 4 consumers",
@@ -444,12 +451,12 @@ impl Driver {
                         "redis-rs PING awaited one by one (multiplexed connection, tokio)",
                         m.get("ping_rate").copied(),
                     );
-                    let ours = self
-                        .series("redis-single", "single_enqueue")
-                        .and_then(|s| s.ours.last().copied());
-                    if let (Some(o), Some(c)) = (ours, m.get("ping_rate")) {
-                        self.ceiling("ours single enqueue / redis-rs PING", Some(o / c));
-                    }
+                    self.ceiling_ratio(
+                        "ours single enqueue / redis-rs PING",
+                        "redis-single",
+                        "single_enqueue",
+                        m.get("ping_rate").copied(),
+                    );
                     self.flush_redis();
                 }
             }

@@ -147,12 +147,7 @@ impl std::hash::Hasher for IdHasher {
             self.0 = u64::from_be_bytes(*tail);
             return;
         }
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
+        self.0 = crate::registry::fold_bytes(self.0, bytes);
     }
 
     fn write_usize(&mut self, _len: usize) {
