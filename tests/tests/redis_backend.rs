@@ -293,19 +293,94 @@ async fn delayed_job_waits_for_its_time() {
     assert_eq!(b.stats().await.unwrap().scheduled, 0);
 }
 
+/// Finished records are deleted once their retention has passed: by the next ack call (which
+/// sweeps what expired before it lists its own), or by a reaper pass when no acks come.
+/// Entries this crate did not write are dropped without deleting anything.
 #[tokio::test]
-async fn ack_finishes_and_the_record_expires() {
+async fn expired_finished_records_are_swept_by_later_acks_and_by_the_reaper() {
+    let mut f = Fixture::with(|b| b.finished_retention(Duration::from_millis(300))).await;
+    let jobs: Vec<Envelope> = (0..3).map(|n| envelope("q", n)).collect();
+    for e in &jobs {
+        f.backend.enqueue(e.clone(), CAP).await.unwrap();
+    }
+    let mut tokens = Vec::new();
+    for e in &jobs {
+        let (got, token) = reserve_one(&f.backend, "q", LEASE).await;
+        assert_eq!(got.id, e.id);
+        tokens.push(token);
+    }
+    // A foreign entry ahead of ours, naming a key that is not a job of ours.
+    let bystander = f.key("bystander");
+    let _: () = f.raw.set(&bystander, "keep me").await.unwrap();
+    let _: () = f
+        .raw
+        .rpush(f.key("finished"), format!("soon {bystander}"))
+        .await
+        .unwrap();
+    f.backend.ack(jobs[0].id, tokens[0]).await.unwrap();
+    f.backend.ack(jobs[1].id, tokens[1]).await.unwrap();
+    for e in &jobs[..2] {
+        let s = f.backend.status(e.id).await.unwrap().unwrap();
+        assert_eq!(s.state, JobState::Succeeded, "kept within the retention");
+    }
+    let listed: Vec<String> = f.raw.lrange(f.key("finished"), 0, -1).await.unwrap();
+    assert_eq!(listed.len(), 2, "the foreign entry was dropped: {listed:?}");
+    let kept: Option<String> = f.raw.get(&bystander).await.unwrap();
+    assert_eq!(kept.as_deref(), Some("keep me"));
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // This ack sweeps the two expired records, and keeps its own.
+    f.backend.ack(jobs[2].id, tokens[2]).await.unwrap();
+    for e in &jobs[..2] {
+        assert_eq!(f.backend.status(e.id).await.unwrap(), None, "swept");
+    }
+    let s = f.backend.status(jobs[2].id).await.unwrap().unwrap();
+    assert_eq!(s.state, JobState::Succeeded);
+    let listed: Vec<String> = f.raw.lrange(f.key("finished"), 0, -1).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0].ends_with(&jobs[2].id.to_string()));
+
+    // No more acks: the reaper sweeps.
+    f.backend.reap(3).await.unwrap();
+    assert!(
+        f.backend.status(jobs[2].id).await.unwrap().is_some(),
+        "not yet"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    f.backend.reap(3).await.unwrap();
+    assert_eq!(f.backend.status(jobs[2].id).await.unwrap(), None);
+    let left: i64 = f.raw.llen(f.key("finished")).await.unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn ack_finishes_and_lists_the_record_for_deletion() {
     let mut f = Fixture::with(|b| b.finished_retention(Duration::from_secs(60))).await;
     let e = envelope("q", 1);
     f.backend.enqueue(e.clone(), CAP).await.unwrap();
     let (_, token) = reserve_one(&f.backend, "q", LEASE).await;
+    let before = unix_ms(SystemTime::now());
     f.backend.ack(e.id, token).await.unwrap();
 
     let status = f.backend.status(e.id).await.unwrap().unwrap();
     assert_eq!((status.state, status.attempts), (JobState::Succeeded, 1));
     let key = f.job_key(e.id);
-    let ttl = f.pttl(&key).await;
-    assert!(ttl > 50_000 && ttl <= 60_000, "finished hash TTL {ttl} ms");
+    assert_eq!(
+        f.pttl(&key).await,
+        -1,
+        "no TTL of its own: the sweep deletes it"
+    );
+    let listed: Vec<String> = f.raw.lrange(f.key("finished"), 0, -1).await.unwrap();
+    let [entry] = listed.as_slice() else {
+        panic!("one entry per ack call, got {listed:?}")
+    };
+    let (deadline, ids) = entry.split_once(' ').expect("deadline, then ids");
+    let deadline: u64 = deadline.parse().expect("a deadline in ms");
+    assert!(
+        deadline >= before + 59_000 && deadline <= before + 61_000,
+        "deadline {deadline} is the ack time plus 60 s (ack at about {before})"
+    );
+    assert_eq!(ids, e.id.to_string());
     assert_eq!(
         f.hget(e.id, "p").await.as_deref(),
         Some(""),

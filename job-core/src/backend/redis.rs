@@ -74,6 +74,7 @@
 //! | `{p}:live` | string | jobs queued, scheduled or running, for the capacity check (kept by every script; recounted from the lists and sets by [`stats`](Backend::stats), which the runtime calls twice a second) |
 //! | `{p}:signal:<queue>` | list | at most one wake-up token per queue, for [`wait_for_work`](Backend::wait_for_work) |
 //! | `{p}:garbage` | list | ready-list entries that were not job ids (at most 1,000, newest first) |
+//! | `{p}:finished` | list | succeeded jobs waiting for deletion: one entry per ack call, `<deadline ms> <id> <id> ...`, oldest first |
 //!
 //! A job record's fields have one- or two-letter names, because Redis keeps a hash whose
 //! fields and values are all short (at most 64 bytes each, by default) as one compact
@@ -108,8 +109,12 @@
 //! apalis#504/#507), recovery is per job rather than per worker, renewing a lease is one
 //! `ZADD`, and the reaper finds every expired lease with one `ZRANGEBYSCORE`.
 //!
-//! Retention keeps memory flat: a succeeded job's hash empties its payload and expires after
-//! [`finished_retention`](RedisBackendBuilder::finished_retention); a dead job's hash
+//! Retention keeps memory flat: a succeeded job's hash empties its payload and is deleted
+//! once [`finished_retention`](RedisBackendBuilder::finished_retention) has passed, by the
+//! first ack or reaper pass after that (each ack call deletes up to twice as many expired
+//! records as it finishes, from `{p}:finished`; a job key carries no TTL of its own, which
+//! keeps Redis's table of expiring keys small and every command on a job key cheaper); a
+//! dead job's hash
 //! expires after [`dead_letter_retention`](RedisBackendBuilder::dead_letter_retention), and
 //! beyond [`dead_letter_capacity`](RedisBackendBuilder::dead_letter_capacity) the oldest dead
 //! letters are evicted (and logged). Live jobs are bounded by the capacity the runtime
@@ -253,6 +258,10 @@ impl RedisBackendBuilder {
     /// How long the status of a succeeded job is kept (default 10 minutes; zero deletes it at
     /// once, which also makes each acknowledgement cheaper).
     ///
+    /// The record is deleted by the first acknowledgement or reaper pass (every
+    /// `reap_interval` of each runtime) after the retention has passed, so it can outlive
+    /// it by up to a reaper interval.
+    ///
     /// A succeeded job's record (its payload emptied) takes about 300 bytes of Redis memory,
     /// so this costs about `jobs per second × retention × 300 B`: 180 MB at 1,000 jobs/s for
     /// 10 minutes, 1 GB for an hour. Redis refuses writes when full (`noeviction`), so size
@@ -298,8 +307,16 @@ impl RedisBackendBuilder {
             client,
             manager: OnceLock::new(),
             waiters: Mutex::new(Vec::new()),
-            keys: ["queues", "scheduled", "leased", "dead", "garbage", "live"]
-                .map(|k| format!("{{{}}}:{k}", self.prefix)),
+            keys: [
+                "queues",
+                "scheduled",
+                "leased",
+                "dead",
+                "garbage",
+                "live",
+                "finished",
+            ]
+            .map(|k| format!("{{{}}}:{k}", self.prefix)),
             base: format!("{{{}}}:", self.prefix),
             scripts: Scripts::new(),
             settings: self,
@@ -315,8 +332,9 @@ pub struct RedisBackend {
     waiters: Mutex<Vec<MultiplexedConnection>>,
     /// `{prefix}:`
     base: String,
-    /// The keys every script declares: queues, scheduled, leased, dead, garbage, live.
-    keys: [String; 6],
+    /// The keys every script declares: queues, scheduled, leased, dead, garbage, live,
+    /// finished.
+    keys: [String; 7],
     scripts: Scripts,
     settings: RedisBackendBuilder,
 }
@@ -1214,7 +1232,7 @@ impl Scripts {
 
 const LUA_PRELUDE: &str = r#"
 local B = ARGV[1]
-local K_QUEUES, K_SCHEDULED, K_LEASED, K_DEAD, K_GARBAGE, K_LIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local K_QUEUES, K_SCHEDULED, K_LEASED, K_DEAD, K_GARBAGE, K_LIVE, K_FINISHED = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local function jk(id) return B .. 'job:' .. id end
 local function rk(q) return B .. 'ready:' .. q end
 local function num(n) return string.format('%.0f', n) end
@@ -1262,6 +1280,35 @@ end
 local function garbage(entry)
   redis.call('LPUSH', K_GARBAGE, entry)
   redis.call('LTRIM', K_GARBAGE, 0, 999)
+end
+-- Deletes the records of succeeded jobs whose retention has passed, oldest first, at most
+-- about `budget` of them. `{p}:finished` holds one entry per ack call, in the order of the
+-- calls: the deadline (ms, Redis clock), then the ids it acknowledged, space-separated. A
+-- succeeded record never changes again (every write-back is fenced, and enqueueing a stored
+-- id changes nothing), so the listed keys are deleted without being read. An entry whose
+-- deadline has not come stops the sweep: later entries were written later (a process with a
+-- longer retention can hold back one with a shorter one; records are then kept longer, never
+-- shorter).
+local function sweep(now, budget)
+  while budget > 0 do
+    local head = redis.call('LINDEX', K_FINISHED, 0)
+    if not head then return end
+    local sp = string.find(head, ' ', 1, true)
+    local deadline = sp and tonumber(string.sub(head, 1, sp - 1))
+    if deadline and deadline > now then return end
+    redis.call('LPOP', K_FINISHED)
+    if deadline then
+      local keys = {}
+      for id in string.gmatch(string.sub(head, sp + 1), '%S+') do keys[#keys + 1] = jk(id) end
+      for i = 1, #keys, 400 do
+        redis.call('DEL', unpack(keys, i, math.min(i + 399, #keys)))
+      end
+      budget = budget - #keys
+    else
+      -- Not an entry this crate writes: dropped.
+      budget = budget - 1
+    end
+  end
 end
 -- A job id as this crate writes it: 36 bytes of lowercase hex in groups of 8-4-4-4-12.
 -- (Plain finds for the hyphens and one anchored character-set scan: 0.6 µs a call here,
@@ -1495,7 +1542,8 @@ return out
 /// ARGV: base, retention_ms, then pairs id, token. Returns the ids whose lease is not held.
 const LUA_ACK: &str = r#"
 local retention = tonumber(ARGV[2])
-local now = num(now_ms())
+local t = now_ms()
+local now = num(t)
 local lost, done = {}, {}
 for i = 3, #ARGV - 1, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
@@ -1508,9 +1556,11 @@ for i = 3, #ARGV - 1, 2 do
     else
       -- The lease and the payload are emptied in the same HSET rather than deleted by an
       -- HDEL (one command less per job; an empty lease matches no token, and nothing reads
-      -- a finished job's payload).
+      -- a finished job's payload). No PEXPIRE: the record is listed in K_FINISHED below
+      -- and deleted by a later sweep (a TTL per job cost a command per job, and every
+      -- command on a job key then looked the key up in Redis's table of expiring keys,
+      -- which holds every finished job).
       redis.call('HSET', k, 's', 'succeeded', 'u', now, 'd', token, 'l', '', 'p', '')
-      redis.call('PEXPIRE', k, retention)
     end
   elseif state == 'lost' then
     lost[#lost + 1] = id
@@ -1519,7 +1569,13 @@ end
 if #done > 0 then
   zmany('ZREM', K_LEASED, done)
   live_add(-#done)
+  if retention > 0 then
+    redis.call('RPUSH', K_FINISHED, num(t + retention) .. ' ' .. table.concat(done, ' '))
+  end
 end
+-- Deletes up to twice as many expired records as this call finished (and a few more), so
+-- the sweep keeps pace with the acks; the reaper sweeps too, when no acks come.
+sweep(t, 2 * #done + 16)
 return lost
 "#;
 
@@ -1634,6 +1690,7 @@ for _, id in ipairs(expired) do
   end
 end
 evict(capacity, evicted)
+sweep(now, batch)
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', now - retention, 'LIMIT', 0, batch)) do
   redis.call('ZREM', K_DEAD, id)
   local k = jk(id)
