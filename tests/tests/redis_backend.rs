@@ -353,6 +353,37 @@ async fn expired_finished_records_are_swept_by_later_acks_and_by_the_reaper() {
     assert_eq!(left, 0);
 }
 
+/// After a burst, with no acks to sweep as they go, one reaper pass deletes every expired
+/// finished record, beyond its first batch of 1,000.
+#[tokio::test]
+async fn a_reaper_pass_sweeps_a_whole_burst_of_expired_records() {
+    let mut f = Fixture::with(|b| b.finished_retention(Duration::from_millis(200))).await;
+    let jobs: Vec<Envelope> = (0..1_500).map(|n| envelope("q", n)).collect();
+    assert_eq!(f.backend.enqueue_batch(&jobs, 10_000).await.unwrap(), 1_500);
+    let reserved = f
+        .backend
+        .reserve(&queues(&["q"]), 1_500, LEASE)
+        .await
+        .unwrap();
+    let acks: Vec<(JobId, LeaseToken)> = reserved.iter().map(|r| (r.id(), r.token())).collect();
+    assert_eq!(acks.len(), 1_500);
+    assert!(f.backend.ack_batch(&acks).await.unwrap().is_empty());
+    let entries: i64 = f.raw.llen(f.key("finished")).await.unwrap();
+    assert_eq!(entries, 3, "one entry per ack script call of at most 500");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.backend.reap(3).await.unwrap();
+    let left: i64 = f.raw.llen(f.key("finished")).await.unwrap();
+    assert_eq!(left, 0);
+    let pattern = f.key("job:*");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut f.raw)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{} job records left", keys.len());
+}
+
 #[tokio::test]
 async fn ack_finishes_and_lists_the_record_for_deletion() {
     let mut f = Fixture::with(|b| b.finished_retention(Duration::from_secs(60))).await;

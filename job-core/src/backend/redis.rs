@@ -127,8 +127,9 @@
 //! with one `LPOP` per queue), ack (one job or a batch), retry, dead-letter,
 //! extend, release (each fenced by the lease token: a mismatch changes nothing and reports
 //! the lease lost), reap (expired leases back to the front of their queue with
-//! `recoveries + 1`, or dead as poison pills; prunes old dead letters), requeue, stats (which
-//! also recounts the capacity count) and the dead-letter listing. Batches are split so that
+//! `recoveries + 1`, or dead as poison pills; prunes old dead letters and expired finished
+//! records), sweep (more expired finished records, called by the reaper after a burst),
+//! requeue, stats (which also recounts the capacity count) and the dead-letter listing. Batches are split so that
 //! no script call handles more than 500 jobs: a script blocks every other client of the
 //! server while it runs.
 //!
@@ -183,6 +184,8 @@ use crate::observe::status::{JobState, JobStatus};
 const PROMOTE_BATCH: usize = 1000;
 /// Expired leases, and expired dead letters, handled per reaper pass.
 const REAP_BATCH: usize = 1000;
+/// Time a reaper pass spends at most deleting expired finished records beyond its first batch.
+const SWEEP_TIME: Duration = Duration::from_secs(2);
 /// Jobs one `reserve` call returns at most (the trait allows fewer than asked).
 const MAX_RESERVE: usize = 10_000;
 /// Items per reserved job in the reserve script's flat reply.
@@ -827,9 +830,12 @@ impl RedisBackend {
             .arg(REAP_BATCH)
             .arg(Self::retention_ms(self.settings.dead_letter_retention))
             .arg(self.settings.dead_letter_capacity);
-        type Reply = (Vec<String>, Vec<Vec<Vec<u8>>>, Vec<String>);
-        let (recovered, dead, evicted): Reply = self.run_script(inv).await?;
+        type Reply = (Vec<String>, Vec<Vec<Vec<u8>>>, Vec<String>, String);
+        let (recovered, dead, evicted, more): Reply = self.run_script(inv).await?;
         log_evicted(&evicted);
+        if more == "1" {
+            self.sweep_finished().await?;
+        }
         let mut reaped = Reaped::default();
         for id in recovered {
             reaped.recovered.push(parse_id(&id)?);
@@ -838,6 +844,24 @@ impl RedisBackend {
             reaped.dead.push(dead_letter_from_row(&row)?);
         }
         Ok(reaped)
+    }
+
+    /// Deletes the finished records whose retention has passed, `REAP_BATCH` keys or so per
+    /// script call (a script blocks the server while it runs), for at most `SWEEP_TIME` per
+    /// reaper pass. Acks sweep as they go; this catches up after a burst when no acks come,
+    /// so memory comes back without waiting for new work.
+    async fn sweep_finished(&self) -> Result<(), BackendError> {
+        let until = Instant::now() + SWEEP_TIME;
+        while Instant::now() < until {
+            let mut inv = self.invocation(&self.scripts.sweep);
+            inv.arg(REAP_BATCH);
+            if self.run_script::<i64>(inv).await? == 0 {
+                break;
+            }
+            // Other clients' commands go between two calls.
+            tokio::task::yield_now().await;
+        }
+        Ok(())
     }
 
     async fn do_status(&self, id: JobId) -> Result<Option<JobStatus>, BackendError> {
@@ -1191,6 +1215,7 @@ struct Scripts {
     stats: Script,
     dead_letters: Script,
     insert_raw: Script,
+    sweep: Script,
 }
 
 impl Scripts {
@@ -1209,10 +1234,11 @@ impl Scripts {
             stats: s(LUA_STATS),
             dead_letters: s(LUA_DEAD_LETTERS),
             insert_raw: s(LUA_INSERT_RAW),
+            sweep: s(LUA_SWEEP),
         }
     }
 
-    fn all(&self) -> [&Script; 12] {
+    fn all(&self) -> [&Script; 13] {
         [
             &self.enqueue,
             &self.reserve,
@@ -1226,6 +1252,7 @@ impl Scripts {
             &self.stats,
             &self.dead_letters,
             &self.insert_raw,
+            &self.sweep,
         ]
     }
 }
@@ -1288,14 +1315,14 @@ end
 -- id changes nothing), so the listed keys are deleted without being read. An entry whose
 -- deadline has not come stops the sweep: later entries were written later (a process with a
 -- longer retention can hold back one with a shorter one; records are then kept longer, never
--- shorter).
+-- shorter). Returns true when it stopped for the budget (more may be due).
 local function sweep(now, budget)
   while budget > 0 do
     local head = redis.call('LINDEX', K_FINISHED, 0)
-    if not head then return end
+    if not head then return false end
     local sp = string.find(head, ' ', 1, true)
     local deadline = sp and tonumber(string.sub(head, 1, sp - 1))
-    if deadline and deadline > now then return end
+    if deadline and deadline > now then return false end
     redis.call('LPOP', K_FINISHED)
     if deadline then
       local keys = {}
@@ -1309,6 +1336,7 @@ local function sweep(now, budget)
       budget = budget - 1
     end
   end
+  return true
 end
 -- A job id as this crate writes it: 36 bytes of lowercase hex in groups of 8-4-4-4-12.
 -- (Plain finds for the hyphens and one anchored character-set scan: 0.6 µs a call here,
@@ -1659,7 +1687,8 @@ return 1
 "#;
 
 /// ARGV: base, max_recoveries, reason, batch, dead_retention_ms, dead_capacity.
-/// Returns {recovered ids, dead rows, evicted ids}.
+/// Returns {recovered ids, dead rows, evicted ids, more}: `more` is '1' when the sweep of
+/// finished records stopped at `batch` with more possibly due.
 const LUA_REAP: &str = r#"
 local max_rec, reason, batch = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local retention, capacity = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -1690,14 +1719,21 @@ for _, id in ipairs(expired) do
   end
 end
 evict(capacity, evicted)
-sweep(now, batch)
+local more = '0'
+if sweep(now, batch) then more = '1' end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', now - retention, 'LIMIT', 0, batch)) do
   redis.call('ZREM', K_DEAD, id)
   local k = jk(id)
   local f = fields(k, 's')
   if f and f[1] == 'dead' then redis.call('DEL', k) end
 end
-return {recovered, dead, evicted}
+return {recovered, dead, evicted, more}
+"#;
+
+/// ARGV: base, budget. Sweeps expired finished records; returns 1 when more may be due.
+const LUA_SWEEP: &str = r#"
+if sweep(now_ms(), tonumber(ARGV[2])) then return 1 end
+return 0
 "#;
 
 /// ARGV: base, id. Returns 1, or 0 when no dead letter has this id.
