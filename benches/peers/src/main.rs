@@ -57,6 +57,8 @@ fn child(args: &[String]) {
         "mpmc" => mem::mpmc(jobs * 10),
         "redis-single" => redis_peers::single(which, jobs / 10),
         "redis-ping" => redis_peers::ping(jobs / 10),
+        "redis-ping-socket" => redis_peers::ping_socket(jobs / 10),
+        "redis-eval-trivial" => redis_peers::eval_trivial(jobs / 10),
         "redis-batch" => redis_peers::batched(which, jobs, 1000),
         "redis-drain" => redis_peers::backlog(which, jobs, 0, window),
         // apalis-redis cannot take a 100,000-job backlog (its fetch script fails with "too

@@ -129,6 +129,77 @@ pub fn ping(n: usize) {
     });
 }
 
+/// `n` PINGs one at a time on a plain tokio `TcpStream`, no client library: the floor under
+/// any awaited round trip from a tokio task, whatever the client.
+pub fn ping_socket(n: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    runtime().block_on(async move {
+        let port = std::env::var("PEERS_REDIS_PORT").unwrap_or_else(|_| "6379".to_owned());
+        let mut s = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect to redis");
+        s.set_nodelay(true).expect("TCP_NODELAY");
+        let mut buf = [0u8; 64];
+        let t = Instant::now();
+        for _ in 0..n {
+            s.write_all(b"PING\r\n").await.expect("write PING");
+            // "+PONG\r\n"
+            let mut got = 0;
+            while got < 7 {
+                let read = s.read(&mut buf[got..]).await.expect("read PONG");
+                assert!(read > 0, "redis closed the connection");
+                got += read;
+            }
+        }
+        report("ping_socket_rate", n as f64 / t.elapsed().as_secs_f64());
+    });
+}
+
+/// `n` calls of a script that does nothing (`return {1, 'ok'}`), one at a time, through a
+/// redis-rs `ConnectionManager`, with as many keys and arguments as our single enqueue
+/// sends: the cost of running any script per enqueue, before it does any work.
+pub fn eval_trivial(n: usize) {
+    runtime().block_on(async move {
+        let client = redis::Client::open(url()).expect("redis url");
+        let mut conn = client
+            .get_connection_manager()
+            .await
+            .expect("redis connection");
+        let script = redis::Script::new("return {1, 'ok'}");
+        let call = |i: usize| {
+            let mut inv = script.prepare_invoke();
+            for k in ["a", "b", "c", "d", "e", "f", "g"] {
+                inv.key(format!("{{peers}}:{k}"));
+            }
+            inv.arg("{peers}:")
+                .arg(10_000_000)
+                .arg("each")
+                .arg(format!("0190a0b0-0000-7000-8000-{i:012x}"))
+                .arg(r#"{"n":1,"s":"hello"}"#)
+                .arg("noop")
+                .arg("default")
+                .arg(25)
+                .arg(0)
+                .arg(0)
+                .arg(1_763_000_000_000_u64)
+                .arg("");
+            inv
+        };
+        let _: (i64, String) = call(0)
+            .invoke_async(&mut conn)
+            .await
+            .expect("trivial script");
+        let t = Instant::now();
+        for i in 1..=n {
+            let _: (i64, String) = call(i)
+                .invoke_async(&mut conn)
+                .await
+                .expect("trivial script");
+        }
+        report("eval_trivial_rate", n as f64 / t.elapsed().as_secs_f64());
+    });
+}
+
 /// Enqueues `jobs` in batches of `batch`: apalis' `push_bulk` (one script call per batch);
 /// ours `Client::enqueue_many` (one script call per 500 jobs). Then Redis memory per queued
 /// job.

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# What bounds a single awaited enqueue on Redis: ours and apalis-redis against the floors
+# under any awaited call, interleaved in each round (so each round's figures share the
+# machine's state). Run after `run.sh` has built the harness.
+#
+#   benches/peers/single-floor.sh            # 5 rounds
+#   ROUNDS=3 benches/peers/single-floor.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+bin="$PWD/target/release/peers"
+[[ -x "$bin" ]] || { echo "build first: benches/peers/run.sh (or cargo build --release)" >&2; exit 1; }
+work="$PWD/target/peers-single-floor"
+mkdir -p "$work"
+port=""
+for p in $(seq 16580 16679); do
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
+done
+[[ -n "$port" ]] || { echo "no free port" >&2; exit 1; }
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+  --dir "$work" --pidfile "$work/redis.pid" --logfile "$work/redis.log"
+trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true' EXIT
+for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+export PEERS_REDIS_URL="redis://127.0.0.1:$port/0" PEERS_REDIS_PORT="$port"
+cli() { redis-cli -h 127.0.0.1 -p "$port" "$@"; }
+rate() { "$bin" child "$@" | awk '/^RESULT/ { printf "%.0f", $3 }'; }
+c_ping() {
+  redis-benchmark -h 127.0.0.1 -p "$port" -c 1 -n 10000 -q PING 2>/dev/null |
+    tr '\r' '\n' | awk '/requests per second/ { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) { printf "%.0f", $i; exit } }'
+}
+printf '| round | PING, redis-benchmark (C) | PING, tokio socket | PING, redis-rs | trivial script, redis-rs | ours enqueue | apalis-redis push |\n'
+printf '|---|---|---|---|---|---|---|\n'
+for r in $(seq 1 "${ROUNDS:-5}"); do
+  cli FLUSHALL >/dev/null; a=$(c_ping)
+  b=$(rate redis-ping-socket raw)
+  c=$(rate redis-ping raw)
+  cli FLUSHALL >/dev/null; d=$(rate redis-eval-trivial raw)
+  cli FLUSHALL >/dev/null; e=$(rate redis-single ours)
+  cli FLUSHALL >/dev/null; f=$(rate redis-single apalis)
+  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$a" "$b" "$c" "$d" "$e" "$f"
+done
