@@ -7,21 +7,8 @@
 #   benches/peers/redis-cost.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-bin="$PWD/target/release/peers"
-[[ -x "$bin" ]] || { echo "build first: benches/peers/run.sh (or cargo build --release)" >&2; exit 1; }
-work="$PWD/target/peers-redis-cost"
-mkdir -p "$work"
-port=""
-for p in $(seq 16480 16579); do
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
-done
-[[ -n "$port" ]] || { echo "no free port" >&2; exit 1; }
-redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
-  --dir "$work" --pidfile "$work/redis.pid" --logfile "$work/redis.log"
-trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true' EXIT
-for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-export PEERS_REDIS_URL="redis://127.0.0.1:$port/0"
-cli() { redis-cli -h 127.0.0.1 -p "$port" "$@"; }
+# shellcheck source=private-redis.sh
+source ./private-redis.sh 16480 peers-redis-cost
 
 # Total Redis usec and calls (scripts and the commands inside them) since the last reset;
 # `script_usec` is the time of EVALSHA/EVAL alone (it includes the commands they ran).

@@ -114,9 +114,9 @@
 //! first ack or reaper pass after that (each ack call deletes up to twice as many expired
 //! records as it finishes, from `{p}:finished`; a job key carries no TTL of its own, which
 //! keeps Redis's table of expiring keys small and every command on a job key cheaper); a
-//! dead job's hash
-//! expires after [`dead_letter_retention`](RedisBackendBuilder::dead_letter_retention), and
-//! beyond [`dead_letter_capacity`](RedisBackendBuilder::dead_letter_capacity) the oldest dead
+//! dead job's hash expires after
+//! [`dead_letter_retention`](RedisBackendBuilder::dead_letter_retention), and beyond
+//! [`dead_letter_capacity`](RedisBackendBuilder::dead_letter_capacity) the oldest dead
 //! letters are evicted (and logged). Live jobs are bounded by the capacity the runtime
 //! passes to `enqueue`.
 //!
@@ -129,9 +129,9 @@
 //! the lease lost), reap (expired leases back to the front of their queue with
 //! `recoveries + 1`, or dead as poison pills; prunes old dead letters and expired finished
 //! records), sweep (more expired finished records, called by the reaper after a burst),
-//! requeue, stats (which also recounts the capacity count) and the dead-letter listing. Batches are split so that
-//! no script call handles more than 500 jobs: a script blocks every other client of the
-//! server while it runs.
+//! requeue, stats (which also recounts the capacity count) and the dead-letter listing.
+//! Batches are split so that no script call handles more than 500 jobs: a script blocks
+//! every other client of the server while it runs.
 //!
 //! Redis 6.2 or later is required ([`connect`](Backend::connect) refuses older servers).
 //!
