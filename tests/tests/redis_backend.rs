@@ -298,7 +298,10 @@ async fn delayed_job_waits_for_its_time() {
 /// Entries this crate did not write are dropped without deleting anything.
 #[tokio::test]
 async fn expired_finished_records_are_swept_by_later_acks_and_by_the_reaper() {
-    let mut f = Fixture::with(|b| b.finished_retention(Duration::from_millis(300))).await;
+    // Long enough that a stall of this loaded machine between two steps does not expire a
+    // record early; the sleeps below outlast it.
+    let retention = Duration::from_secs(1);
+    let mut f = Fixture::with(|b| b.finished_retention(retention)).await;
     let jobs: Vec<Envelope> = (0..3).map(|n| envelope("q", n)).collect();
     for e in &jobs {
         f.backend.enqueue(e.clone(), CAP).await.unwrap();
@@ -328,7 +331,7 @@ async fn expired_finished_records_are_swept_by_later_acks_and_by_the_reaper() {
     let kept: Option<String> = f.raw.get(&bystander).await.unwrap();
     assert_eq!(kept.as_deref(), Some("keep me"));
 
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(retention + Duration::from_millis(200)).await;
     // This ack sweeps the two expired records, and keeps its own.
     f.backend.ack(jobs[2].id, tokens[2]).await.unwrap();
     for e in &jobs[..2] {
@@ -346,7 +349,7 @@ async fn expired_finished_records_are_swept_by_later_acks_and_by_the_reaper() {
         f.backend.status(jobs[2].id).await.unwrap().is_some(),
         "not yet"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(retention + Duration::from_millis(200)).await;
     f.backend.reap(3).await.unwrap();
     assert_eq!(f.backend.status(jobs[2].id).await.unwrap(), None);
     let left: i64 = f.raw.llen(f.key("finished")).await.unwrap();
@@ -357,7 +360,8 @@ async fn expired_finished_records_are_swept_by_later_acks_and_by_the_reaper() {
 /// finished record, beyond its first batch of 1,000.
 #[tokio::test]
 async fn a_reaper_pass_sweeps_a_whole_burst_of_expired_records() {
-    let mut f = Fixture::with(|b| b.finished_retention(Duration::from_millis(200))).await;
+    let retention = Duration::from_secs(1);
+    let mut f = Fixture::with(|b| b.finished_retention(retention)).await;
     let jobs: Vec<Envelope> = (0..1_500).map(|n| envelope("q", n)).collect();
     assert_eq!(f.backend.enqueue_batch(&jobs, 10_000).await.unwrap(), 1_500);
     let reserved = f
@@ -371,7 +375,7 @@ async fn a_reaper_pass_sweeps_a_whole_burst_of_expired_records() {
     let entries: i64 = f.raw.llen(f.key("finished")).await.unwrap();
     assert_eq!(entries, 3, "one entry per ack script call of at most 500");
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(retention + Duration::from_millis(200)).await;
     f.backend.reap(3).await.unwrap();
     let left: i64 = f.raw.llen(f.key("finished")).await.unwrap();
     assert_eq!(left, 0);
