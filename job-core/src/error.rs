@@ -192,6 +192,14 @@ pub enum EnqueueError<J> {
         /// What serde said.
         message: String,
     },
+    /// The runtime's backend cannot do what was asked (`enqueue_tx` needs the Postgres
+    /// backend). The job was not enqueued.
+    Unsupported {
+        /// The job.
+        job: J,
+        /// What was asked, and of which backend.
+        message: String,
+    },
 }
 
 impl<J> EnqueueError<J> {
@@ -205,7 +213,8 @@ impl<J> EnqueueError<J> {
             | Self::WouldBlock(j) => j,
             Self::PayloadTooLarge { job, .. }
             | Self::Serialize { job, .. }
-            | Self::Backend { job, .. } => job,
+            | Self::Backend { job, .. }
+            | Self::Unsupported { job, .. } => job,
         }
     }
 
@@ -219,7 +228,8 @@ impl<J> EnqueueError<J> {
             | Self::WouldBlock(j) => j,
             Self::PayloadTooLarge { job, .. }
             | Self::Serialize { job, .. }
-            | Self::Backend { job, .. } => job,
+            | Self::Backend { job, .. }
+            | Self::Unsupported { job, .. } => job,
         }
     }
 
@@ -253,6 +263,7 @@ impl<J> fmt::Display for EnqueueError<J> {
             Self::WouldBlock(_) => f.write_str(
                 "try_enqueue cannot store a job on a durable backend without waiting: use enqueue",
             ),
+            Self::Unsupported { message, .. } => write!(f, "not supported: {message}"),
         }
     }
 }
@@ -268,6 +279,7 @@ impl<J> fmt::Debug for EnqueueError<J> {
             Self::Serialize { .. } => "Serialize",
             Self::Backend { .. } => "Backend",
             Self::WouldBlock(_) => "WouldBlock",
+            Self::Unsupported { .. } => "Unsupported",
         };
         f.debug_struct("EnqueueError")
             .field("kind", &name)

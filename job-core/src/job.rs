@@ -114,6 +114,27 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         }
     }
 
+    /// Enqueues this job on the ambient runtime with the caller's Postgres transaction: it
+    /// runs if and only if the transaction commits. See [`Client::enqueue_tx`].
+    ///
+    /// # Errors
+    /// See [`Client::enqueue_tx`].
+    #[cfg(feature = "postgres")]
+    fn enqueue_tx<C>(
+        self,
+        tx: &mut C,
+    ) -> impl Future<Output = Result<JobId, EnqueueError<Self>>> + Send
+    where
+        C: AsMut<sqlx::PgConnection> + Send + ?Sized,
+    {
+        async move {
+            match Client::ambient() {
+                Some(client) => client.enqueue_tx(tx, self).await,
+                None => Err(EnqueueError::NoRuntime(self)),
+            }
+        }
+    }
+
     /// Enqueues this job on the ambient runtime to start no earlier than `at`.
     ///
     /// # Errors

@@ -22,6 +22,8 @@
 //! checked against `[A-Za-z0-9_.-]{1,64}`.
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 
@@ -331,6 +333,22 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Spurious wake-ups are fine; the runtime reserves after each.
     fn wait_for_work<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, ()>;
 
+    /// The `timeout` the runtime gives [`wait_for_work`](Self::wait_for_work) when idle: how
+    /// long it waits before it reserves again with no sign of work. The default, 200 ms,
+    /// bounds how late a due delayed job or retry starts on a backend that signals only
+    /// work that is ready now; a backend that also wakes its waiters when delayed work falls
+    /// due (Postgres) returns a long fallback, so an idle runtime does not query in a loop.
+    fn idle_poll(&self) -> Duration {
+        Duration::from_millis(200)
+    }
+
+    /// The Postgres backend behind this one, for
+    /// [`Client::enqueue_tx`](crate::Client::enqueue_tx) (`None` for every other backend).
+    #[cfg(feature = "postgres")]
+    fn postgres(&self) -> Option<&postgres::PostgresBackend> {
+        None
+    }
+
     /// The attempt succeeded: the job is finished.
     fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>>;
 
@@ -449,6 +467,13 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn wait_for_work<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, ()> {
         (**self).wait_for_work(queues, timeout)
+    }
+    fn idle_poll(&self) -> Duration {
+        (**self).idle_poll()
+    }
+    #[cfg(feature = "postgres")]
+    fn postgres(&self) -> Option<&postgres::PostgresBackend> {
+        (**self).postgres()
     }
     fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
         (**self).ack(id, token)

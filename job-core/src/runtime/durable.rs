@@ -288,6 +288,12 @@ impl Durable {
             .min(self.max_prefetch)
     }
 
+    /// The most jobs the backend may store (the runtime's capacity).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// Slots the fetcher may fill now.
     fn free_slots(&self) -> usize {
         self.slots
@@ -416,7 +422,7 @@ async fn wait_for_room_in(pause: &mut Duration) {
     *pause = (*pause * 2).min(Duration::from_millis(500));
 }
 
-fn counted(inner: &Inner, kind: u16, n: u64) {
+pub(crate) fn counted(inner: &Inner, kind: u16, n: u64) {
     Counters::add(&inner.counters.enqueued, n);
     inner.registry.kind(kind).metrics.enqueued.increment(n);
 }
@@ -586,8 +592,9 @@ async fn fetcher(inner: Arc<Inner>) {
     close(d);
 }
 
-/// Waits until the backend signals work, or 200 ms pass: short enough that due retries and
-/// delayed jobs start close to their time. Returns false at shutdown.
+/// Waits until the backend signals work, or its idle poll passes (200 ms by default: short
+/// enough that due retries and delayed jobs start close to their time on a backend that does
+/// not wake for them; longer on one that does). Returns false at shutdown.
 ///
 /// (Lingering a millisecond after a quick wake-up, so that the next reservation takes
 /// several jobs, was measured: it doubles throughput when a lone producer feeds idle workers,
@@ -597,7 +604,7 @@ async fn wait_for_work(inner: &Inner, d: &Durable) -> bool {
     tokio::select! {
         biased;
         _ = inner.stop_fetch.cancelled() => false,
-        () = d.backend.wait_for_work(&d.queues, Duration::from_millis(200)) => true,
+        () = d.backend.wait_for_work(&d.queues, d.backend.idle_poll()) => true,
     }
 }
 

@@ -20,6 +20,8 @@ pub(crate) mod durable;
 mod ready;
 pub(crate) mod shutdown;
 mod timer;
+#[cfg(feature = "postgres")]
+mod transactional;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};

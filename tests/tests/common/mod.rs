@@ -310,3 +310,4 @@ fn rand_u64() -> u64 {
     );
     h.finish()
 }
+pub mod pg;

@@ -1,0 +1,320 @@
+//! Connections: the statements with the schema filled in, deadlines on every call, the
+//! schema migration, and the `LISTEN` connection that wakes idle workers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use backon::{ExponentialBuilder, Retryable};
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{BackendError, unix_ms};
+
+/// Schema versions this build knows, in order; `connect` applies the missing ones.
+const MIGRATIONS: &[&str] = &[include_str!("sql/schema_v1.sql")];
+
+/// Every statement, with `{s}` replaced by the quoted schema name.
+pub(super) struct Sql {
+    pub(super) enqueue: Arc<str>,
+    pub(super) reserve: Arc<str>,
+    pub(super) next_due: Arc<str>,
+    pub(super) ack: Arc<str>,
+    pub(super) retry: Arc<str>,
+    pub(super) dead_letter: Arc<str>,
+    pub(super) extend: Arc<str>,
+    pub(super) release: Arc<str>,
+    pub(super) reap: Arc<str>,
+    pub(super) sweep: Arc<str>,
+    pub(super) expire_dead: Arc<str>,
+    pub(super) requeue: Arc<str>,
+    pub(super) stats: Arc<str>,
+    pub(super) status: Arc<str>,
+    pub(super) dead_letters: Arc<str>,
+    pub(super) insert_raw: Arc<str>,
+}
+
+impl Sql {
+    pub(super) fn new(schema: &str) -> Self {
+        let s = |text: &str| Arc::<str>::from(fill(text, schema));
+        Self {
+            enqueue: s(include_str!("sql/enqueue.sql")),
+            reserve: s(include_str!("sql/reserve.sql")),
+            next_due: s(include_str!("sql/next_due.sql")),
+            ack: s(include_str!("sql/ack.sql")),
+            retry: s(include_str!("sql/retry.sql")),
+            dead_letter: s(include_str!("sql/dead_letter.sql")),
+            extend: s(include_str!("sql/extend.sql")),
+            release: s(include_str!("sql/release.sql")),
+            reap: s(include_str!("sql/reap.sql")),
+            sweep: s(include_str!("sql/sweep.sql")),
+            expire_dead: s(include_str!("sql/expire_dead.sql")),
+            requeue: s(include_str!("sql/requeue.sql")),
+            stats: s(include_str!("sql/stats.sql")),
+            status: s(include_str!("sql/status.sql")),
+            dead_letters: s(include_str!("sql/dead_letters.sql")),
+            insert_raw: s(include_str!("sql/insert_raw.sql")),
+        }
+    }
+}
+
+/// The statement text for `schema` (checked to need no quoting, `[a-z_][a-z0-9_]*`; quoted
+/// all the same).
+fn fill(text: &str, schema: &str) -> String {
+    text.replace("{s}", &format!("\"{schema}\""))
+}
+
+/// A statement for sqlx: the schema is the only text spliced in, and it was validated.
+pub(super) fn sql(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
+    AssertSqlSafe(text.clone())
+}
+
+pub(super) fn unavailable(e: sqlx::Error) -> BackendError {
+    BackendError::Unavailable(Box::new(e))
+}
+
+/// Runs one database call under the statement deadline.
+pub(super) async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(BackendError::Unavailable(
+            format!("no reply from Postgres within {limit:?}").into(),
+        )),
+    }
+}
+
+/// Creates the schema or brings it to the version this build knows, in one transaction under
+/// an advisory lock: processes that start at once apply each migration once, and a database
+/// that holds a newer version than this build knows is refused with a clear error.
+pub(super) async fn migrate(pool: &PgPool, schema: &str) -> Result<(), BackendError> {
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    // The lock key: the schema name, hashed by the server (released at commit or rollback).
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('job_core:' || $1, 0))")
+        .bind(schema)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let version_table = fill(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.schema_version (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+        schema,
+    );
+    sqlx::raw_sql(AssertSqlSafe(version_table))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+    let current: Option<i32> = sqlx::query_scalar(AssertSqlSafe(fill(
+        "SELECT max(version) FROM {s}.schema_version",
+        schema,
+    )))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(unavailable)?;
+    let current = usize::try_from(current.unwrap_or(0)).unwrap_or(0);
+    let known = MIGRATIONS.len();
+    if current > known {
+        return Err(BackendError::Corrupt(format!(
+            "the database's job schema \"{schema}\" is at version {current}, newer than this build of job-core knows ({known}): \
+             upgrade job-core in this process, or use another schema"
+        )));
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(current) {
+        sqlx::raw_sql(AssertSqlSafe(fill(migration, schema)))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(AssertSqlSafe(fill(
+            "INSERT INTO {s}.schema_version (version) VALUES ($1)",
+            schema,
+        )))
+        .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tracing::info!(schema, version = i + 1, "job schema migrated");
+    }
+    tx.commit().await.map_err(unavailable)
+}
+
+/// The schema version this build creates.
+pub(super) fn latest_version() -> usize {
+    MIGRATIONS.len()
+}
+
+/// What the listener has heard, for idle workers.
+pub(super) struct Wakeups {
+    /// Bumped on every notification that work is ready, and after every (re)connection of
+    /// the listener (notifications sent while it was away are lost).
+    generation: watch::Sender<u64>,
+    /// The generation the latest `reserve` started at: a wait that finds a newer one
+    /// returns at once (work may have arrived between the reserve and the wait).
+    seen: AtomicU64,
+    /// The earliest due time heard of (ms since the Unix epoch; `u64::MAX`: none).
+    next_due: AtomicU64,
+    /// Signalled when `next_due` moves earlier.
+    due_changed: Notify,
+    /// Stops the listener task when the backend is dropped.
+    pub(super) stop: CancellationToken,
+    started: std::sync::Once,
+}
+
+impl Wakeups {
+    pub(super) fn new() -> Self {
+        Self {
+            generation: watch::channel(0).0,
+            seen: AtomicU64::new(0),
+            next_due: AtomicU64::new(u64::MAX),
+            due_changed: Notify::new(),
+            stop: CancellationToken::new(),
+            started: std::sync::Once::new(),
+        }
+    }
+
+    /// Called as a reservation starts.
+    pub(super) fn reserving(&self) {
+        self.seen
+            .fetch_max(*self.generation.borrow(), Ordering::AcqRel);
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Records a due time heard of or read from the store.
+    pub(super) fn due_at(&self, ms: u64) {
+        if self.next_due.fetch_min(ms, Ordering::AcqRel) > ms {
+            self.due_changed.notify_waiters();
+        }
+    }
+
+    fn handle(&self, payload: &str) {
+        match payload.split_once(' ') {
+            Some((_, due)) => match due.parse::<u64>() {
+                Ok(ms) if ms > unix_ms(SystemTime::now()) => self.due_at(ms),
+                _ => self.bump(),
+            },
+            None => self.bump(),
+        }
+    }
+
+    /// Starts the listener task once (needs a tokio runtime; the first `wait_for_work`
+    /// calls it).
+    pub(super) fn start(self: &Arc<Self>, pool: &PgPool, channel: &str) {
+        self.started.call_once(|| {
+            // Its own one-connection pool: a `LISTEN` connection is held for good, and must
+            // not take one of the application's pooled connections.
+            let listen_pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with((*pool.connect_options()).clone());
+            let wakeups = Arc::downgrade(self);
+            let stop = self.stop.clone();
+            let channel = channel.to_owned();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = listen(wakeups, listen_pool, channel) => {}
+                }
+            });
+        });
+    }
+
+    /// Waits until the listener hears of work, the earliest known due time comes, or
+    /// `timeout` passes.
+    pub(super) async fn wait(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut rx = self.generation.subscribe();
+        if *rx.borrow_and_update() > self.seen.load(Ordering::Acquire) {
+            return;
+        }
+        loop {
+            let due = self.next_due.load(Ordering::Acquire);
+            let until = if due == u64::MAX {
+                deadline
+            } else {
+                let now = unix_ms(SystemTime::now());
+                if due <= now {
+                    // Due now: forget it (the reservation takes it, or the next due time is
+                    // read again) and go.
+                    let _ = self.next_due.compare_exchange(
+                        due,
+                        u64::MAX,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    return;
+                }
+                deadline.min(Instant::now() + Duration::from_millis(due - now))
+            };
+            let due_changed = self.due_changed.notified();
+            tokio::select! {
+                _ = rx.changed() => return,
+                () = due_changed => {}
+                () = tokio::time::sleep_until(until) => {
+                    if until >= deadline {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The listener loop: (re)connects with backoff, then turns notifications into wake-ups.
+async fn listen(wakeups: std::sync::Weak<Wakeups>, pool: PgPool, channel: String) {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times();
+    loop {
+        let open = || async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let opened = open
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .notify(|e: &sqlx::Error, pause| {
+                tracing::debug!(error = %e, retry_in = ?pause, "opening the Postgres LISTEN connection failed");
+            })
+            .await;
+        let Ok(mut listener) = opened else {
+            continue;
+        };
+        // Whatever was sent while no connection listened is lost: wake everyone once.
+        match wakeups.upgrade() {
+            Some(w) => w.bump(),
+            None => return,
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => match wakeups.upgrade() {
+                    Some(w) => w.handle(n.payload()),
+                    None => return,
+                },
+                Ok(None) => match wakeups.upgrade() {
+                    // The connection dropped and was opened again.
+                    Some(w) => w.bump(),
+                    None => return,
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "the Postgres LISTEN connection failed; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,18 @@
+-- The job is dead: fenced by the lease token, it keeps its row (state 5) with the record.
+-- $1 id uuid, $2 token uuid, $3 record text (JSON), $4 error text, $5 fallback shard int2.
+-- Returns changed (1 or 0), repeated (the token's outcome was written already).
+WITH upd AS (
+    UPDATE {s}.jobs SET
+        state = 5, lease = NULL, lease_expires = NULL, done_token = $2::uuid,
+        last_error = $4::text, dead_letter = $3::text, updated_at = now()
+    WHERE id = $1::uuid AND lease = $2::uuid AND state = 2
+    RETURNING id
+),
+counted AS (
+    UPDATE {s}.counts SET running = running - 1, dead = dead + 1
+    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
+                            FOR UPDATE SKIP LOCKED), $5::int2)
+      AND EXISTS (SELECT 1 FROM upd)
+)
+SELECT (SELECT count(*) FROM upd)::int8 AS changed,
+       EXISTS (SELECT 1 FROM {s}.jobs WHERE id = $1::uuid AND done_token = $2::uuid) AS repeated

@@ -1,0 +1,24 @@
+-- Deletes dead letters past their retention ($1 ms) and the oldest beyond the capacity ($3),
+-- at most $2 of each per call. A row requeued meanwhile is no longer dead and stays.
+-- $1 retention_ms int8, $2 batch int4, $3 capacity int8, $4 fallback shard int2.
+-- Returns the deleted ids, and whether each was evicted for capacity (not expired).
+WITH doomed AS (
+    (SELECT id FROM {s}.jobs
+     WHERE state = 5 AND updated_at < now() - $1::int8 * interval '1 millisecond'
+     ORDER BY updated_at LIMIT $2)
+    UNION
+    (SELECT id FROM {s}.jobs WHERE state = 5 ORDER BY updated_at DESC, id DESC
+     OFFSET $3 LIMIT $2)
+),
+gone AS (
+    DELETE FROM {s}.jobs j USING doomed d
+    WHERE j.id = d.id AND j.state = 5
+    RETURNING j.id, j.updated_at >= now() - $1::int8 * interval '1 millisecond' AS evicted
+),
+counted AS (
+    UPDATE {s}.counts SET dead = dead - (SELECT count(*) FROM gone)
+    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
+                            FOR UPDATE SKIP LOCKED), $4::int2)
+      AND EXISTS (SELECT 1 FROM gone)
+)
+SELECT id, evicted FROM gone

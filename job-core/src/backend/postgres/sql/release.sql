@@ -1,0 +1,23 @@
+-- Gives a reserved job back to the front of its queue without counting the attempt or a
+-- recovery (shutdown); fenced by the lease token; wakes listeners on commit.
+-- $1 id uuid, $2 token uuid, $3 channel text, $4 fallback shard int2.
+-- Returns changed (1 or 0), repeated (the token's outcome was written already), woken.
+WITH upd AS (
+    UPDATE {s}.jobs SET
+        state = 0, attempt = greatest(attempt - 1, 0), lease = NULL, lease_expires = NULL,
+        done_token = $2::uuid, run_at = '-infinity', updated_at = now()
+    WHERE id = $1::uuid AND lease = $2::uuid AND state = 2
+    RETURNING queue
+),
+counted AS (
+    UPDATE {s}.counts SET running = running - 1, ready = ready + 1
+    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
+                            FOR UPDATE SKIP LOCKED), $4::int2)
+      AND EXISTS (SELECT 1 FROM upd)
+),
+woken AS (
+    SELECT pg_notify($3::text, queue) FROM upd
+)
+SELECT (SELECT count(*) FROM upd)::int8 AS changed,
+       EXISTS (SELECT 1 FROM {s}.jobs WHERE id = $1::uuid AND done_token = $2::uuid) AS repeated,
+       (SELECT count(*) FROM woken)::int8 AS woken

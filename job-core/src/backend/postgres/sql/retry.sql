@@ -1,0 +1,24 @@
+-- The attempt failed and may be retried at $3 (ms since the Unix epoch): fenced by the lease
+-- token; wakes listeners with `queue <ms>` on commit.
+-- $1 id uuid, $2 token uuid, $3 at_ms int8, $4 error text, $5 channel text, $6 fallback shard int2.
+-- Returns changed (1 or 0), repeated (the token's outcome was written already), woken.
+WITH upd AS (
+    UPDATE {s}.jobs SET
+        state = 3, lease = NULL, lease_expires = NULL, done_token = $2::uuid,
+        last_error = $4::text, not_before = $3::int8,
+        run_at = to_timestamp($3::int8 / 1000.0), updated_at = now()
+    WHERE id = $1::uuid AND lease = $2::uuid AND state = 2
+    RETURNING queue
+),
+counted AS (
+    UPDATE {s}.counts SET running = running - 1, scheduled = scheduled + 1
+    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
+                            FOR UPDATE SKIP LOCKED), $6::int2)
+      AND EXISTS (SELECT 1 FROM upd)
+),
+woken AS (
+    SELECT pg_notify($5::text, queue || ' ' || $3::int8::text) FROM upd
+)
+SELECT (SELECT count(*) FROM upd)::int8 AS changed,
+       EXISTS (SELECT 1 FROM {s}.jobs WHERE id = $1::uuid AND done_token = $2::uuid) AS repeated,
+       (SELECT count(*) FROM woken)::int8 AS woken

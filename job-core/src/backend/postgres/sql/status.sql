@@ -1,0 +1,6 @@
+-- One job's status by primary key.
+-- $1 id uuid. Returns job, queue, state, attempt, last_error, enqueued_at (ms), updated_at (ms).
+SELECT job, queue, state, attempt, last_error, enqueued_at,
+       (extract(epoch FROM updated_at) * 1000)::int8
+FROM {s}.jobs
+WHERE id = $1::uuid
