@@ -20,6 +20,7 @@ impl Client {
     /// schema must exist there: the runtime creates it at start).
     ///
     /// ```no_run
+    /// # #![allow(dead_code)]
     /// # use job_core::prelude::*;
     /// # use serde::{Deserialize, Serialize};
     /// # #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -192,9 +192,16 @@ impl PostgresBackend {
     /// 10 connections, 10,000 dead letters kept 7 days, succeeded rows kept 10 minutes, 5 s
     /// statement timeout, 5 s fallback poll.
     pub fn builder(url: &str) -> PostgresBackendBuilder {
-        let source = PgConnectOptions::from_str(url)
-            .map(|o| Source::Options(Box::new(o)))
-            .map_err(|e| e.to_string());
+        // sqlx parses some URLs of other schemes as Postgres ones; a `mysql://` URL here is
+        // a mistake worth refusing before the first connection attempt.
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        let source = if matches!(scheme, Some("postgres" | "postgresql")) {
+            PgConnectOptions::from_str(url)
+                .map(|o| Source::Options(Box::new(o)))
+                .map_err(|e| e.to_string())
+        } else {
+            Err("the URL must start with postgres:// or postgresql://".to_owned())
+        };
         PostgresBackendBuilder::with_source(source)
     }
 

@@ -30,11 +30,16 @@ gone AS (
 done AS (
     SELECT id FROM kept UNION ALL SELECT id FROM gone
 ),
+-- The count row: one no other transaction holds, locked here and joined below (a
+-- locking subquery in the UPDATE's own WHERE would be run again, with another random
+-- pick, when the row had changed since the statement began, and the update lost).
+pick AS (
+    SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED
+),
 counted AS (
-    UPDATE {s}.counts SET running = running - (SELECT count(*) FROM done)
-    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
-                            FOR UPDATE SKIP LOCKED), $3::int2)
-      AND EXISTS (SELECT 1 FROM done)
+    UPDATE {s}.counts c SET running = running - (SELECT count(*) FROM done)
+    FROM (SELECT coalesce((SELECT shard FROM pick), $3::int2) AS shard) p
+    WHERE c.shard = p.shard AND EXISTS (SELECT 1 FROM done)
 )
 SELECT i.id
 FROM input i

@@ -40,13 +40,18 @@ ins AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING queue, state, not_before
 ),
+-- The count row: one no other transaction holds, locked here and joined below (a
+-- locking subquery in the UPDATE's own WHERE would be run again, with another random
+-- pick, when the row had changed since the statement began, and the update lost).
+pick AS (
+    SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED
+),
 counted AS (
-    UPDATE {s}.counts SET
+    UPDATE {s}.counts c SET
         ready = ready + (SELECT count(*) FROM ins WHERE state = 0),
         scheduled = scheduled + (SELECT count(*) FROM ins WHERE state = 1)
-    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
-                            FOR UPDATE SKIP LOCKED), $12::int2)
-      AND EXISTS (SELECT 1 FROM ins)
+    FROM (SELECT coalesce((SELECT shard FROM pick), $12::int2) AS shard) p
+    WHERE c.shard = p.shard AND EXISTS (SELECT 1 FROM ins)
 ),
 woken AS (
     SELECT pg_notify($11::text, w.queue || coalesce(' ' || w.due::text, ''))

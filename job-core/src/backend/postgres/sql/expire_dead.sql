@@ -15,10 +15,15 @@ gone AS (
     WHERE j.id = d.id AND j.state = 5
     RETURNING j.id, j.updated_at >= now() - $1::int8 * interval '1 millisecond' AS evicted
 ),
+-- The count row: one no other transaction holds, locked here and joined below (a
+-- locking subquery in the UPDATE's own WHERE would be run again, with another random
+-- pick, when the row had changed since the statement began, and the update lost).
+pick AS (
+    SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED
+),
 counted AS (
-    UPDATE {s}.counts SET dead = dead - (SELECT count(*) FROM gone)
-    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
-                            FOR UPDATE SKIP LOCKED), $4::int2)
-      AND EXISTS (SELECT 1 FROM gone)
+    UPDATE {s}.counts c SET dead = dead - (SELECT count(*) FROM gone)
+    FROM (SELECT coalesce((SELECT shard FROM pick), $4::int2) AS shard) p
+    WHERE c.shard = p.shard AND EXISTS (SELECT 1 FROM gone)
 )
 SELECT id, evicted FROM gone

@@ -7,11 +7,16 @@ WITH ins AS (
             (extract(epoch FROM now()) * 1000)::int8, now(), nextval('{s}.seq'))
     RETURNING queue
 ),
+-- The count row: one no other transaction holds, locked here and joined below (a
+-- locking subquery in the UPDATE's own WHERE would be run again, with another random
+-- pick, when the row had changed since the statement began, and the update lost).
+pick AS (
+    SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED
+),
 counted AS (
-    UPDATE {s}.counts SET ready = ready + 1
-    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
-                            FOR UPDATE SKIP LOCKED), $5::int2)
-      AND EXISTS (SELECT 1 FROM ins)
+    UPDATE {s}.counts c SET ready = ready + 1
+    FROM (SELECT coalesce((SELECT shard FROM pick), $5::int2) AS shard) p
+    WHERE c.shard = p.shard AND EXISTS (SELECT 1 FROM ins)
 ),
 woken AS (
     SELECT pg_notify($4::text, queue) FROM ins

@@ -27,14 +27,19 @@ upd AS (
     RETURNING j.id, j.state, j.job, j.queue, j.payload, j.attempt, j.enqueued_at, j.last_error,
               (extract(epoch FROM j.updated_at) * 1000)::int8 AS died_ms
 ),
+-- The count row: one no other transaction holds, locked here and joined below (a
+-- locking subquery in the UPDATE's own WHERE would be run again, with another random
+-- pick, when the row had changed since the statement began, and the update lost).
+pick AS (
+    SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED
+),
 counted AS (
-    UPDATE {s}.counts SET
+    UPDATE {s}.counts c SET
         running = running - (SELECT count(*) FROM upd),
         ready = ready + (SELECT count(*) FROM upd WHERE state = 0),
         dead = dead + (SELECT count(*) FROM upd WHERE state = 5)
-    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
-                            FOR UPDATE SKIP LOCKED), $5::int2)
-      AND EXISTS (SELECT 1 FROM upd)
+    FROM (SELECT coalesce((SELECT shard FROM pick), $5::int2) AS shard) p
+    WHERE c.shard = p.shard AND EXISTS (SELECT 1 FROM upd)
 ),
 woken AS (
     SELECT pg_notify($4::text, queue) FROM upd WHERE state = 0 GROUP BY queue

@@ -9,11 +9,16 @@ WITH upd AS (
     WHERE id = $1::uuid AND lease = $2::uuid AND state = 2
     RETURNING queue
 ),
+-- The count row: one no other transaction holds, locked here and joined below (a
+-- locking subquery in the UPDATE's own WHERE would be run again, with another random
+-- pick, when the row had changed since the statement began, and the update lost).
+pick AS (
+    SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED
+),
 counted AS (
-    UPDATE {s}.counts SET running = running - 1, ready = ready + 1
-    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
-                            FOR UPDATE SKIP LOCKED), $4::int2)
-      AND EXISTS (SELECT 1 FROM upd)
+    UPDATE {s}.counts c SET running = running - 1, ready = ready + 1
+    FROM (SELECT coalesce((SELECT shard FROM pick), $4::int2) AS shard) p
+    WHERE c.shard = p.shard AND EXISTS (SELECT 1 FROM upd)
 ),
 woken AS (
     SELECT pg_notify($3::text, queue) FROM upd

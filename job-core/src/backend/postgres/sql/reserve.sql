@@ -29,14 +29,19 @@ taken AS (
               j.enqueued_at, j.not_before, j.seq,
               (extract(epoch FROM j.run_at) * 1000)::float8 AS run_at_ms, p.was
 ),
+-- The count row: one no other transaction holds, locked here and joined below (a
+-- locking subquery in the UPDATE's own WHERE would be run again, with another random
+-- pick, when the row had changed since the statement began, and the update lost).
+pick AS (
+    SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED
+),
 counted AS (
-    UPDATE {s}.counts SET
+    UPDATE {s}.counts c SET
         ready = ready - (SELECT count(*) FROM taken WHERE was = 0),
         scheduled = scheduled - (SELECT count(*) FROM taken WHERE was <> 0),
         running = running + (SELECT count(*) FROM taken)
-    WHERE shard = coalesce((SELECT shard FROM {s}.counts ORDER BY random() LIMIT 1
-                            FOR UPDATE SKIP LOCKED), $4::int2)
-      AND EXISTS (SELECT 1 FROM taken)
+    FROM (SELECT coalesce((SELECT shard FROM pick), $4::int2) AS shard) p
+    WHERE c.shard = p.shard AND EXISTS (SELECT 1 FROM taken)
 )
 SELECT id, lease, job, queue, payload, attempt, max_attempts, recoveries, enqueued_at,
        not_before, seq, run_at_ms
