@@ -1,7 +1,8 @@
 //! The conformance suite: the same assertions, through the runtime's public API, against
 //! every store — the typed in-memory default, `MemoryBackend` (the backend contract in
-//! memory) and `RedisBackend` on a real server (`JOB_REDIS_URL`, default the local one;
-//! a missing server fails these tests, it never skips them).
+//! memory), `RedisBackend` on a real server (`JOB_REDIS_URL`, default the local one) and
+//! `PostgresBackend` on a real server (`JOB_POSTGRES_URL`, default the local `test`
+//! database); a missing server fails these tests, it never skips them.
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use common::{Behavior, Probe, Recorder, eventually, wait_state};
 use job_core::JobRuntimeBuilder;
 use job_core::backend::memory::MemoryBackend;
+use job_core::backend::postgres::PostgresBackend;
 use job_core::backend::redis::RedisBackend;
 use job_core::backend::{Backend, Envelope, unix_ms};
 use job_core::prelude::*;
@@ -27,13 +29,17 @@ enum Store {
     Memory,
     /// `RedisBackend` on `JOB_REDIS_URL`, under a fresh key prefix.
     Redis,
+    /// `PostgresBackend` on `JOB_POSTGRES_URL`, in a fresh schema.
+    Postgres,
 }
 
 struct Setup {
     backend: Option<Arc<dyn Backend>>,
     memory: Option<Arc<MemoryBackend>>,
     redis: Option<Arc<RedisBackend>>,
+    postgres: Option<Arc<PostgresBackend>>,
     _cleanup: Option<common::RedisCleanup>,
+    _pg_cleanup: Option<common::pg::PgCleanup>,
 }
 
 impl Setup {
@@ -42,7 +48,9 @@ impl Setup {
             backend: None,
             memory: None,
             redis: None,
+            postgres: None,
             _cleanup: None,
+            _pg_cleanup: None,
         };
         match store {
             Store::Typed => {}
@@ -57,6 +65,13 @@ impl Setup {
                 setup.backend = Some(r.clone());
                 setup.redis = Some(r);
                 setup._cleanup = Some(cleanup);
+            }
+            Store::Postgres => {
+                let (p, cleanup) = common::pg::postgres_backend().await;
+                let p = Arc::new(p);
+                setup.backend = Some(p.clone());
+                setup.postgres = Some(p);
+                setup._pg_cleanup = Some(cleanup);
             }
         }
         setup
@@ -84,6 +99,9 @@ impl Setup {
         }
         if let Some(r) = &self.redis {
             r.insert_raw(id, queue, raw).await.unwrap();
+        }
+        if let Some(p) = &self.postgres {
+            p.insert_raw(id, queue, raw).await.unwrap();
         }
     }
 }
@@ -409,4 +427,8 @@ mod memory_backend {
 
 mod redis {
     conformance!(Redis);
+}
+
+mod postgres {
+    conformance!(Postgres);
 }
