@@ -3,8 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use job_core::backend::postgres::{PostgresBackend, PostgresConfigError};
 use job_core::backend::redis::{RedisBackend, RedisConfigError};
 use job_core::{DeadLetter, JobRuntime, JobRuntimeBuilder};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
 use crate::auth::AdminToken;
 use crate::mailer::{FakeMailer, Mailer};
@@ -58,12 +61,49 @@ pub struct ServiceArgs {
 
     /// Keep jobs in Redis at this URL (e.g. `redis://127.0.0.1:6379`) instead of in memory:
     /// they then survive a restart and are shared by every server on the same URL and prefix.
-    #[arg(long = "redis", env = "JOB_REDIS_URL")]
+    #[arg(long = "redis", env = "JOB_REDIS_URL", conflicts_with = "postgres_url")]
     pub redis_url: Option<String>,
 
     /// Key prefix in Redis (`--redis` only); servers with the same prefix share their jobs.
     #[arg(long, env = "JOB_REDIS_PREFIX", default_value = "jobs")]
     pub redis_prefix: String,
+
+    /// Keep jobs in PostgreSQL at this URL (e.g. `postgres://postgres@127.0.0.1/test`)
+    /// instead of in memory. The server's own tables (`users`, for `POST /signup`) live on
+    /// the same database, in the connection's `search_path` (`public` unless the URL says
+    /// otherwise, e.g. `?options=-c%20search_path%3Dapp`), and jobs are enqueued in the
+    /// same transaction as the rows they are about.
+    #[arg(long = "postgres", env = "JOB_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+
+    /// Schema of the job tables (`--postgres` only); servers with the same schema share
+    /// their jobs.
+    #[arg(long, env = "JOB_POSTGRES_SCHEMA", default_value = "jobs")]
+    pub postgres_schema: String,
+}
+
+/// What [`ServiceArgs::setup`] built: a runtime builder on the chosen store, and the
+/// application's connection pool when that store is Postgres (the job backend shares it).
+#[derive(Debug)]
+pub struct Setup {
+    /// The runtime builder, with the backend set.
+    pub builder: JobRuntimeBuilder,
+    /// The pool the application's own queries use (`--postgres` only).
+    pub postgres: Option<PgPool>,
+}
+
+/// A store setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreConfigError {
+    /// `--redis` or `--redis-prefix` is invalid.
+    #[error(transparent)]
+    Redis(#[from] RedisConfigError),
+    /// `--postgres` or `--postgres-schema` is invalid.
+    #[error(transparent)]
+    Postgres(#[from] PostgresConfigError),
+    /// The `--postgres` URL does not parse.
+    #[error("invalid --postgres URL: {0}")]
+    PostgresUrl(#[source] sqlx::Error),
 }
 
 impl ServiceArgs {
@@ -73,12 +113,22 @@ impl ServiceArgs {
     }
 
     /// A runtime builder with these settings, the fake mailer registered as `dyn Mailer`,
-    /// a dead-letter hook that logs each dead job, and the Redis backend when `--redis` is
-    /// given (the only line that differs between the in-memory and the durable setup).
+    /// a dead-letter hook that logs each dead job, and the backend `--redis` or `--postgres`
+    /// names (the only lines that differ between the in-memory and the durable setups).
     ///
     /// # Errors
-    /// An invalid Redis URL or prefix.
-    pub fn runtime_builder(&self) -> Result<JobRuntimeBuilder, RedisConfigError> {
+    /// An invalid URL, prefix or schema.
+    pub fn runtime_builder(&self) -> Result<JobRuntimeBuilder, StoreConfigError> {
+        self.setup().map(|setup| setup.builder)
+    }
+
+    /// [`runtime_builder`](Self::runtime_builder), plus the application's Postgres pool
+    /// when the store is Postgres. The pool connects lazily: a server starts while the
+    /// database is down, and its first request or job says so.
+    ///
+    /// # Errors
+    /// An invalid URL, prefix or schema.
+    pub fn setup(&self) -> Result<Setup, StoreConfigError> {
         let mailer: Arc<dyn Mailer> = Arc::new(FakeMailer::new(self.mailer_latency));
         let builder = JobRuntime::builder()
             .capacity(self.capacity)
@@ -86,13 +136,32 @@ impl ServiceArgs {
             .shutdown_timeout(self.shutdown_timeout)
             .data::<dyn Mailer>(mailer)
             .on_dead_letter(log_dead_letter);
-        Ok(match &self.redis_url {
-            None => builder,
-            Some(url) => builder.backend(
-                RedisBackend::builder(url.as_str())
-                    .prefix(self.redis_prefix.as_str())
-                    .build()?,
-            ),
+        if let Some(url) = &self.redis_url {
+            let backend = RedisBackend::builder(url.as_str())
+                .prefix(self.redis_prefix.as_str())
+                .build()?;
+            return Ok(Setup {
+                builder: builder.backend(backend),
+                postgres: None,
+            });
+        }
+        if let Some(url) = &self.postgres_url {
+            let pool = PgPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy(url)
+                .map_err(StoreConfigError::PostgresUrl)?;
+            let backend = PostgresBackend::builder_from_pool(pool.clone())
+                .schema(self.postgres_schema.as_str())
+                .build()?;
+            return Ok(Setup {
+                builder: builder.backend(backend),
+                postgres: Some(pool),
+            });
+        }
+        Ok(Setup {
+            builder,
+            postgres: None,
         })
     }
 
@@ -106,9 +175,10 @@ impl ServiceArgs {
             mailer_latency = ?self.mailer_latency,
             admin_routes = if self.admin_token().is_configured() { "enabled" } else { "disabled (JOB_ADMIN_TOKEN unset)" },
             log_json = self.log_json,
-            store = match &self.redis_url {
-                Some(_) => format!("redis (prefix `{}`)", self.redis_prefix),
-                None => "in-memory".to_owned(),
+            store = match (&self.redis_url, &self.postgres_url) {
+                (Some(_), _) => format!("redis (prefix `{}`)", self.redis_prefix),
+                (None, Some(_)) => format!("postgres (schema `{}`)", self.postgres_schema),
+                (None, None) => "in-memory".to_owned(),
             },
             "configuration"
         );

@@ -1,5 +1,5 @@
-//! The HTTP surface: enqueue, job status, runtime status, health, metrics, and the admin
-//! dead-letter routes. Every error answers `{"error": "..."}`.
+//! The HTTP surface: enqueue, signup (on Postgres), job status, runtime status, health,
+//! metrics, and the admin dead-letter routes. Every error answers `{"error": "..."}`.
 
 use axum::Json;
 use axum::Router;
@@ -11,10 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use job_core::{Client, EnqueueError, HealthStatus, Job, JobId, RequeueError};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::auth::{Access, AdminToken};
 use crate::email::SendEmailRequest;
+use crate::signup::{SignupRequest, Signups, insert_user, welcome};
 
 /// The largest `POST /send-email` body accepted (64 KiB); larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -28,6 +30,7 @@ pub struct AppState {
     client: Client,
     metrics: Option<PrometheusHandle>,
     admin: AdminToken,
+    signups: Option<Signups>,
 }
 
 impl AppState {
@@ -37,7 +40,16 @@ impl AppState {
             client,
             metrics,
             admin,
+            signups: None,
         }
+    }
+
+    /// Enables `POST /signup` on the application's Postgres pool (without it, the route
+    /// answers 501).
+    #[must_use]
+    pub fn with_postgres(mut self, pool: sqlx::PgPool) -> Self {
+        self.signups = Some(Signups::new(pool));
+        self
     }
 }
 
@@ -56,10 +68,11 @@ pub fn ops_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The email server's routes: [`ops_router`] plus `POST /send-email`.
+/// The email server's routes: [`ops_router`] plus `POST /send-email` and `POST /signup`.
 pub fn email_router(state: AppState) -> Router {
     let send = Router::new()
         .route("/send-email", post(send_email))
+        .route("/signup", post(signup))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
     ops_router(state).merge(send)
@@ -158,15 +171,12 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// `POST /send-email`: validate, enqueue without waiting, answer 202 with the job's id.
-async fn send_email(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+/// Reads a JSON request body: 413 over [`MAX_BODY_BYTES`], 415 for another content type,
+/// 400 for malformed JSON, 422 for JSON of the wrong shape.
+fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    if state.client.is_stopping() {
-        return Err(ApiError::shutting_down());
-    }
+) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -177,19 +187,31 @@ async fn send_email(
             ApiError::new(rejection.status(), rejection.body_text())
         }
     })?;
-    if !is_json_content_type(&headers) {
+    if !is_json_content_type(headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "expected `Content-Type: application/json`",
         ));
     }
-    let request: SendEmailRequest = serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(&body).map_err(|e| {
         if e.classify() == serde_json::error::Category::Data {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e)
         } else {
             ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}"))
         }
-    })?;
+    })
+}
+
+/// `POST /send-email`: validate, enqueue without waiting, answer 202 with the job's id.
+async fn send_email(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if state.client.is_stopping() {
+        return Err(ApiError::shutting_down());
+    }
+    let request: SendEmailRequest = json_body(&headers, body)?;
     let job = request
         .validate()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
@@ -206,6 +228,68 @@ async fn send_email(
     };
     tracing::info!(job_id = %id, "email job enqueued");
     Ok(accepted(id))
+}
+
+/// `POST /signup` with `{"email": ...}`: inserts the user and enqueues the welcome email
+/// in one transaction, answering 201 with `{"user_id", "job_id"}`; 409 when the email is
+/// taken (and no email is sent); 501 when the server does not run on Postgres.
+async fn signup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Some(signups) = &state.signups else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "signup needs the Postgres store: start the server with --postgres URL",
+        ));
+    };
+    if state.client.is_stopping() {
+        return Err(ApiError::shutting_down());
+    }
+    let request: SignupRequest = json_body(&headers, body)?;
+    let email = request.email().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid email: expected local@domain.tld",
+        )
+    })?;
+    let mut tx = signups.begin().await.map_err(database_failed)?;
+    let Some(user_id) = insert_user(&mut tx, &email)
+        .await
+        .map_err(database_failed)?
+    else {
+        // Dropping `tx` rolls it back: nothing was enqueued.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "an account with this email already exists",
+        ));
+    };
+    let job_id = state
+        .client
+        .enqueue_tx(&mut tx, welcome(&email))
+        .await
+        .map_err(|e| enqueue_failed(&e))?;
+    tx.commit().await.map_err(database_failed)?;
+    tracing::info!(user_id, job_id = %job_id, "user signed up, welcome email enqueued");
+    let mut response = (
+        StatusCode::CREATED,
+        Json(json!({ "user_id": user_id, "job_id": job_id.to_string() })),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/jobs/{job_id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// 503: the application's database failed (the transaction, if any, is rolled back).
+fn database_failed(e: sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "database unavailable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("database unavailable: {e}"),
+    )
 }
 
 /// How long `POST /send-email` waits for a durable backend before answering 503.

@@ -2,7 +2,8 @@
 //!
 //! - `email-server`: an axum server that enqueues `send_email` jobs on `POST /send-email`
 //!   and exposes job status, runtime status, health, Prometheus metrics and admin
-//!   dead-letter routes.
+//!   dead-letter routes; on Postgres (`--postgres`), `POST /signup` inserts a user and
+//!   enqueues the welcome email in one transaction.
 //! - `report-scheduler`: enqueues `generate_report` every interval (without drift) or on a
 //!   cron expression, and serves the same operational routes.
 //!
@@ -15,5 +16,6 @@ pub mod http;
 pub mod mailer;
 pub mod report;
 pub mod serve;
+pub mod signup;
 pub mod telemetry;
 pub mod testing;

@@ -4,6 +4,9 @@
 //! cargo run -p job-examples --bin email-server
 //! curl -i localhost:8080/send-email -H 'content-type: application/json' \
 //!      -d '{"to":"ada@example.com","subject":"hi","body":"hello"}'
+//! # on Postgres, a user and the welcome email in one transaction:
+//! cargo run -p job-examples --bin email-server -- --postgres postgres://postgres@127.0.0.1/test
+//! curl -i localhost:8080/signup -H 'content-type: application/json' -d '{"email":"ada@example.com"}'
 //! ```
 
 use std::process::ExitCode;
@@ -49,9 +52,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let metrics = telemetry::install_metrics()?;
     let listener = TcpListener::bind(&args.addr).await?;
     // `send_email` registers itself (`#[job]`); `start()` checks its mailer is there.
-    let runtime = args.service.runtime_builder()?.start()?;
+    let setup = args.service.setup()?;
+    let runtime = setup.builder.start()?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    let state = AppState::new(runtime.client(), Some(metrics), args.service.admin_token());
+    let mut state = AppState::new(runtime.client(), Some(metrics), args.service.admin_token());
+    if let Some(pool) = setup.postgres {
+        // `POST /signup`: the user's row and its welcome email in one transaction.
+        state = state.with_postgres(pool);
+    }
     serve::serve(listener, email_router(state), runtime).await?;
     Ok(())
 }
