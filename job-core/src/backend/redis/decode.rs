@@ -1,0 +1,172 @@
+//! Script replies and job records to reservations, dead letters and statuses.
+
+use std::time::SystemTime;
+
+use crate::backend::{
+    BackendError, Envelope, LeaseToken, Payload, Reservation, from_unix_ms, unix_ms,
+};
+use crate::dead_letter::DeadLetter;
+use crate::job::JobId;
+use crate::observe::status::{JobState, JobStatus};
+
+/// Items per reserved job in the reserve script's flat reply.
+pub(super) const RESERVE_ROW: usize = 12;
+
+/// Stored form of a dead letter written by
+/// [`Backend::dead_letter`](crate::backend::Backend::dead_letter) (ms timestamps; the id is
+/// the key's).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct StoredDead {
+    pub(super) job: String,
+    pub(super) queue: String,
+    pub(super) payload: serde_json::Value,
+    pub(super) attempts: u32,
+    pub(super) error: Vec<String>,
+    pub(super) enqueued_at: u64,
+    pub(super) died_at: u64,
+}
+
+pub(super) fn parse_id(s: &str) -> Result<JobId, BackendError> {
+    s.parse()
+        .map_err(|_| BackendError::Corrupt(format!("stored job id {s:?} is not a UUID")))
+}
+
+fn field(row: &[Vec<u8>], i: usize) -> &[u8] {
+    row.get(i).map_or(&[][..], Vec::as_slice)
+}
+
+fn text(row: &[Vec<u8>], i: usize) -> String {
+    String::from_utf8_lossy(field(row, i)).into_owned()
+}
+
+fn number<T: std::str::FromStr + Default>(row: &[Vec<u8>], i: usize) -> T {
+    text(row, i).parse().unwrap_or_default()
+}
+
+/// Decodes one reserve row: `job, id, token, has_payload, payload, job_name, queue, attempt,
+/// recoveries, not_before, max_attempts, enqueued`.
+pub(super) fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
+    let id = parse_id(&text(row, 1))?;
+    let token = u128::from_str_radix(&text(row, 2), 16)
+        .map(LeaseToken)
+        .map_err(|_| BackendError::Corrupt("reserve returned a malformed lease token".into()))?;
+    let payload = field(row, 4);
+    let queue = text(row, 6);
+    let malformed = |reason: &str| Reservation::Malformed {
+        id,
+        token,
+        queue: queue.clone(),
+        raw: String::from_utf8_lossy(payload).into_owned(),
+        reason: format!("stored record is not a job envelope: {reason}"),
+    };
+    if field(row, 3) != b"1" {
+        return Ok(malformed("it has no payload"));
+    }
+    let job = text(row, 5);
+    if job.is_empty() {
+        return Ok(malformed("it names no job"));
+    }
+    let Ok(max_attempts) = text(row, 10).parse::<u32>() else {
+        return Ok(malformed("it has no attempt limit"));
+    };
+    let text_payload = match std::str::from_utf8(payload) {
+        Ok(t) => t.to_owned(),
+        Err(e) => return Ok(malformed(&format!("the payload is not UTF-8: {e}"))),
+    };
+    let payload = match Payload::from_json(text_payload) {
+        Ok(p) => p,
+        Err(e) => return Ok(malformed(&format!("the payload is not JSON: {e}"))),
+    };
+    let envelope = Envelope {
+        id,
+        job,
+        queue: queue.clone(),
+        payload,
+        attempt: number(row, 7),
+        max_attempts,
+        recoveries: number(row, 8),
+        enqueued_at: text(row, 11)
+            .parse()
+            .unwrap_or_else(|_| unix_ms(SystemTime::now())),
+        not_before: text(row, 9).parse().ok(),
+        lease: Some(token),
+    };
+    Ok(Reservation::Job { envelope, token })
+}
+
+/// Decodes one dead-letter row: `id, has_dead, dead, payload, job, queue, attempt, enqueued,
+/// died, last_error`. A record written by `dead_letter` is returned as written; a poison
+/// pill dead-lettered by the reaper is rebuilt from the job record.
+pub(super) fn dead_letter_from_row(row: &[Vec<u8>]) -> Result<DeadLetter, BackendError> {
+    let job_id = parse_id(&text(row, 0))?;
+    if field(row, 1) == b"1"
+        && let Ok(d) = serde_json::from_slice::<StoredDead>(field(row, 2))
+    {
+        return Ok(DeadLetter {
+            job_id,
+            job: d.job,
+            queue: d.queue,
+            payload: d.payload,
+            attempts: d.attempts,
+            error: d.error,
+            enqueued_at: from_unix_ms(d.enqueued_at),
+            died_at: from_unix_ms(d.died_at),
+        });
+    }
+    let died_at = from_unix_ms(number(row, 8));
+    let payload = serde_json::from_slice(field(row, 3))
+        .unwrap_or_else(|_| serde_json::Value::String(text(row, 3)));
+    Ok(DeadLetter {
+        job_id,
+        job: text(row, 4),
+        queue: text(row, 5),
+        payload,
+        attempts: number(row, 6),
+        error: vec![text(row, 9)],
+        enqueued_at: text(row, 7)
+            .parse()
+            .map_or(died_at, |ms: u64| from_unix_ms(ms)),
+        died_at,
+    })
+}
+
+/// The fields of a job record that [`status`] decodes, in its order.
+pub(super) const STATUS_FIELDS: [&str; 7] = ["s", "j", "q", "a", "err", "e", "u"];
+
+/// A status from the job record's [`STATUS_FIELDS`] (`None`: there is no record).
+pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatus>, BackendError> {
+    if f.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let text = |i: usize| {
+        f.get(i)
+            .and_then(Option::as_ref)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let state = match text(0).as_deref() {
+        None | Some("queued") => JobState::Queued,
+        Some("scheduled") => JobState::Scheduled,
+        Some("running") => JobState::Running,
+        Some("retrying") => JobState::Retrying,
+        Some("succeeded") => JobState::Succeeded,
+        Some("dead") => JobState::Dead,
+        Some(other) => {
+            return Err(BackendError::Corrupt(format!(
+                "job {id} has an unknown state {other:?}"
+            )));
+        }
+    };
+    let updated = text(6).and_then(|s| s.parse::<u64>().ok());
+    let enqueued = text(5).and_then(|s| s.parse::<u64>().ok()).or(updated);
+    let now = unix_ms(SystemTime::now());
+    Ok(Some(JobStatus {
+        job_id: id,
+        job: text(1).unwrap_or_default().into(),
+        queue: text(2).unwrap_or_default().into(),
+        state,
+        attempts: text(3).and_then(|s| s.parse().ok()).unwrap_or(0),
+        last_error: text(4),
+        enqueued_at: from_unix_ms(enqueued.unwrap_or(now)),
+        updated_at: from_unix_ms(updated.unwrap_or(now)),
+    }))
+}
