@@ -759,6 +759,33 @@ async fn status_follows_the_job() {
 }
 
 #[tokio::test]
+async fn the_status_of_a_job_that_stands_still_does_not_change() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    // Neither has changed since its enqueue (no `u` field yet): it was updated when enqueued.
+    let queued = envelope("q", 1);
+    let later = delayed("q", 2, Duration::from_secs(60));
+    b.enqueue_batch(&[queued.clone(), later.clone()], CAP)
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    for e in [&queued, &later] {
+        let s = b.status(e.id).await.unwrap().unwrap();
+        assert_eq!(unix_ms(s.updated_at), e.enqueued_at, "{:?}", s.state);
+        first.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for (e, before) in [&queued, &later].into_iter().zip(&first) {
+        let again = b.status(e.id).await.unwrap().unwrap();
+        assert_eq!(&again, before, "nothing happened to the job");
+    }
+    assert_eq!(
+        (first[0].state, first[1].state),
+        (JobState::Queued, JobState::Scheduled)
+    );
+}
+
+#[tokio::test]
 async fn enqueue_batch_stores_in_order_up_to_capacity() {
     let f = Fixture::new().await;
     let b = &f.backend;

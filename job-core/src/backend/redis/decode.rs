@@ -156,9 +156,17 @@ pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatu
             )));
         }
     };
-    let updated = text(6).and_then(|s| s.parse::<u64>().ok());
-    let enqueued = text(5).and_then(|s| s.parse::<u64>().ok()).or(updated);
-    let now = unix_ms(SystemTime::now());
+    // `u` is absent until the first change after the enqueue, so the job was last updated
+    // when it was enqueued; `e` is absent only from records this crate did not enqueue
+    // (planted by `insert_raw`, or rebuilt by reserve from a foreign value), which carry `u`.
+    // Neither falls back to the clock: the status of a job that stands still must not change.
+    let enqueued = text(5).and_then(|s| s.parse::<u64>().ok());
+    let updated = text(6).and_then(|s| s.parse::<u64>().ok()).or(enqueued);
+    let (Some(enqueued), Some(updated)) = (enqueued.or(updated), updated) else {
+        return Err(BackendError::Corrupt(format!(
+            "job {id} has neither an enqueue nor an update time"
+        )));
+    };
     Ok(Some(JobStatus {
         job_id: id,
         job: text(1).unwrap_or_default().into(),
@@ -166,7 +174,71 @@ pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatu
         state,
         attempts: text(3).and_then(|s| s.parse().ok()).unwrap_or(0),
         last_error: text(4),
-        enqueued_at: from_unix_ms(enqueued.unwrap_or(now)),
-        updated_at: from_unix_ms(updated.unwrap_or(now)),
+        enqueued_at: from_unix_ms(enqueued),
+        updated_at: from_unix_ms(updated),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job record's [`STATUS_FIELDS`] as `HMGET` answers them.
+    fn record(fields: &[(&str, &str)]) -> Vec<Option<Vec<u8>>> {
+        STATUS_FIELDS
+            .iter()
+            .map(|name| {
+                fields
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_bytes().to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_fields_is_no_record() {
+        assert_eq!(status(JobId::new(), &record(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn a_job_not_changed_since_its_enqueue_was_updated_at_its_enqueue() {
+        let id = JobId::new();
+        for state in [None, Some("scheduled")] {
+            let mut fields = vec![("j", "probe"), ("q", "q"), ("e", "1700000000123")];
+            fields.extend(state.map(|s| ("s", s)));
+            let first = status(id, &record(&fields)).unwrap().unwrap();
+            assert_eq!(first.enqueued_at, from_unix_ms(1_700_000_000_123));
+            assert_eq!(first.updated_at, first.enqueued_at, "{state:?}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let again = status(id, &record(&fields)).unwrap().unwrap();
+            assert_eq!(again, first, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn times_come_from_the_record() {
+        let f = record(&[("s", "running"), ("a", "2"), ("e", "1000"), ("u", "5000")]);
+        let s = status(JobId::new(), &f).unwrap().unwrap();
+        assert_eq!((s.state, s.attempts), (JobState::Running, 2));
+        assert_eq!(s.enqueued_at, from_unix_ms(1000));
+        assert_eq!(s.updated_at, from_unix_ms(5000));
+        // A planted record (`insert_raw`) has only an update time: it is also its enqueue time.
+        let s = status(JobId::new(), &record(&[("q", "q"), ("u", "5000")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (s.enqueued_at, s.updated_at),
+            (from_unix_ms(5000), from_unix_ms(5000))
+        );
+    }
+
+    #[test]
+    fn a_record_without_times_is_corrupt() {
+        let r = status(JobId::new(), &record(&[("j", "probe"), ("q", "q")]));
+        assert!(
+            matches!(r, Err(BackendError::Corrupt(ref m)) if m.contains("neither")),
+            "{r:?}"
+        );
+    }
 }
