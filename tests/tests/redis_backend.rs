@@ -1064,6 +1064,52 @@ async fn malformed_records_come_back_as_malformed() {
 }
 
 #[tokio::test]
+async fn records_with_malformed_numbers_come_back_malformed_not_as_zero() {
+    let mut f = Fixture::new().await;
+    // Job-shaped records, each with one count or time that is not a number.
+    let planted = [
+        ("a", "two", "attempt count"),
+        ("r", "x", "recovery count"),
+        ("nb", "soon", "start time"),
+        ("e", "yesterday", "enqueue time"),
+    ];
+    let mut ids = Vec::new();
+    for (field, value, _) in planted {
+        let id = JobId::new();
+        let mut fields = vec![("p", "{}"), ("j", "probe"), ("q", "q"), ("m", "3")];
+        if field != "e" {
+            fields.push(("e", "1000"));
+        }
+        fields.push((field, value));
+        let _: () = redis::pipe()
+            .hset_multiple(f.job_key(id), &fields)
+            .rpush(f.key("ready:q"), id.to_string())
+            .query_async(&mut f.raw)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let got = f.backend.reserve(&queues(&["q"]), 10, LEASE).await.unwrap();
+    assert_eq!(got.len(), planted.len(), "{got:?}");
+    for ((r, id), (_, _, what)) in got.iter().zip(&ids).zip(planted) {
+        match r {
+            Reservation::Malformed {
+                id: got, reason, ..
+            } => {
+                assert_eq!(got, id);
+                assert!(reason.contains(what), "{what}: {reason}");
+            }
+            other @ Reservation::Job { .. } => panic!("{what}: {other:?}"),
+        }
+    }
+    // The bad count is kept as it was (not rewritten as a first attempt), and the status
+    // says the record is corrupt instead of reading it as 0.
+    assert_eq!(f.hget(ids[0], "a").await.as_deref(), Some("two"));
+    let r = f.backend.status(ids[0]).await;
+    assert!(matches!(r, Err(BackendError::Corrupt(_))), "{r:?}");
+}
+
+#[tokio::test]
 async fn entries_that_are_not_canonical_ids_are_set_aside_even_with_a_record() {
     // Each names a job-shaped record, so only the id check keeps it from being run: an
     // uppercase id, a hyphen out of place, a character that is not hex.

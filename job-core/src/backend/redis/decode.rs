@@ -43,6 +43,16 @@ fn number<T: std::str::FromStr + Default>(row: &[Vec<u8>], i: usize) -> T {
     text(row, i).parse().unwrap_or_default()
 }
 
+/// Field `i` as a number: `Ok(None)` when it is empty (the record has no such field), `Err`
+/// with its text when it holds anything else.
+fn optional_number<T: std::str::FromStr>(row: &[Vec<u8>], i: usize) -> Result<Option<T>, String> {
+    let t = text(row, i);
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.parse().map(Some).map_err(|_| t)
+}
+
 /// Decodes one reserve row: `job, id, token, has_payload, payload, job_name, queue, attempt,
 /// recoveries, not_before, max_attempts, enqueued`.
 pub(super) fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
@@ -66,8 +76,43 @@ pub(super) fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> 
     if job.is_empty() {
         return Ok(malformed("it names no job"));
     }
-    let Ok(max_attempts) = text(row, 10).parse::<u32>() else {
-        return Ok(malformed("it has no attempt limit"));
+    let max_attempts = match optional_number::<u32>(row, 10) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Ok(malformed("it has no attempt limit")),
+        Err(t) => {
+            return Ok(malformed(&format!(
+                "its attempt limit {t:?} is not a whole number"
+            )));
+        }
+    };
+    // Counts and times that do not parse make the record malformed (dead-lettered with the
+    // reason, and requeueable once repaired) rather than silently 0 or now. The script passes
+    // a stored attempt count that is not a number on as it is.
+    let Ok(attempt) = text(row, 7).parse::<u32>() else {
+        return Ok(malformed("its attempt count is not a whole number"));
+    };
+    let recoveries = match text(row, 8).parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => {
+            let t = text(row, 8);
+            return Ok(malformed(&format!(
+                "its recovery count {t:?} is not a whole number"
+            )));
+        }
+    };
+    let not_before = match optional_number::<u64>(row, 9) {
+        Ok(ms) => ms,
+        Err(t) => return Ok(malformed(&format!("its start time {t:?} is not a number"))),
+    };
+    let enqueued_at = match optional_number::<u64>(row, 11) {
+        Ok(Some(ms)) => ms,
+        // Only a record this crate did not enqueue has no enqueue time.
+        Ok(None) => unix_ms(SystemTime::now()),
+        Err(t) => {
+            return Ok(malformed(&format!(
+                "its enqueue time {t:?} is not a number"
+            )));
+        }
     };
     let text_payload = match std::str::from_utf8(payload) {
         Ok(t) => t.to_owned(),
@@ -82,13 +127,11 @@ pub(super) fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> 
         job,
         queue: queue.clone(),
         payload,
-        attempt: number(row, 7),
+        attempt,
         max_attempts,
-        recoveries: number(row, 8),
-        enqueued_at: text(row, 11)
-            .parse()
-            .unwrap_or_else(|_| unix_ms(SystemTime::now())),
-        not_before: text(row, 9).parse().ok(),
+        recoveries,
+        enqueued_at,
+        not_before,
         lease: Some(token),
     };
     Ok(Reservation::Job { envelope, token })
@@ -130,6 +173,22 @@ pub(super) fn dead_letter_from_row(row: &[Vec<u8>]) -> Result<DeadLetter, Backen
     })
 }
 
+/// A number field of job `id`'s record: `None` when it is absent; one that is present but
+/// not a number is corrupt, never read as 0 or as absent.
+fn record_number<T: std::str::FromStr>(
+    id: JobId,
+    what: &str,
+    field: Option<String>,
+) -> Result<Option<T>, BackendError> {
+    field
+        .map(|t| {
+            t.parse().map_err(|_| {
+                BackendError::Corrupt(format!("job {id} has a malformed {what} {t:?}"))
+            })
+        })
+        .transpose()
+}
+
 /// The fields of a job record that [`status`] decodes, in its order.
 pub(super) const STATUS_FIELDS: [&str; 7] = ["s", "j", "q", "a", "err", "e", "u"];
 
@@ -156,12 +215,13 @@ pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatu
             )));
         }
     };
+    let attempts = record_number::<u32>(id, "attempt count", text(3))?.unwrap_or(0);
     // `u` is absent until the first change after the enqueue, so the job was last updated
     // when it was enqueued; `e` is absent only from records this crate did not enqueue
     // (planted by `insert_raw`, or rebuilt by reserve from a foreign value), which carry `u`.
     // Neither falls back to the clock: the status of a job that stands still must not change.
-    let enqueued = text(5).and_then(|s| s.parse::<u64>().ok());
-    let updated = text(6).and_then(|s| s.parse::<u64>().ok()).or(enqueued);
+    let enqueued = record_number::<u64>(id, "enqueue time", text(5))?;
+    let updated = record_number::<u64>(id, "update time", text(6))?.or(enqueued);
     let (Some(enqueued), Some(updated)) = (enqueued.or(updated), updated) else {
         return Err(BackendError::Corrupt(format!(
             "job {id} has neither an enqueue nor an update time"
@@ -172,7 +232,7 @@ pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatu
         job: text(1).unwrap_or_default().into(),
         queue: text(2).unwrap_or_default().into(),
         state,
-        attempts: text(3).and_then(|s| s.parse().ok()).unwrap_or(0),
+        attempts,
         last_error: text(4),
         enqueued_at: from_unix_ms(enqueued),
         updated_at: from_unix_ms(updated),
@@ -231,6 +291,103 @@ mod tests {
             (s.enqueued_at, s.updated_at),
             (from_unix_ms(5000), from_unix_ms(5000))
         );
+    }
+
+    #[test]
+    fn malformed_numbers_in_a_record_are_corrupt_not_zero() {
+        for (field, value) in [("a", "two"), ("a", ""), ("e", "yesterday"), ("u", "-1")] {
+            let mut fields = vec![("j", "probe"), ("q", "q"), ("e", "1000"), ("u", "2000")];
+            fields.retain(|(n, _)| *n != field);
+            fields.push((field, value));
+            let r = status(JobId::new(), &record(&fields));
+            assert!(
+                matches!(r, Err(BackendError::Corrupt(ref m)) if m.contains("malformed")),
+                "{field}={value:?}: {r:?}"
+            );
+        }
+    }
+
+    /// A reserve row as the script sends it, for the job `probe` in queue `q`.
+    fn row(
+        attempt: &str,
+        recoveries: &str,
+        not_before: &str,
+        max: &str,
+        enqueued: &str,
+    ) -> Vec<Vec<u8>> {
+        let id = JobId::new().to_string();
+        let token = format!("{:x}", LeaseToken::random().0);
+        [
+            "job",
+            &id,
+            &token,
+            "1",
+            r#"{"n":1}"#,
+            "probe",
+            "q",
+            attempt,
+            recoveries,
+            not_before,
+            max,
+            enqueued,
+        ]
+        .map(|s| s.as_bytes().to_vec())
+        .to_vec()
+    }
+
+    #[test]
+    fn a_reserve_row_decodes_to_its_envelope() {
+        let r = reservation(&row("2", "1", "1500", "5", "1000")).unwrap();
+        let Reservation::Job { envelope, token } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (envelope.job.as_str(), envelope.queue.as_str()),
+            ("probe", "q")
+        );
+        assert_eq!(
+            (envelope.attempt, envelope.recoveries, envelope.max_attempts),
+            (2, 1, 5)
+        );
+        assert_eq!(
+            (envelope.enqueued_at, envelope.not_before),
+            (1000, Some(1500))
+        );
+        assert_eq!(envelope.lease, Some(token));
+        // No start time is none; no enqueue time (a record this crate did not enqueue) is now.
+        let Reservation::Job { envelope, .. } = reservation(&row("1", "0", "", "5", "")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(envelope.not_before, None);
+        assert!(envelope.enqueued_at > 0);
+    }
+
+    #[test]
+    fn malformed_numbers_in_a_reserve_row_make_it_malformed_not_zero() {
+        for (r, what) in [
+            (row("x", "0", "", "5", "1000"), "attempt count"),
+            (row("2.5", "0", "", "5", "1000"), "attempt count"),
+            (row("1", "", "", "5", "1000"), "recovery count"),
+            (row("1", "-1", "", "5", "1000"), "recovery count"),
+            (row("1", "0", "soon", "5", "1000"), "start time"),
+            (row("1", "0", "", "five", "1000"), "attempt limit"),
+            (row("1", "0", "", "5", "1e3"), "enqueue time"),
+        ] {
+            match reservation(&r).unwrap() {
+                Reservation::Malformed { raw, reason, .. } => {
+                    assert!(reason.contains(what), "{reason}");
+                    assert_eq!(raw, r#"{"n":1}"#, "the payload is kept");
+                }
+                other @ Reservation::Job { .. } => panic!("{what}: {other:?}"),
+            }
+        }
+        let Reservation::Malformed { reason, .. } =
+            reservation(&row("1", "0", "", "", "1")).unwrap()
+        else {
+            panic!()
+        };
+        assert!(reason.contains("it has no attempt limit"), "{reason}");
     }
 
     #[test]

@@ -96,6 +96,13 @@
 //! | `err` | last error | retry, dead-letter, reap |
 //! | `dead`, `died` | the dead-letter record (JSON) and when it died | dead-letter, reap |
 //!
+//! [`reserve`](Backend::reserve) and [`status`](Backend::status) take a count or time that
+//! is present but not a number for corruption, never for 0 or now: reserve returns the job
+//! as [`Reservation::Malformed`] (the runtime dead-letters it with the reason; the record
+//! keeps its fields, and a [`requeue`](Backend::requeue) clears the counts and the start
+//! time), and status fails with [`BackendError::Corrupt`]. The dead-letter listing reads
+//! such a field as 0 rather than fail for every dead letter.
+//!
 //! The payload is stored as the client wrote it and never re-encoded by a script (Lua's JSON
 //! would turn `[]` into `{}` and round large integers). A succeeded job's record keeps an
 //! empty payload (the ack empties it in the same `HSET` that records the success).

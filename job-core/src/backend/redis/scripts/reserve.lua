@@ -58,9 +58,14 @@ for i = 1, nq do
           -- (An id that is running or finished is a stale duplicate entry: dropped.)
           local token = ARGV[first_token + leased]
           leased = leased + 1
-          -- A first attempt needs no number formatting (tostring costs ~0.7 µs a call).
+          -- A first attempt needs no number formatting (tostring costs ~0.7 µs a call). A
+          -- stored count that is not a number is passed on as it is (and kept), so the job
+          -- comes back malformed instead of as a first attempt.
           local attempt = '1'
-          if f[5] then attempt = tostring((tonumber(f[5]) or 0) + 1) end
+          if f[5] then
+            local a = tonumber(f[5])
+            if a then attempt = tostring(a + 1) else attempt = f[5] end
+          end
           redis.call('HSET', k, 's', 'running', 'a', attempt, 'l', token, 'u', snow)
           if not f[4] then redis.call('HSET', k, 'q', q) end
           members[#members + 1] = sexpiry
