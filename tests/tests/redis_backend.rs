@@ -759,6 +759,33 @@ async fn status_follows_the_job() {
 }
 
 #[tokio::test]
+async fn the_status_of_a_job_that_stands_still_does_not_change() {
+    let f = Fixture::new().await;
+    let b = &f.backend;
+    // Neither has changed since its enqueue (no `u` field yet): it was updated when enqueued.
+    let queued = envelope("q", 1);
+    let later = delayed("q", 2, Duration::from_secs(60));
+    b.enqueue_batch(&[queued.clone(), later.clone()], CAP)
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    for e in [&queued, &later] {
+        let s = b.status(e.id).await.unwrap().unwrap();
+        assert_eq!(unix_ms(s.updated_at), e.enqueued_at, "{:?}", s.state);
+        first.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for (e, before) in [&queued, &later].into_iter().zip(&first) {
+        let again = b.status(e.id).await.unwrap().unwrap();
+        assert_eq!(&again, before, "nothing happened to the job");
+    }
+    assert_eq!(
+        (first[0].state, first[1].state),
+        (JobState::Queued, JobState::Scheduled)
+    );
+}
+
+#[tokio::test]
 async fn enqueue_batch_stores_in_order_up_to_capacity() {
     let f = Fixture::new().await;
     let b = &f.backend;
@@ -1034,6 +1061,52 @@ async fn malformed_records_come_back_as_malformed() {
             .all(|d| d.error_message().contains("not a job envelope"))
     );
     reserve_none(&f.backend, "q").await;
+}
+
+#[tokio::test]
+async fn records_with_malformed_numbers_come_back_malformed_not_as_zero() {
+    let mut f = Fixture::new().await;
+    // Job-shaped records, each with one count or time that is not a number.
+    let planted = [
+        ("a", "two", "attempt count"),
+        ("r", "x", "recovery count"),
+        ("nb", "soon", "start time"),
+        ("e", "yesterday", "enqueue time"),
+    ];
+    let mut ids = Vec::new();
+    for (field, value, _) in planted {
+        let id = JobId::new();
+        let mut fields = vec![("p", "{}"), ("j", "probe"), ("q", "q"), ("m", "3")];
+        if field != "e" {
+            fields.push(("e", "1000"));
+        }
+        fields.push((field, value));
+        let _: () = redis::pipe()
+            .hset_multiple(f.job_key(id), &fields)
+            .rpush(f.key("ready:q"), id.to_string())
+            .query_async(&mut f.raw)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let got = f.backend.reserve(&queues(&["q"]), 10, LEASE).await.unwrap();
+    assert_eq!(got.len(), planted.len(), "{got:?}");
+    for ((r, id), (_, _, what)) in got.iter().zip(&ids).zip(planted) {
+        match r {
+            Reservation::Malformed {
+                id: got, reason, ..
+            } => {
+                assert_eq!(got, id);
+                assert!(reason.contains(what), "{what}: {reason}");
+            }
+            other @ Reservation::Job { .. } => panic!("{what}: {other:?}"),
+        }
+    }
+    // The bad count is kept as it was (not rewritten as a first attempt), and the status
+    // says the record is corrupt instead of reading it as 0.
+    assert_eq!(f.hget(ids[0], "a").await.as_deref(), Some("two"));
+    let r = f.backend.status(ids[0]).await;
+    assert!(matches!(r, Err(BackendError::Corrupt(_))), "{r:?}");
 }
 
 #[tokio::test]

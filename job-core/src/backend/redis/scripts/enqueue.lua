@@ -1,0 +1,102 @@
+-- KEYS: the shared keys (see prelude.lua).
+-- ARGV: base, capacity, then either 'each' and per job: id, payload, job, queue,
+-- max_attempts, attempt, recoveries, enqueued, not_before ('' = none); or 'same', job,
+-- queue, max_attempts, and per job: id, payload, enqueued (fresh jobs of one type, ready at
+-- once). Stores jobs in order while capacity allows; an id already stored changes nothing
+-- and counts as stored. Returns {stored, status}: 'ok', 'full' (the rest did not fit), or
+-- 'corrupt' (the next job's key holds another type).
+local cap = tonumber(ARGV[2])
+local live = tonumber(redis.call('GET', K_LIVE) or '0')
+local now = nil
+local stored, added, status = 0, 0, 'ok'
+-- Whether the job under key `k` is 'new' (its room under capacity is taken), 'stored'
+-- already (nothing to do), or stops the batch: 'corrupt' (another type under the key) or
+-- 'full'.
+local function admit(k)
+  if redis.call('EXISTS', k) == 1 then
+    if redis.call('TYPE', k)['ok'] ~= 'hash' then return 'corrupt' end
+    return 'stored'
+  end
+  if live + added >= cap then return 'full' end
+  added = added + 1
+  return 'new'
+end
+if ARGV[3] == 'same' then
+  -- Fresh jobs of one type: one RPUSH for all of them (in slices), at the end.
+  local job, q, m = ARGV[4], ARGV[5], ARGV[6]
+  local ready = {}
+  for i = 7, #ARGV, 3 do
+    local id = ARGV[i]
+    local k = jk(id)
+    local verdict
+    if live + added >= cap then
+      -- No room: only an id stored already passes ('stored', 'corrupt' or 'full').
+      verdict = admit(k)
+    else
+      -- One command instead of EXISTS then HSET: a fresh id gets all five fields, so HSET
+      -- counts five new ones. Fewer means the id was stored already (this batch again,
+      -- after its reply was lost): the fields just written hold the bytes they held, and
+      -- only a payload that a finished job's ack had emptied needs emptying again.
+      local n = redis.pcall('HSET', k, 'p', ARGV[i + 1], 'j', job, 'q', q, 'm', m, 'e', ARGV[i + 2])
+      if type(n) == 'table' then
+        verdict = 'corrupt'
+      elseif n == 5 then
+        added = added + 1
+        verdict = 'new'
+      else
+        if redis.call('HGET', k, 's') == 'succeeded' then redis.call('HSET', k, 'p', '') end
+        verdict = 'stored'
+      end
+    end
+    if verdict == 'corrupt' or verdict == 'full' then
+      status = verdict
+      break
+    end
+    if verdict == 'new' then ready[#ready + 1] = id end
+    stored = stored + 1
+  end
+  if #ready > 0 then
+    local rq, len = rk(q), 0
+    for i = 1, #ready, 400 do
+      len = redis.call('RPUSH', rq, unpack(ready, i, math.min(i + 399, #ready)))
+    end
+    if len == #ready then
+      -- The queue was empty: make sure it is known (the set only grows), and wake a worker.
+      redis.call('SADD', K_QUEUES, q)
+      signal(q)
+    end
+  end
+  live_add(added)
+  return {stored, status}
+end
+for i = 4, #ARGV, 9 do
+  local id, p, job, q, m, a, r, e, nb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+  local k = jk(id)
+  local verdict = admit(k)
+  if verdict == 'corrupt' or verdict == 'full' then
+    status = verdict
+    break
+  end
+  if verdict == 'new' then
+    redis.call('HSET', k, 'p', p, 'j', job, 'q', q, 'm', m, 'e', e)
+    if a ~= '0' then redis.call('HSET', k, 'a', a) end
+    if r ~= '0' then redis.call('HSET', k, 'r', r) end
+    local at = tonumber(nb)
+    if at then
+      now = now or now_ms()
+      redis.call('HSET', k, 'nb', nb)
+    end
+    if at and at > now then
+      redis.call('HSET', k, 's', 'scheduled')
+      redis.call('SADD', K_QUEUES, q)
+      redis.call('ZADD', K_SCHEDULED, at, id)
+    elseif redis.call('RPUSH', rk(q), id) == 1 then
+      -- The queue was empty: make sure it is known (the set only grows), and wake a worker.
+      redis.call('SADD', K_QUEUES, q)
+      signal(q)
+    end
+  end
+  stored = stored + 1
+end
+live_add(added)
+return {stored, status}
