@@ -8,7 +8,8 @@
 # 127.0.0.1 (no persistence, noeviction; stopped on exit; the shared server on 6379 is never
 # touched), prints the machine and versions, then the table (Markdown) on stdout. Progress
 # goes to stderr. The table is also kept in benches/peers/target/peers-last.md.
-# Set PEERS_NO_REDIS=1 to skip the Redis part.
+# Set PEERS_NO_REDIS=1 to skip the Redis part. A private PostgreSQL cluster (initdb, default
+# settings, stopped on exit) runs the Postgres part; PEERS_NO_POSTGRES=1 skips it.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="$PWD/target"
@@ -21,6 +22,7 @@ mkdir -p "$work"
 port=""
 pidfile="$work/redis.pid"
 cleanup() {
+  if declare -F pg_stop >/dev/null; then pg_stop; fi
   if [[ -n "$port" ]]; then
     redis-cli -h 127.0.0.1 -p "$port" shutdown nosave >/dev/null 2>&1 || true
     if [[ -f "$pidfile" ]]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
@@ -44,6 +46,11 @@ if [[ -z "${PEERS_NO_REDIS:-}" ]]; then
   export PEERS_REDIS_URL="redis://127.0.0.1:$port/0" PEERS_REDIS_PORT="$port"
 fi
 
+if [[ -z "${PEERS_NO_POSTGRES:-}" ]]; then
+  # shellcheck source=private-postgres.sh
+  source ./private-postgres.sh 15440
+fi
+
 version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock; }
 {
   echo "## Machine"
@@ -52,6 +59,7 @@ version() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/version = |
   echo "- kernel: $(uname -sr); $(rustc -V)"
   echo "- apalis $(version apalis), apalis-core $(version apalis-core), apalis-redis $(version apalis-redis), redis-rs $(version redis), tokio $(version tokio)"
   if [[ -n "$port" ]]; then echo "- $(redis-server --version | cut -d' ' -f1-3) (private, port $port)"; fi
+  if [[ -n "${pg_port:-}" ]]; then echo "- $("$pg_bin/postgres" --version) (private cluster, default settings, port $pg_port); apalis-postgres $(version apalis-postgres), sqlx $(version sqlx)"; fi
   echo "- load before: $(uptime | sed 's/.*load average/load average/')"
 } | tee "$CARGO_TARGET_DIR/peers-last.md"
 

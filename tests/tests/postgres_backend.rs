@@ -414,6 +414,55 @@ async fn an_idle_worker_is_woken_by_notifications_and_due_times_not_by_polling()
     rt.shutdown().await;
 }
 
+/// Scans of the index reserves and due-time reads use, from the statistics collector
+/// (which flushes about once a second).
+async fn waiting_index_scans(pool: &sqlx::PgPool, schema: &str) -> i64 {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query_scalar(
+        "SELECT idx_scan FROM pg_stat_user_indexes WHERE schemaname = $1 AND indexrelname = 'jobs_waiting'",
+    )
+    .bind(schema)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn work_for_another_queue_does_not_wake_an_idle_worker() {
+    let (b, cleanup) = postgres_backend_with(|b| b.poll_interval(Duration::from_secs(60))).await;
+    let b = std::sync::Arc::new(b);
+    let rec = common::Recorder::new();
+    let rt = on(&b, &rec).queues(["mine"]).start().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // idle, waiting
+    let before = waiting_index_scans(b.pool(), &cleanup.schema).await;
+    for key in 0..100 {
+        b.enqueue(envelope("other", key), 1000).await.unwrap();
+    }
+    let after = waiting_index_scans(b.pool(), &cleanup.schema).await;
+    assert!(
+        after - before <= 4,
+        "100 jobs for another queue made the idle runtime scan {} times",
+        after - before
+    );
+    // Its own queue still wakes it at once.
+    b.enqueue(
+        Envelope {
+            payload: serde_json::to_value(common::Probe::new(1, common::Behavior::Succeed))
+                .unwrap()
+                .into(),
+            ..envelope("mine", 1)
+        },
+        1000,
+    )
+    .await
+    .unwrap();
+    common::eventually(Duration::from_secs(3), "woken for its own queue", || {
+        rec.successes() == 1
+    })
+    .await;
+    rt.shutdown().await;
+}
+
 #[tokio::test]
 async fn counts_match_the_rows_after_a_mixed_workload() {
     let (b, cleanup) = postgres_backend().await;

@@ -10,10 +10,13 @@
 //! Environment: `PEERS_ROUNDS` (5), `PEERS_JOBS` (100000), `PEERS_REDIS_URL` (unset: skip
 //! the Redis part), `PEERS_REDIS_PORT` (for redis-benchmark), `PEERS_WINDOW_SECS` (10, the
 //! longest a Redis throughput run lasts), `PEERS_ONLY` (comma-separated workload names),
-//! `PEERS_CONCURRENCY` (4; for experiments only: the tables say 4).
+//! `PEERS_CONCURRENCY` (4; for experiments only: the tables say 4), `PEERS_POSTGRES_URL`
+//! (unset: skip the Postgres part; a server URL with a maintenance database, e.g.
+//! `postgres://postgres@127.0.0.1:5432/postgres`: the children make `peers_bench` beside it).
 
 mod common;
 mod mem;
+mod pg_peers;
 mod redis_peers;
 
 use std::collections::BTreeMap;
@@ -68,6 +71,13 @@ fn child(args: &[String]) {
         "redis-backlog-16" => redis_peers::backlog_with(which, jobs, jobs, window, 16),
         "redis-e2e" => redis_peers::backlog(which, 0, jobs / 5, window),
         "redis-latency" => redis_peers::latency(which, rate, 2.0),
+        "pg-single" => pg_peers::single(which, jobs / 10),
+        "pg-batch" => pg_peers::batched(which, jobs, 1000),
+        "pg-e2e" => pg_peers::backlog(which, 0, jobs / 5, window),
+        "pg-backlog" => pg_peers::backlog(which, jobs, jobs / 5, window),
+        "pg-latency" => pg_peers::latency(which, rate, 2.0),
+        "pg-churn" => pg_peers::churn(jobs * 10),
+        "pg-pgbench" => pg_peers::pgbench_insert(),
         other => {
             println!("ERROR unknown workload {other}");
             std::process::exit(2);
@@ -81,6 +91,9 @@ fn child(args: &[String]) {
 
 type Metrics = BTreeMap<String, f64>;
 
+/// The head of every side-by-side table.
+const TABLE_HEAD: &str = "| measure | unit | ours: median (min–max) | apalis: median (min–max) | ours/apalis, per round: median (min–max) |\n|---|---|---|---|---|\n";
+
 #[derive(Default)]
 struct Series {
     ours: Vec<f64>,
@@ -92,6 +105,7 @@ struct Driver {
     rounds: usize,
     redis: Option<String>,
     redis_port: Option<String>,
+    postgres: Option<String>,
     only: Option<Vec<String>>,
     exe: std::path::PathBuf,
     /// (workload, metric) -> series
@@ -165,6 +179,7 @@ impl Driver {
             rounds: env_usize("PEERS_ROUNDS", 5),
             redis: std::env::var("PEERS_REDIS_URL").ok(),
             redis_port: std::env::var("PEERS_REDIS_PORT").ok(),
+            postgres: std::env::var("PEERS_POSTGRES_URL").ok(),
             only: std::env::var("PEERS_ONLY")
                 .ok()
                 .map(|s| s.split(',').map(str::to_owned).collect()),
@@ -469,6 +484,9 @@ impl Driver {
                 }
             }
         }
+        if self.postgres.is_some() {
+            self.run_postgres();
+        }
         self.print(ours_peak);
     }
 
@@ -598,7 +616,7 @@ impl Driver {
 
     fn print(&self, ours_peak: Option<f64>) {
         let mut out = String::new();
-        let head = "| measure | unit | ours: median (min–max) | apalis: median (min–max) | ours/apalis, per round: median (min–max) |\n|---|---|---|---|---|\n";
+        let head = TABLE_HEAD;
         out.push_str(&format!(
             "\n### In memory: 100,000 no-op jobs, concurrency 4, {} rounds\n\n",
             self.rounds
@@ -839,6 +857,9 @@ impl Driver {
                 );
             }
         }
+        if self.postgres.is_some() {
+            self.print_postgres(&mut out);
+        }
         if !self.ceilings.is_empty() {
             out.push_str(
                 "\n### Ceilings (same run)\n\n| ceiling | median (min–max) |\n|---|---|\n",
@@ -848,6 +869,9 @@ impl Driver {
             }
         }
         self.targets(&mut out);
+        if self.postgres.is_some() {
+            self.postgres_targets(&mut out);
+        }
         if !self.errors.is_empty() {
             out.push_str("\n### Errors (identical ones counted once)\n\n");
             let mut seen: Vec<(String, usize)> = Vec::new();

@@ -1,9 +1,10 @@
 //! Connections: the statements with the schema filled in, deadlines on every call, the
 //! schema migration, and the `LISTEN` connection that wakes idle workers.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
@@ -152,13 +153,22 @@ pub(super) fn latest_version() -> usize {
 }
 
 /// What the listener has heard, for idle workers.
+///
+/// Per queue: a worker that reserved from a queue and found nothing waits until a
+/// notification names that queue (not any queue: an idle runtime does not query each time
+/// another process's queue gets work), a due time it heard of comes, or its timeout ends.
 pub(super) struct Wakeups {
-    /// Bumped on every notification that work is ready, and after every (re)connection of
-    /// the listener (notifications sent while it was away are lost).
+    /// Bumped on every notification and (re)connection: wakes the waiters, who then look
+    /// at their own queues.
     generation: watch::Sender<u64>,
-    /// The generation the latest `reserve` started at: a wait that finds a newer one
-    /// returns at once (work may have arrived between the reserve and the wait).
-    seen: AtomicU64,
+    /// Per queue this process reserves from: notifications heard, and how many of them the
+    /// latest reserve from it had heard (a wait that finds more returns at once: work may
+    /// have arrived between the reserve and the wait).
+    queues: Mutex<HashMap<String, Marks>>,
+    /// Whether the store must be asked for the earliest due time before the next wait: at
+    /// first, after the listener (re)connects, when the due time known passes and when a
+    /// wait ends by its timeout. Otherwise notifications carry the due times.
+    refresh_due: AtomicBool,
     /// The earliest due time heard of (ms since the Unix epoch; `u64::MAX`: none).
     next_due: AtomicU64,
     /// Signalled when `next_due` moves earlier.
@@ -168,11 +178,18 @@ pub(super) struct Wakeups {
     started: std::sync::Once,
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+struct Marks {
+    heard: u64,
+    seen: u64,
+}
+
 impl Wakeups {
     pub(super) fn new() -> Self {
         Self {
             generation: watch::channel(0).0,
-            seen: AtomicU64::new(0),
+            queues: Mutex::new(HashMap::new()),
+            refresh_due: AtomicBool::new(true),
             next_due: AtomicU64::new(u64::MAX),
             due_changed: Notify::new(),
             stop: CancellationToken::new(),
@@ -180,14 +197,67 @@ impl Wakeups {
         }
     }
 
-    /// Called as a reservation starts.
-    pub(super) fn reserving(&self) {
-        self.seen
-            .fetch_max(*self.generation.borrow(), Ordering::AcqRel);
+    fn marks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Marks>> {
+        // The map holds counters only: a panic elsewhere cannot leave it inconsistent.
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn bump(&self) {
+    /// Called as a reservation from `queues` starts.
+    pub(super) fn reserving(&self, queues: &[String]) {
+        let mut marks = self.marks();
+        for q in queues {
+            match marks.get_mut(q.as_str()) {
+                Some(m) => m.seen = m.heard,
+                None => {
+                    marks.insert(q.clone(), Marks::default());
+                }
+            }
+        }
+    }
+
+    /// Whether one of `queues` was named since its latest reserve (or never reserved).
+    fn pending(&self, queues: &[String]) -> bool {
+        let marks = self.marks();
+        queues
+            .iter()
+            .any(|q| marks.get(q.as_str()).is_none_or(|m| m.heard > m.seen))
+    }
+
+    /// A notification named `queue`.
+    fn heard(&self, queue: &str) {
+        // A queue nobody here has reserved from has no waiter to wake.
+        let known = match self.marks().get_mut(queue) {
+            Some(m) => {
+                m.heard += 1;
+                true
+            }
+            None => false,
+        };
+        if known {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Notifications may have been missed (the listener was away): every queue, and the
+    /// due time, must be looked at again.
+    fn everyone(&self) {
+        for m in self.marks().values_mut() {
+            m.heard += 1;
+        }
+        self.refresh_due.store(true, Ordering::Release);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Whether the earliest due time must be read from the store now (clears the flag).
+    pub(super) fn take_refresh(&self) -> bool {
+        self.refresh_due.swap(false, Ordering::AcqRel)
+    }
+
+    /// The due-time query failed: run it before the next wait.
+    pub(super) fn refresh_later(&self) {
+        self.refresh_due.store(true, Ordering::Release);
     }
 
     /// Records a due time heard of or read from the store.
@@ -198,12 +268,13 @@ impl Wakeups {
     }
 
     fn handle(&self, payload: &str) {
-        match payload.split_once(' ') {
-            Some((_, due)) => match due.parse::<u64>() {
-                Ok(ms) if ms > unix_ms(SystemTime::now()) => self.due_at(ms),
-                _ => self.bump(),
-            },
-            None => self.bump(),
+        let (queue, due) = match payload.split_once(' ') {
+            Some((queue, due)) => (queue, due.parse::<u64>().ok()),
+            None => (payload, None),
+        };
+        match due {
+            Some(ms) if ms > unix_ms(SystemTime::now()) => self.due_at(ms),
+            _ => self.heard(queue),
         }
     }
 
@@ -229,39 +300,47 @@ impl Wakeups {
         });
     }
 
-    /// Waits until the listener hears of work, the earliest known due time comes, or
-    /// `timeout` passes.
-    pub(super) async fn wait(&self, timeout: Duration) {
+    /// Waits until the listener hears of work in one of `queues`, the earliest known due
+    /// time comes, or `timeout` passes.
+    pub(super) async fn wait(&self, queues: &[String], timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut rx = self.generation.subscribe();
-        if *rx.borrow_and_update() > self.seen.load(Ordering::Acquire) {
-            return;
-        }
         loop {
+            rx.borrow_and_update();
+            if self.pending(queues) {
+                return;
+            }
             let due = self.next_due.load(Ordering::Acquire);
             let until = if due == u64::MAX {
                 deadline
             } else {
                 let now = unix_ms(SystemTime::now());
                 if due <= now {
-                    // Due now: forget it (the reservation takes it, or the next due time is
-                    // read again) and go.
+                    // Due now: forget it (the reservation takes it) and read the next one
+                    // from the store before the next wait.
                     let _ = self.next_due.compare_exchange(
                         due,
                         u64::MAX,
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     );
+                    self.refresh_due.store(true, Ordering::Release);
                     return;
                 }
                 deadline.min(Instant::now() + Duration::from_millis(due - now))
             };
             let due_changed = self.due_changed.notified();
             tokio::select! {
-                _ = rx.changed() => return,
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
                 () = due_changed => {}
                 () = tokio::time::sleep_until(until) => {
                     if until >= deadline {
+                        // The fallback poll: look at the store itself, due times included.
+                        self.refresh_due.store(true, Ordering::Release);
                         return;
                     }
                 }
@@ -295,7 +374,7 @@ async fn listen(wakeups: std::sync::Weak<Wakeups>, pool: PgPool, channel: String
         };
         // Whatever was sent while no connection listened is lost: wake everyone once.
         match wakeups.upgrade() {
-            Some(w) => w.bump(),
+            Some(w) => w.everyone(),
             None => return,
         }
         loop {
@@ -306,7 +385,7 @@ async fn listen(wakeups: std::sync::Weak<Wakeups>, pool: PgPool, channel: String
                 },
                 Ok(None) => match wakeups.upgrade() {
                     // The connection dropped and was opened again.
-                    Some(w) => w.bump(),
+                    Some(w) => w.everyone(),
                     None => return,
                 },
                 Err(e) => {

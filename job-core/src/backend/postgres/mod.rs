@@ -414,7 +414,7 @@ impl PostgresBackend {
             return Ok(Vec::new());
         }
         self.ensure_schema().await?;
-        self.wakeups.reserving();
+        self.wakeups.reserving(queues);
         let max = i32::try_from(max.min(MAX_RESERVE)).unwrap_or(1);
         let q = sqlx::query(sql(&self.sql.reserve))
             .bind(queues)
@@ -432,16 +432,27 @@ impl PostgresBackend {
 
     async fn wait(&self, queues: &[String], timeout: Duration) {
         self.wakeups.start(&self.pool, &self.channel);
-        let valid: Vec<&String> = queues.iter().filter(|q| is_valid_name(q)).collect();
-        if !valid.is_empty() && self.ensure_schema().await.is_ok() {
+        let valid: Vec<String> = queues
+            .iter()
+            .filter(|q| is_valid_name(q))
+            .cloned()
+            .collect();
+        if valid.is_empty() {
+            tokio::time::sleep(timeout).await;
+            return;
+        }
+        if self.wakeups.take_refresh() && self.ensure_schema().await.is_ok() {
             // The earliest delayed job or retry of these queues, so the wait ends when it is
-            // due (a notification carries the due time of later ones).
-            let q = sqlx::query_scalar::<_, Option<i64>>(sql(&self.sql.next_due)).bind(valid);
-            if let Ok(Some(ms)) = bounded(self.limit(), q.fetch_one(&self.pool)).await {
-                self.wakeups.due_at(u64::try_from(ms).unwrap_or(0));
+            // due (notifications carry the due times of later ones).
+            let q = sqlx::query_scalar::<_, Option<i64>>(sql(&self.sql.next_due)).bind(&valid);
+            match bounded(self.limit(), q.fetch_one(&self.pool)).await {
+                Ok(Some(ms)) => self.wakeups.due_at(u64::try_from(ms).unwrap_or(0)),
+                Ok(None) => {}
+                // Ask again next time.
+                Err(_) => self.wakeups.refresh_later(),
             }
         }
-        self.wakeups.wait(timeout).await;
+        self.wakeups.wait(&valid, timeout).await;
     }
 
     async fn do_ack_batch(&self, acks: &[(JobId, LeaseToken)]) -> Result<Vec<JobId>, BackendError> {
