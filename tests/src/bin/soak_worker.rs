@@ -1,44 +1,62 @@
-//! `soak_worker`: a job worker process on `RedisBackend`, for the crash and chaos tests in
-//! `tests/tests/redis_chaos.rs`, which start several, SIGKILL them and start them again.
+//! `soak_worker`: a job worker process on `RedisBackend` or `PostgresBackend`, for the crash
+//! and chaos tests in `tests/tests/redis_chaos.rs` and `tests/tests/postgres_chaos.rs`, which
+//! start several, SIGKILL them and start them again.
 //!
 //! ```text
-//! soak_worker --prefix P [--redis URL] [--concurrency N] [--lease-ms MS] [--reap-ms MS]
-//!             [--max-recoveries N]
+//! soak_worker --prefix P [--redis URL]          (Redis)
+//! soak_worker --schema S [--postgres URL]       (Postgres)
+//!             [--concurrency N] [--lease-ms MS] [--reap-ms MS] [--max-recoveries N]
+//!             [--max-connections N]
 //! ```
-//! The URL defaults to `JOB_REDIS_URL`, then `redis://127.0.0.1:6379`. The worker runs the
-//! jobs of `soak_worker/jobs.rs` until it is killed, or until SIGTERM or SIGINT, when it
-//! shuts down gracefully (running jobs finish, reserved ones go back to their queue) and
-//! exits with status 0.
+//! On Redis the URL defaults to `JOB_REDIS_URL`, then `redis://127.0.0.1:6379`; on Postgres
+//! to `JOB_POSTGRES_URL`, then `postgres://postgres@127.0.0.1:5432/test`. `--schema` selects
+//! Postgres (the backend's schema; the jobs record their runs in its `chaos_records` table,
+//! which must exist), `--prefix` Redis. `--max-connections` sizes the Postgres backend's pool
+//! (default 4) and the sink's (the same). The worker runs the jobs of `soak_worker/jobs.rs`
+//! until it is killed, or until SIGTERM or SIGINT, when it shuts down gracefully (running
+//! jobs finish, reserved ones go back to their queue) and exits with status 0.
 
 #[path = "soak_worker/jobs.rs"]
 mod jobs;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use job_core::backend::Backend;
+use job_core::backend::postgres::PostgresBackend;
 use job_core::backend::redis::RedisBackend;
 use job_core::prelude::*;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// Which store the worker runs on.
+enum Store {
+    Redis { url: String, prefix: String },
+    Postgres { url: String, schema: String },
+}
+
 struct Config {
-    redis: String,
-    prefix: String,
+    store: Store,
     concurrency: usize,
     lease: Duration,
     reap_interval: Duration,
     max_recoveries: u32,
+    max_connections: u32,
 }
 
 impl Config {
     fn from_args() -> Result<Self, String> {
+        let (mut redis, mut prefix, mut postgres, mut schema) = (None, None, None, None);
         let mut config = Self {
-            redis: std::env::var("JOB_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
-            prefix: String::new(),
+            store: Store::Redis {
+                url: String::new(),
+                prefix: String::new(),
+            },
             concurrency: 8,
             lease: Duration::from_millis(2_000),
             reap_interval: Duration::from_millis(500),
             max_recoveries: 3,
+            max_connections: 4,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -49,8 +67,10 @@ impl Config {
                     .map_err(|e| format!("{flag} {value}: {e}"))
             };
             match flag.as_str() {
-                "--redis" => config.redis = value.clone(),
-                "--prefix" => config.prefix = value.clone(),
+                "--redis" => redis = Some(value.clone()),
+                "--prefix" => prefix = Some(value.clone()),
+                "--postgres" => postgres = Some(value.clone()),
+                "--schema" => schema = Some(value.clone()),
                 "--concurrency" => config.concurrency = number()? as usize,
                 "--lease-ms" => config.lease = Duration::from_millis(number()?),
                 "--reap-ms" => config.reap_interval = Duration::from_millis(number()?),
@@ -58,12 +78,35 @@ impl Config {
                     config.max_recoveries =
                         u32::try_from(number()?).map_err(|e| format!("{flag}: {e}"))?;
                 }
+                "--max-connections" => {
+                    config.max_connections =
+                        u32::try_from(number()?).map_err(|e| format!("{flag}: {e}"))?;
+                }
                 other => return Err(format!("unknown flag {other}")),
             }
         }
-        if config.prefix.is_empty() {
-            return Err("--prefix is required".to_owned());
-        }
+        config.store = match (prefix, schema) {
+            (Some(prefix), None) if postgres.is_none() => Store::Redis {
+                url: redis.unwrap_or_else(|| {
+                    std::env::var("JOB_REDIS_URL")
+                        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+                }),
+                prefix,
+            },
+            (None, Some(schema)) if redis.is_none() => Store::Postgres {
+                url: postgres.unwrap_or_else(|| {
+                    std::env::var("JOB_POSTGRES_URL")
+                        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+                }),
+                schema,
+            },
+            _ => {
+                return Err(
+                    "give either --prefix (and optionally --redis) or --schema (and optionally --postgres)"
+                        .to_owned(),
+                );
+            }
+        };
         Ok(config)
     }
 }
@@ -107,10 +150,24 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Installed before the runtime starts, so a TERM never finds the default handler.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let sink = jobs::Sink::connect(&config.redis, &config.prefix).await?;
-    let backend = RedisBackend::builder(&config.redis)
-        .prefix(&config.prefix)
-        .build()?;
+    // Not the URL: it may carry a password.
+    let (sink, backend, place): (_, Arc<dyn Backend>, _) = match &config.store {
+        Store::Redis { url, prefix } => (
+            jobs::Sink::connect(url, prefix).await?,
+            Arc::new(RedisBackend::builder(url).prefix(prefix).build()?),
+            format!("Redis prefix {prefix}"),
+        ),
+        Store::Postgres { url, schema } => (
+            jobs::Sink::connect_postgres(url, schema, config.max_connections)?,
+            Arc::new(
+                PostgresBackend::builder(url)
+                    .schema(schema.as_str())
+                    .max_connections(config.max_connections)
+                    .build()?,
+            ),
+            format!("Postgres schema {schema}"),
+        ),
+    };
     let rt = JobRuntime::builder()
         .backend(backend)
         .lease(config.lease)
@@ -124,11 +181,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .register::<jobs::Span>()
         .register::<jobs::Pill>()
         .start()?;
-    // Not the URL: it may carry a password.
     eprintln!(
-        "soak_worker {}: started (prefix {}, concurrency {}, lease {:?}, reap every {:?}, max recoveries {})",
+        "soak_worker {}: started ({place}, concurrency {}, lease {:?}, reap every {:?}, max recoveries {})",
         std::process::id(),
-        config.prefix,
         config.concurrency,
         config.lease,
         config.reap_interval,

@@ -1,9 +1,12 @@
 //! The jobs of the chaos tests, shared by the `soak_worker` binary (which runs them) and
-//! `tests/tests/redis_chaos.rs` (which enqueues them and reads what they recorded).
+//! `tests/tests/redis_chaos.rs` and `tests/tests/postgres_chaos.rs` (which enqueue them and
+//! read what they recorded).
 //!
-//! Every job records its execution OUTSIDE the queue, in a Redis list under the backend's
-//! key prefix (`{prefix}:chaos:<kind>`), before it does anything that can be interrupted:
-//! what the queue says happened is checked against what the jobs saw.
+//! Every job records its execution OUTSIDE the queue, before it does anything that can be
+//! interrupted: in a Redis list under the backend's key prefix (`{prefix}:chaos:<kind>`), or,
+//! for workers on Postgres, in the table `<schema>.chaos_records` of the backend's schema
+//! (created by the test; see [`RECORDS_TABLE`]). What the queue says happened is checked
+//! against what the jobs saw.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,10 +24,30 @@ pub(crate) fn record_key(prefix: &str, kind: &str) -> String {
     format!("{{{prefix}}}:chaos:{kind}")
 }
 
-/// Where jobs record their executions: its own Redis connection, apart from the backend's.
-pub(crate) struct Sink {
-    conn: ConnectionManager,
-    prefix: String,
+/// The table the Postgres sink writes to, in the backend's schema. The test creates it
+/// (with the schema) before it starts workers: `seq` keeps the order records were written in.
+#[allow(dead_code)] // Read by the tests (tests/tests/pg_chaos), not by the worker.
+pub(crate) const RECORDS_TABLE: &str = "CREATE TABLE {s}.chaos_records (
+    seq  bigserial PRIMARY KEY,
+    kind text NOT NULL,
+    line text NOT NULL
+)";
+
+/// The `application_name` of the Postgres sink's connections: not the backend's
+/// (`job-core`), so tests that terminate the backend's connections never hit these.
+pub(crate) const SINK_APPLICATION: &str = "job-core-chaos-sink";
+
+/// Where jobs record their executions: a connection of its own, apart from the backend's.
+pub(crate) enum Sink {
+    Redis {
+        conn: ConnectionManager,
+        prefix: String,
+    },
+    Postgres {
+        pool: sqlx::PgPool,
+        /// The INSERT statement, with the schema filled in.
+        insert: Arc<str>,
+    },
 }
 
 impl Sink {
@@ -34,22 +57,66 @@ impl Sink {
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)));
         let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Arc::new(Self {
+        Ok(Arc::new(Self::Redis {
             conn,
             prefix: prefix.to_owned(),
         }))
     }
 
+    /// A sink writing to `schema.chaos_records` (which must exist) on the Postgres at `url`,
+    /// with up to `connections` connections, opened on demand.
+    pub(crate) fn connect_postgres(
+        url: &str,
+        schema: &str,
+        connections: u32,
+    ) -> Result<Arc<Self>, sqlx::Error> {
+        use std::str::FromStr;
+        // Spliced into the statement below: the backend's rule for schema names.
+        let mut bytes = schema.bytes();
+        let valid = matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+            && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
+        if !valid {
+            return Err(sqlx::Error::Configuration(
+                format!("invalid schema name {schema:?}").into(),
+            ));
+        }
+        let options =
+            sqlx::postgres::PgConnectOptions::from_str(url)?.application_name(SINK_APPLICATION);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Arc::new(Self::Postgres {
+            pool,
+            insert: format!("INSERT INTO \"{schema}\".chaos_records (kind, line) VALUES ($1, $2)")
+                .into(),
+        }))
+    }
+
     /// Appends one record; the job fails (and is retried) if it cannot be written.
     async fn push(&self, kind: &str, line: String) -> std::io::Result<()> {
-        let mut conn = self.conn.clone();
-        redis::cmd("RPUSH")
-            .arg(record_key(&self.prefix, kind))
-            .arg(line)
-            .query_async::<i64>(&mut conn)
-            .await
-            .map(drop)
-            .map_err(std::io::Error::other)
+        match self {
+            Self::Redis { conn, prefix } => {
+                let mut conn = conn.clone();
+                redis::cmd("RPUSH")
+                    .arg(record_key(prefix, kind))
+                    .arg(line)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(std::io::Error::other)
+            }
+            Self::Postgres { pool, insert } => {
+                // The schema name was checked in `connect_postgres`.
+                let q = sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                    .bind(kind)
+                    .bind(line);
+                match tokio::time::timeout(Duration::from_secs(5), q.execute(pool)).await {
+                    Ok(done) => done.map(drop).map_err(std::io::Error::other),
+                    Err(_) => Err(std::io::Error::other("recording the run timed out")),
+                }
+            }
+        }
     }
 }
 
