@@ -208,9 +208,10 @@ async fn t1() {
     // Each kill loses the attempts running on the process (at most `concurrency`) and the
     // successes still waiting for their batched acknowledgement: one batch in flight at a
     // time, in which no more than `concurrency` jobs of T1_SLEEP_MS finish within a round
-    // trip. Prefetched jobs that never started are not duplicates. (The same bound as
-    // redis_chaos.rs; `within_kills_x_concurrency` says whether the tighter one held too.)
-    let bound = kills * T1_CONCURRENCY as usize * 2;
+    // trip. Prefetched jobs that never started are not duplicates. One kill can cost a
+    // little more than `concurrency` (9 seen at 8), but the total stays under the issue's
+    // bound of kills x concurrency (104-120 of 160 in six runs on 2 cores).
+    let bound = kills * T1_CONCURRENCY as usize;
     let pids: HashSet<u32> = runs.iter().map(|r| r.pid).collect();
     eprintln!(
         "T1 figures (Postgres): jobs={T1_JOBS} workers={T1_WORKERS} concurrency={T1_CONCURRENCY} kills={kills} \
@@ -235,7 +236,7 @@ async fn t1() {
     );
     assert!(
         duplicates <= bound,
-        "{duplicates} duplicate executions, more than kills x concurrency x 2 = {bound}"
+        "{duplicates} duplicate executions, more than kills x concurrency = {bound}"
     );
     assert!(
         attempts_repeated.is_empty(),

@@ -338,9 +338,17 @@ pub fn backlog(which: &str, backlog: usize, produce: usize, window: Duration) {
         if let Some(p) = produced_in {
             report("produce_rate", produce as f64 / p.as_secs_f64());
         }
-        if let Some(ns) = marked_ns() {
-            let secs = ns.saturating_sub(t_ns) as f64 / 1e9;
-            report("backlog_rate", (backlog + extra) as f64 / secs);
+        match marked_ns() {
+            Some(ns) => {
+                let secs = ns.saturating_sub(t_ns) as f64 / 1e9;
+                report("backlog_rate", (backlog + extra) as f64 / secs);
+            }
+            // Still in the backlog when the window closed: every job it ran, it ran with a
+            // backlog to take from.
+            None if backlog > 0 && produce > 0 => {
+                report("backlog_rate", ran as f64 / elapsed.as_secs_f64());
+            }
+            None => {}
         }
     });
 }
@@ -527,7 +535,7 @@ impl Driver {
                 self.ceiling_ratio(
                     "ours 100,000 backlog + producer / pgbench one-row INSERT tps",
                     "pg-backlog",
-                    "run_rate",
+                    "backlog_rate",
                     m.get("insert_tps").copied(),
                 );
             }
@@ -582,15 +590,15 @@ impl Driver {
                 "jobs/s",
             ),
             (
-                "100,000 backlog + producer adding 20,000: all run at",
+                "100,000 backlog + producer adding 20,000: the backlog runs at",
                 "pg-backlog",
-                "run_rate",
+                "backlog_rate",
                 "jobs/s",
             ),
             (
-                "  … the backlog's part",
+                "  … all jobs over the window (bound by the producer once the backlog is gone)",
                 "pg-backlog",
-                "backlog_rate",
+                "run_rate",
                 "jobs/s",
             ),
             (
@@ -654,7 +662,7 @@ impl Driver {
         let le = |v: Option<f64>, t: f64| v.map(|v| v <= t);
         let rows: Vec<(&str, Option<f64>, &str, Option<bool>)> = vec![
             {
-                let v = ours("pg-backlog", "run_rate");
+                let v = ours("pg-backlog", "backlog_rate");
                 (
                     "≥ 20,000 jobs/s, 100,000 backlog + producer (median)",
                     v,
@@ -663,7 +671,7 @@ impl Driver {
                 )
             },
             {
-                let v = min_ratio("pg-backlog", "run_rate");
+                let v = min_ratio("pg-backlog", "backlog_rate");
                 (
                     "≥ 20× apalis-postgres there, in every round (lowest round)",
                     v,

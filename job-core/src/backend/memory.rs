@@ -33,6 +33,28 @@ struct Stored {
     last_error: Option<String>,
     updated_ms: u64,
     lease: Option<(LeaseToken, Instant)>,
+    /// The token whose outcome was written last, and which outcome: a write-back repeated
+    /// with it (its reply lost, in a real store) succeeds again and changes nothing; any
+    /// other write-back with it is refused as a lost lease (the Redis backend's `d` field,
+    /// the Postgres backend's `done_token`).
+    done: Option<(LeaseToken, Outcome)>,
+}
+
+/// A write-back that ends a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ack,
+    Retry,
+    DeadLetter,
+    Release,
+}
+
+/// What a write-back's token is to the job.
+enum Fence<'a> {
+    /// The current lease: the write-back goes ahead.
+    Held(&'a mut Stored),
+    /// The token whose outcome (this same one) was written last: nothing to do.
+    Repeated,
 }
 
 #[derive(Default)]
@@ -102,6 +124,7 @@ impl MemoryBackend {
                 last_error: None,
                 updated_ms: unix_ms(SystemTime::now()),
                 lease: None,
+                done: None,
             },
         );
         st.ready.entry(queue.to_owned()).or_default().push_back(id);
@@ -146,6 +169,25 @@ impl MemoryBackend {
         }
     }
 
+    /// Fences a write-back of `outcome`: the lease holder goes ahead (and the token is
+    /// recorded as the one whose outcome is written); a repeat of the outcome written last
+    /// with its token changes nothing; anything else is a lost lease.
+    fn fence(
+        st: &mut State,
+        id: JobId,
+        token: LeaseToken,
+        outcome: Outcome,
+    ) -> Result<Fence<'_>, BackendError> {
+        match st.jobs.get_mut(&id) {
+            Some(s) if s.lease.is_some_and(|(t, _)| t == token) => {
+                s.done = Some((token, outcome));
+                Ok(Fence::Held(s))
+            }
+            Some(s) if s.done == Some((token, outcome)) => Ok(Fence::Repeated),
+            _ => Err(BackendError::LeaseLost(id)),
+        }
+    }
+
     fn push_dead(&self, st: &mut State, record: DeadLetter) {
         if st.dead.len() >= self.dead_capacity {
             st.dead.pop_front();
@@ -176,6 +218,11 @@ impl Backend for MemoryBackend {
         capacity: u64,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut st = self.lock();
+        if st.jobs.contains_key(&envelope.id) {
+            // Already stored (an enqueue repeated after a lost reply, in a real store):
+            // counts as stored and changes nothing, even when the store is full.
+            return ready_now(Ok(()));
+        }
         let live = st.jobs.values().filter(|s| !s.state.is_finished()).count() as u64;
         if live >= capacity {
             return ready_now(Err(BackendError::Full));
@@ -196,6 +243,7 @@ impl Backend for MemoryBackend {
                 last_error: None,
                 updated_ms: now_ms,
                 lease: None,
+                done: None,
             },
         );
         match delayed {
@@ -263,15 +311,19 @@ impl Backend for MemoryBackend {
 
     fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut st = self.lock();
-        let result = Self::held(&mut st, id, token).map(|s| {
-            s.lease = None;
-            s.state = JobState::Succeeded;
-            s.updated_ms = unix_ms(SystemTime::now());
+        let result = Self::fence(&mut st, id, token, Outcome::Ack).map(|f| match f {
+            Fence::Held(s) => {
+                s.lease = None;
+                s.state = JobState::Succeeded;
+                s.updated_ms = unix_ms(SystemTime::now());
+                true
+            }
+            Fence::Repeated => false,
         });
-        if result.is_ok() {
+        if matches!(result, Ok(true)) {
             self.retire(&mut st, id);
         }
-        ready_now(result)
+        ready_now(result.map(drop))
     }
 
     fn retry(
@@ -282,22 +334,26 @@ impl Backend for MemoryBackend {
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut st = self.lock();
         let at = unix_ms(retry.at);
-        let result = Self::held(&mut st, id, token).map(|s| {
-            s.lease = None;
-            s.state = JobState::Retrying;
-            s.last_error = Some(retry.error);
-            s.updated_ms = unix_ms(SystemTime::now());
-            if let Body::Envelope(env) = &mut s.body {
-                env.lease = None;
-                env.not_before = Some(at);
+        let result = Self::fence(&mut st, id, token, Outcome::Retry).map(|f| match f {
+            Fence::Held(s) => {
+                s.lease = None;
+                s.state = JobState::Retrying;
+                s.last_error = Some(retry.error);
+                s.updated_ms = unix_ms(SystemTime::now());
+                if let Body::Envelope(env) = &mut s.body {
+                    env.lease = None;
+                    env.not_before = Some(at);
+                }
+                true
             }
+            Fence::Repeated => false,
         });
-        if result.is_ok() {
+        if matches!(result, Ok(true)) {
             st.scheduled.insert((at, id));
         }
         drop(st);
         self.wake();
-        ready_now(result)
+        ready_now(result.map(drop))
     }
 
     fn dead_letter(
@@ -307,17 +363,21 @@ impl Backend for MemoryBackend {
         record: DeadLetter,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut st = self.lock();
-        let result = Self::held(&mut st, id, token).map(|s| {
-            s.lease = None;
-            s.state = JobState::Dead;
-            s.last_error = Some(record.error_message());
-            s.updated_ms = unix_ms(SystemTime::now());
+        let result = Self::fence(&mut st, id, token, Outcome::DeadLetter).map(|f| match f {
+            Fence::Held(s) => {
+                s.lease = None;
+                s.state = JobState::Dead;
+                s.last_error = Some(record.error_message());
+                s.updated_ms = unix_ms(SystemTime::now());
+                true
+            }
+            Fence::Repeated => false,
         });
-        if result.is_ok() {
+        if matches!(result, Ok(true)) {
             self.push_dead(&mut st, record);
             self.retire(&mut st, id);
         }
-        ready_now(result)
+        ready_now(result.map(drop))
     }
 
     fn extend<'a>(
@@ -339,20 +399,27 @@ impl Backend for MemoryBackend {
 
     fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut st = self.lock();
-        let result = Self::held(&mut st, id, token).map(|s| {
-            s.lease = None;
-            s.state = JobState::Queued;
-            match &mut s.body {
-                Body::Envelope(env) => {
-                    // The interrupted attempt does not count.
-                    env.attempt = env.attempt.saturating_sub(1);
-                    env.lease = None;
-                    env.queue.clone()
-                }
-                Body::Raw { queue, .. } => queue.clone(),
+        let result = Self::fence(&mut st, id, token, Outcome::Release).map(|f| match f {
+            Fence::Held(s) => {
+                s.lease = None;
+                s.state = JobState::Queued;
+                s.updated_ms = unix_ms(SystemTime::now());
+                Some(match &mut s.body {
+                    Body::Envelope(env) => {
+                        // The interrupted attempt does not count.
+                        env.attempt = env.attempt.saturating_sub(1);
+                        env.lease = None;
+                        env.queue.clone()
+                    }
+                    Body::Raw { queue, .. } => queue.clone(),
+                })
             }
+            Fence::Repeated => None,
         });
-        let result = result.map(|queue| st.ready.entry(queue).or_default().push_front(id));
+        if let Ok(Some(queue)) = &result {
+            st.ready.entry(queue.clone()).or_default().push_front(id);
+        }
+        let result = result.map(drop);
         drop(st);
         self.wake();
         ready_now(result)
@@ -504,6 +571,7 @@ impl Backend for MemoryBackend {
                 last_error: None,
                 updated_ms: now_ms,
                 lease: None,
+                done: None,
             },
         );
         st.ready.entry(queue).or_default().push_back(id);
@@ -639,5 +707,40 @@ mod tests {
             (id, 1),
             "released to the front, attempt not counted"
         );
+    }
+    #[tokio::test]
+    async fn enqueueing_a_stored_id_changes_nothing() {
+        let b = MemoryBackend::new();
+        let first = envelope("q");
+        b.enqueue(first.clone(), 1).await.unwrap();
+        let mut again = first.clone();
+        again.payload = serde_json::json!({ "other": true }).into();
+        again.attempt = 2;
+        // Succeeds even though the store is full: the id is stored already.
+        b.enqueue(again, 1).await.unwrap();
+        let (id, _, attempt) = reserve_one(&b, Duration::from_secs(5)).await;
+        assert_eq!((id, attempt), (first.id, 1));
+        assert!(
+            b.reserve(&queues(), 1, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_repeated_write_back_succeeds_and_another_one_is_refused() {
+        let b = MemoryBackend::new();
+        b.enqueue(envelope("q"), 10).await.unwrap();
+        let (id, token, _) = reserve_one(&b, Duration::from_secs(5)).await;
+        b.ack(id, token).await.unwrap();
+        let before = b.status(id).await.unwrap();
+        b.ack(id, token).await.unwrap();
+        assert_eq!(b.status(id).await.unwrap(), before);
+        assert!(matches!(
+            b.release(id, token).await,
+            Err(BackendError::LeaseLost(x)) if x == id
+        ));
+        assert_eq!(b.status(id).await.unwrap(), before);
     }
 }

@@ -9,7 +9,9 @@
 //!   expiry. Only the holder of the current token can [`ack`](Backend::ack),
 //!   [`retry`](Backend::retry), [`dead_letter`](Backend::dead_letter),
 //!   [`extend`](Backend::extend) or [`release`](Backend::release) the job; a stale holder
-//!   gets [`BackendError::LeaseLost`] and changes nothing (fencing).
+//!   gets [`BackendError::LeaseLost`] and changes nothing (fencing). A write-back repeated
+//!   with the token whose outcome was written last (its reply was lost) succeeds again and
+//!   changes nothing; a write-back of another outcome with that token is a stale holder's.
 //! * The runtime renews the leases of running jobs (heartbeat) and calls
 //!   [`reap`](Backend::reap) periodically: a job whose lease expired (its worker died) goes
 //!   back to its queue, counted as a *recovery*, apart from handler failures; after
@@ -290,7 +292,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Stores a new job: ready at once, or scheduled when `not_before` is in the future.
     /// Fails with [`BackendError::Full`] when `capacity` jobs (ready, scheduled and running)
-    /// are already stored.
+    /// are already stored. An id already stored succeeds and changes nothing, also when the
+    /// store is full (an enqueue repeated after a lost reply does not duplicate the job).
     fn enqueue(&self, envelope: Envelope, capacity: u64)
     -> BoxFuture<'_, Result<(), BackendError>>;
 

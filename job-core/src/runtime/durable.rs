@@ -55,6 +55,8 @@ pub(crate) struct Durable {
     fixed_prefetch: Option<usize>,
     /// Moving average of recent attempts' run time, in nanoseconds (0: none yet).
     job_ns: AtomicU64,
+    /// Moving average of recent reserve calls' time, in nanoseconds (0: none yet).
+    reserve_ns: AtomicU64,
     /// Signalled by a worker each time it frees a slot.
     freed: tokio::sync::Notify,
     pub(crate) work_tx: async_channel::Sender<(Reservation, OwnedSemaphorePermit)>,
@@ -87,12 +89,20 @@ pub(crate) struct DurableConfig {
     pub(crate) prefetch: Option<usize>,
 }
 
-/// With the default (adaptive) prefetch, jobs buffered per worker at most ...
+/// With the default (adaptive) prefetch, jobs buffered per worker at most while the work
+/// window is [`PREFETCH_WORK`] ...
 const ADAPTIVE_PREFETCH_PER_WORKER: usize = 16;
 /// ... and about this much work buffered ahead of the workers: enough to cover a few round
 /// trips to the backend, little enough that a process does not sit on long jobs that idle
 /// processes could run.
 const PREFETCH_WORK: Duration = Duration::from_millis(2);
+/// When reserving takes longer (a store that commits to disk, such as Postgres, answers in
+/// milliseconds), the window grows to this many reserve round trips, and the per-worker
+/// limit with it, up to [`MAX_PREFETCH_PER_WORKER`]: workers then do not go idle while the
+/// next batch is on its way, and a batch is big enough to pay for its commit.
+const PREFETCH_ROUND_TRIPS: u64 = 4;
+/// The per-worker limit at the widest window.
+const MAX_PREFETCH_PER_WORKER: usize = 64;
 
 /// Successful attempts waiting for the acker, at most (workers wait beyond it).
 const ACK_QUEUE: usize = 4096;
@@ -210,7 +220,7 @@ impl Durable {
     ) -> Self {
         let max_prefetch = config
             .prefetch
-            .unwrap_or(concurrency.saturating_mul(ADAPTIVE_PREFETCH_PER_WORKER));
+            .unwrap_or(concurrency.saturating_mul(MAX_PREFETCH_PER_WORKER));
         let slots = concurrency + max_prefetch;
         let (work_tx, work_rx) = async_channel::bounded(slots.max(1));
         let (acks_tx, acks_rx) = async_channel::bounded(ACK_QUEUE);
@@ -232,6 +242,7 @@ impl Durable {
             max_prefetch,
             fixed_prefetch: config.prefetch,
             job_ns: AtomicU64::new(0),
+            reserve_ns: AtomicU64::new(0),
             freed: tokio::sync::Notify::new(),
             work_tx,
             work_rx,
@@ -281,11 +292,31 @@ impl Durable {
             // how long they take (with short jobs, that is the first batch).
             return 0;
         }
-        let per_worker = PREFETCH_WORK.as_nanos() as u64 / ns;
+        let base = PREFETCH_WORK.as_nanos() as u64;
+        let window = base.max(
+            self.reserve_ns
+                .load(Ordering::Relaxed)
+                .saturating_mul(PREFETCH_ROUND_TRIPS),
+        );
+        // The per-worker limit grows with the window: 16 at 2 ms, 64 from 8 ms on.
+        let limit = (ADAPTIVE_PREFETCH_PER_WORKER as u64)
+            .saturating_mul(window)
+            .checked_div(base)
+            .unwrap_or(0)
+            .min(MAX_PREFETCH_PER_WORKER as u64);
+        let per_worker = (window / ns).min(limit);
         usize::try_from(per_worker)
             .unwrap_or(usize::MAX)
             .saturating_mul(self.concurrency)
             .min(self.max_prefetch)
+    }
+
+    /// Records how long a reserve call that returned jobs took, for the adaptive prefetch.
+    fn reserved_in(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = self.reserve_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { ns } else { old - old / 8 + ns / 8 };
+        self.reserve_ns.store(new.max(1), Ordering::Relaxed);
     }
 
     /// The most jobs the backend may store (the runtime's capacity).
@@ -543,7 +574,11 @@ async fn fetcher(inner: Arc<Inner>) {
         // Not abandoned at shutdown: jobs reserved by a call whose reply is dropped would be
         // leased to nobody until their lease ran out. Shutdown waits for this call (the
         // backend bounds it) and gives back what it returns.
+        let started = tokio::time::Instant::now();
         let reserved = d.backend.reserve(&d.queues, permits.len(), d.lease).await;
+        if matches!(&reserved, Ok(list) if !list.is_empty()) {
+            d.reserved_in(started.elapsed());
+        }
         match reserved {
             Ok(list) if list.is_empty() => {
                 d.mark(true);

@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{BackendError, unix_ms};
 
 /// Schema versions this build knows, in order; `connect` applies the missing ones.
-const MIGRATIONS: &[&str] = &[include_str!("sql/schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sql/schema_v1.sql"),
+    include_str!("sql/schema_v2.sql"),
+];
 
 /// Every statement, with `{s}` replaced by the quoted schema name.
 pub(super) struct Sql {

@@ -46,14 +46,15 @@
 //! statement that matches the row by id **and** lease token, so a stale holder changes no row
 //! and gets [`BackendError::LeaseLost`]. A write-back repeated with the same token after its
 //! reply was lost succeeds again and changes nothing (the row keeps the token whose outcome
-//! was written last). Handlers must be idempotent: a job can run twice.
+//! was written last, and which outcome it wrote); a write-back of another outcome with that
+//! token is refused as a lost lease. Handlers must be idempotent: a job can run twice.
 //!
 //! # Data model
 //! One schema (default `jobs`, [`schema`](PostgresBackendBuilder::schema)) holds:
 //!
 //! | table | holds |
 //! |---|---|
-//! | `jobs` | one row per job: payload (JSON text exactly as the client wrote it), state, attempts, recoveries, lease token and expiry, the last token written back, last error, the dead-letter record |
+//! | `jobs` | one row per job: payload (JSON text exactly as the client wrote it), state, attempts, recoveries, lease token and expiry, the last token written back and the outcome it wrote, last error, the dead-letter record |
 //! | `counts` | jobs per state (ready, scheduled, running, dead) in 32 rows, kept by every statement that moves a job; `stats()` and the capacity check sum them, so neither ever scans `jobs` |
 //! | `seq` | a sequence: the order of jobs enqueued at the same time |
 //! | `schema_version` | the migrations applied |
@@ -152,7 +153,7 @@ use crate::observe::status::JobStatus;
 const ENQUEUE_BATCH: usize = 1000;
 /// Acknowledgements and lease renewals per statement, at most.
 const ACK_BATCH: usize = 1000;
-/// Jobs one reservation takes at most.
+/// Jobs one reserve statement takes at most (a larger reservation runs several).
 const MAX_RESERVE: usize = 1000;
 /// Expired leases handled per reaper pass, and finished or dead rows deleted per statement.
 const REAP_BATCH: i32 = 1000;
@@ -415,6 +416,39 @@ impl PostgresBackend {
         }
         self.ensure_schema().await?;
         self.wakeups.reserving(queues);
+        // One statement per `MAX_RESERVE` jobs, until `max` are reserved or one comes back
+        // short: the trait returns fewer than `max` only when no more are ready (the runtime
+        // reads a short answer as "drained" and waits), so capping the answer at one
+        // statement's worth left ready jobs waiting for the next wake-up.
+        let mut out = Vec::new();
+        while out.len() < max {
+            let want = (max - out.len()).min(MAX_RESERVE);
+            match self.reserve_chunk(queues, want, lease).await {
+                Ok(chunk) => {
+                    let short = chunk.len() < want;
+                    out.extend(chunk);
+                    if short {
+                        break;
+                    }
+                }
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    // The jobs already leased are returned, not left leased to nobody.
+                    tracing::warn!(error = ?e, reserved = out.len(), "reserving more jobs failed");
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One reserve statement for up to `max` (at most `MAX_RESERVE`) jobs.
+    async fn reserve_chunk(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Reservation>, BackendError> {
         let max = i32::try_from(max.min(MAX_RESERVE)).unwrap_or(1);
         let q = sqlx::query(sql(&self.sql.reserve))
             .bind(queues)

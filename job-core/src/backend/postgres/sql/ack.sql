@@ -1,7 +1,8 @@
 -- The attempts succeeded: each job held under its token is finished (kept as succeeded for
 -- the retention, or deleted now when $4), locked in id order so that concurrent batches never
 -- deadlock. An ack repeated with the token whose outcome was written last changes nothing and
--- is not reported.
+-- is not reported; an ack with a token that a retry, release or dead letter spent is
+-- reported (done_state: only the outcome written last is a repeat).
 -- $1 ids uuid[], $2 tokens uuid[], $3 fallback shard int2, $4 delete_now bool.
 -- Returns the ids whose lease was not held.
 WITH input AS (
@@ -17,7 +18,7 @@ held AS (
 kept AS (
     UPDATE {s}.jobs j SET
         state = 4, payload = NULL, lease = NULL, lease_expires = NULL,
-        done_token = h.token, updated_at = now()
+        done_token = h.token, done_state = 4, updated_at = now()
     FROM held h
     WHERE j.id = h.id AND NOT $4::bool
     RETURNING j.id
@@ -44,4 +45,6 @@ counted AS (
 SELECT i.id
 FROM input i
 WHERE NOT EXISTS (SELECT 1 FROM done d WHERE d.id = i.id)
-  AND NOT EXISTS (SELECT 1 FROM {s}.jobs j WHERE j.id = i.id AND j.done_token = i.token)
+  AND NOT EXISTS (SELECT 1 FROM {s}.jobs j
+                  WHERE j.id = i.id AND j.done_token = i.token
+                    AND coalesce(j.done_state, 4) = 4)

@@ -1,9 +1,9 @@
 -- The job is dead: fenced by the lease token, it keeps its row (state 5) with the record.
 -- $1 id uuid, $2 token uuid, $3 record text (JSON), $4 error text, $5 fallback shard int2.
--- Returns changed (1 or 0), repeated (the token's outcome was written already).
+-- Returns changed (1 or 0), repeated (this token's dead letter was written already).
 WITH upd AS (
     UPDATE {s}.jobs SET
-        state = 5, lease = NULL, lease_expires = NULL, done_token = $2::uuid,
+        state = 5, lease = NULL, lease_expires = NULL, done_token = $2::uuid, done_state = 5,
         last_error = $4::text, dead_letter = $3::text, updated_at = now()
     WHERE id = $1::uuid AND lease = $2::uuid AND state = 2
     RETURNING id
@@ -20,4 +20,5 @@ counted AS (
     WHERE c.shard = p.shard AND EXISTS (SELECT 1 FROM upd)
 )
 SELECT (SELECT count(*) FROM upd)::int8 AS changed,
-       EXISTS (SELECT 1 FROM {s}.jobs WHERE id = $1::uuid AND done_token = $2::uuid) AS repeated
+       EXISTS (SELECT 1 FROM {s}.jobs WHERE id = $1::uuid AND done_token = $2::uuid
+                                          AND coalesce(done_state, 5) = 5) AS repeated

@@ -1,11 +1,11 @@
 -- Gives a reserved job back to the front of its queue without counting the attempt or a
 -- recovery (shutdown); fenced by the lease token; wakes listeners on commit.
 -- $1 id uuid, $2 token uuid, $3 channel text, $4 fallback shard int2.
--- Returns changed (1 or 0), repeated (the token's outcome was written already), woken.
+-- Returns changed (1 or 0), repeated (this token's release was written already), woken.
 WITH upd AS (
     UPDATE {s}.jobs SET
         state = 0, attempt = greatest(attempt - 1, 0), lease = NULL, lease_expires = NULL,
-        done_token = $2::uuid, run_at = '-infinity', updated_at = now()
+        done_token = $2::uuid, done_state = 0, run_at = '-infinity', updated_at = now()
     WHERE id = $1::uuid AND lease = $2::uuid AND state = 2
     RETURNING queue
 ),
@@ -24,5 +24,6 @@ woken AS (
     SELECT pg_notify($3::text, queue) FROM upd
 )
 SELECT (SELECT count(*) FROM upd)::int8 AS changed,
-       EXISTS (SELECT 1 FROM {s}.jobs WHERE id = $1::uuid AND done_token = $2::uuid) AS repeated,
+       EXISTS (SELECT 1 FROM {s}.jobs WHERE id = $1::uuid AND done_token = $2::uuid
+                                          AND coalesce(done_state, 0) = 0) AS repeated,
        (SELECT count(*) FROM woken)::int8 AS woken

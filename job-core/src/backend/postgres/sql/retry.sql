@@ -1,10 +1,10 @@
 -- The attempt failed and may be retried at $3 (ms since the Unix epoch): fenced by the lease
 -- token; wakes listeners with `queue <ms>` on commit.
 -- $1 id uuid, $2 token uuid, $3 at_ms int8, $4 error text, $5 channel text, $6 fallback shard int2.
--- Returns changed (1 or 0), repeated (the token's outcome was written already), woken.
+-- Returns changed (1 or 0), repeated (this token's retry was written already), woken.
 WITH upd AS (
     UPDATE {s}.jobs SET
-        state = 3, lease = NULL, lease_expires = NULL, done_token = $2::uuid,
+        state = 3, lease = NULL, lease_expires = NULL, done_token = $2::uuid, done_state = 3,
         last_error = $4::text, not_before = $3::int8,
         run_at = to_timestamp($3::int8 / 1000.0), updated_at = now()
     WHERE id = $1::uuid AND lease = $2::uuid AND state = 2
@@ -25,5 +25,6 @@ woken AS (
     SELECT pg_notify($5::text, queue || ' ' || $3::int8::text) FROM upd
 )
 SELECT (SELECT count(*) FROM upd)::int8 AS changed,
-       EXISTS (SELECT 1 FROM {s}.jobs WHERE id = $1::uuid AND done_token = $2::uuid) AS repeated,
+       EXISTS (SELECT 1 FROM {s}.jobs WHERE id = $1::uuid AND done_token = $2::uuid
+                                          AND coalesce(done_state, 3) = 3) AS repeated,
        (SELECT count(*) FROM woken)::int8 AS woken
