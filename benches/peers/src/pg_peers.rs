@@ -425,8 +425,8 @@ pub fn latency(which: &str, rate: f64, seconds: f64) {
 }
 
 /// Ours only: `jobs` no-op jobs through the runtime in batches of 10,000 while the reaper
-/// deletes succeeded rows after a 1 s retention; the schema's bytes after the first batch
-/// and at the end (does the table grow without bound?).
+/// deletes succeeded rows after a 1 s retention; the schema's bytes after 100,000, half and
+/// all of them, and 3 s later (does the table grow without bound?).
 pub fn churn(jobs: usize) {
     runtime().block_on(async move {
         fresh_database().await;
@@ -447,8 +447,7 @@ pub fn churn(jobs: usize) {
         let client = rt.client();
         let batch = 10_000;
         let t = Instant::now();
-        let mut after_first = 0;
-        expect(jobs);
+        let mut samples = Vec::new();
         for b in 0..jobs.div_ceil(batch) {
             expect(batch);
             for chunk in 0..batch / 1000 {
@@ -456,19 +455,24 @@ pub fn churn(jobs: usize) {
                 client.enqueue_many(v).await.expect("enqueue_many");
             }
             finished().await;
-            if b == 0 {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                after_first = schema_bytes(&pool, "peers").await;
+            let passed = (b + 1) * batch;
+            if passed == 100_000 || passed == jobs / 2 || passed == jobs {
+                samples.push((passed, schema_bytes(&pool, "peers").await));
             }
         }
         let elapsed = t.elapsed();
-        // One retention and two reaper passes, as in a steady state.
+        // One retention and a few reaper passes, as in a steady state.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let end = schema_bytes(&pool, "peers").await;
         rt.shutdown().await;
         report("churn_rate", jobs as f64 / elapsed.as_secs_f64());
-        report("churn_mb_after_10k", after_first as f64 / 1e6);
-        report("churn_mb_at_end", end as f64 / 1e6);
+        for (passed, bytes) in samples {
+            report(
+                &format!("churn_mb_at_{}k", passed / 1000),
+                bytes as f64 / 1e6,
+            );
+        }
+        report("churn_mb_settled", end as f64 / 1e6);
     });
 }
 
@@ -641,13 +645,18 @@ impl Driver {
             );
         }
         if let Some(s) = self.series("pg-churn", "churn_rate") {
-            let one = |metric: &str| self.series("pg-churn", metric).map(|s| cell(&s.ours));
+            let mut sizes: Vec<String> = self
+                .data
+                .iter()
+                .filter(|((w, m), _)| w == "pg-churn" && m.starts_with("churn_mb_"))
+                .map(|((_, m), v)| format!("{} {} MB", &m["churn_mb_".len()..], cell(&v.ours)))
+                .collect();
+            sizes.sort();
             out.push_str(&format!(
                 "\nOurs alone, 1,000,000 jobs through in batches of 10,000 (1 s retention): {} jobs/s; \
-                 schema bytes after the first 10,000: {} MB, at the end: {} MB.\n",
+                 table + index bytes: {}.\n",
                 cell(&s.ours),
-                one("churn_mb_after_10k").unwrap_or_default(),
-                one("churn_mb_at_end").unwrap_or_default(),
+                sizes.join(", ")
             ));
         }
     }

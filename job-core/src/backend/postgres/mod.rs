@@ -127,6 +127,7 @@
 mod config;
 mod conn;
 mod decode;
+mod vacuum;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -171,6 +172,7 @@ pub struct PostgresBackend {
     wakeups: Arc<Wakeups>,
     channel: String,
     settings: PostgresBackendBuilder,
+    vacuum: vacuum::Vacuum,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -234,6 +236,7 @@ impl PostgresBackend {
             wakeups: Arc::new(Wakeups::new()),
             channel: format!("job_core.{}", settings.schema),
             settings,
+            vacuum: vacuum::Vacuum::new(),
         }
     }
 
@@ -425,6 +428,7 @@ impl PostgresBackend {
             let want = (max - out.len()).min(MAX_RESERVE);
             match self.reserve_chunk(queues, want, lease).await {
                 Ok(chunk) => {
+                    self.vacuum.churned(chunk.len());
                     let short = chunk.len() < want;
                     out.extend(chunk);
                     if short {
@@ -631,6 +635,8 @@ impl PostgresBackend {
             }
         }
         self.sweep().await?;
+        self.vacuum
+            .maybe_start(&self.pool, &format!("\"{}\".jobs", self.settings.schema));
         Ok(reaped)
     }
 
@@ -643,6 +649,8 @@ impl PostgresBackend {
                 .bind(millis(self.settings.finished_retention))
                 .bind(REAP_BATCH);
             let done = bounded(self.limit(), q.execute(&self.pool)).await?;
+            self.vacuum
+                .churned(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX));
             if done.rows_affected() < REAP_BATCH as u64 || tokio::time::Instant::now() >= until {
                 break;
             }

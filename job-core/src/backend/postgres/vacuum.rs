@@ -1,0 +1,97 @@
+//! Vacuuming the job table as fast as it churns.
+//!
+//! Every job leaves dead row versions behind (its reservation, its outcome, its deletion),
+//! and so do their index entries; until a `VACUUM` removes them, the table grows and each
+//! reserve walks the dead entries at the head of the waiting index. Autovacuum looks at a
+//! table at most once a `autovacuum_naptime` (a minute by default), which at thousands of
+//! jobs a second is hundreds of thousands of dead rows late. So the reaper vacuums the
+//! table itself once enough rows have churned: a plain `VACUUM (SKIP_LOCKED)`, which takes
+//! no lock that jobs wait for, on a connection of its own (no statement timeout applies to
+//! it), in the background. Where the role may not vacuum the table, it says so once and
+//! leaves it to autovacuum.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use tokio::time::Instant;
+
+/// Rows changed (reserved, or deleted by the sweep) after which the table is vacuumed ...
+const CHURN: u64 = 50_000;
+/// ... at most this often.
+const MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Churn counted since the last vacuum, and whether one runs.
+#[derive(Debug)]
+pub(super) struct Vacuum {
+    churn: AtomicU64,
+    running: Arc<AtomicBool>,
+    disabled: Arc<AtomicBool>,
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Vacuum {
+    pub(super) fn new() -> Self {
+        Self {
+            churn: AtomicU64::new(0),
+            running: Arc::new(AtomicBool::new(false)),
+            disabled: Arc::new(AtomicBool::new(false)),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Counts rows changed.
+    pub(super) fn churned(&self, rows: usize) {
+        self.churn
+            .fetch_add(u64::try_from(rows).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Starts a vacuum of `table` in the background when enough has churned (called by the
+    /// reaper; needs a tokio runtime).
+    pub(super) fn maybe_start(&self, pool: &PgPool, table: &str) {
+        if self.disabled.load(Ordering::Relaxed) || self.churn.load(Ordering::Relaxed) < CHURN {
+            return;
+        }
+        {
+            let mut last = self
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < MIN_INTERVAL) {
+                return;
+            }
+            if self.running.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        self.churn.store(0, Ordering::Relaxed);
+        let options = (*pool.connect_options()).clone();
+        let statement = format!("VACUUM (SKIP_LOCKED) {table}");
+        let running = self.running.clone();
+        let disabled = self.disabled.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = async {
+                let mut conn = PgConnection::connect_with(&options).await?;
+                sqlx::raw_sql(AssertSqlSafe(statement))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await
+            }
+            .await;
+            match result {
+                Ok(()) => tracing::debug!(took = ?started.elapsed(), "job table vacuumed"),
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+                    disabled.store(true, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "this role may not vacuum the job table: leaving it to autovacuum, which may let it bloat at high job rates");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "vacuuming the job table failed; trying again later")
+                }
+            }
+            running.store(false, Ordering::Release);
+        });
+    }
+}
