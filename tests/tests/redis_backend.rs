@@ -941,6 +941,47 @@ async fn ack_batch_reports_lost_leases_and_repeats_safely() {
     assert_eq!((stats.ready, stats.running), (0, 1));
 }
 
+/// A write-back's outcome is stored with its token (`o` beside `d`); a record written before
+/// `o` existed has a `d` alone, and its token keeps the old rule: any write-back with it is
+/// a repeat, answered Ok without changing anything.
+#[tokio::test]
+async fn a_spent_token_without_its_outcome_keeps_the_token_only_rule() {
+    let mut f = Fixture::new().await;
+    let e = envelope("q", 1);
+    f.backend.enqueue(e.clone(), CAP).await.unwrap();
+    let (_, token) = reserve_one(&f.backend, "q", LEASE).await;
+    f.backend.ack(e.id, token).await.unwrap();
+    assert_eq!(f.hget(e.id, "o").await.as_deref(), Some("ack"));
+    // A retry with the token the ack spent is another outcome: refused.
+    lease_lost(
+        f.backend
+            .retry(e.id, token, retry_at(SystemTime::now(), "late"))
+            .await,
+        e.id,
+    );
+
+    // The same record as the previous code wrote it: no `o`.
+    let key = f.job_key(e.id);
+    let _: () = f.raw.hdel(&key, "o").await.unwrap();
+    let before: Vec<(String, String)> = f.raw.hgetall(&key).await.unwrap();
+    f.backend
+        .retry(e.id, token, retry_at(SystemTime::now(), "late"))
+        .await
+        .unwrap();
+    f.backend.release(e.id, token).await.unwrap();
+    let record = dead_record(&e, 1, &["late"]).await;
+    f.backend.dead_letter(e.id, token, record).await.unwrap();
+    f.backend.ack(e.id, token).await.unwrap();
+    let after: Vec<(String, String)> = f.raw.hgetall(&key).await.unwrap();
+    assert_eq!(after, before, "a repeat changes nothing");
+    assert_eq!(
+        f.backend.status(e.id).await.unwrap().unwrap().state,
+        JobState::Succeeded
+    );
+    // Another token is refused as before.
+    lease_lost(f.backend.ack(e.id, LeaseToken::random()).await, e.id);
+}
+
 async fn encoding(raw: &mut MultiplexedConnection, key: &str) -> String {
     redis::cmd("OBJECT")
         .arg("ENCODING")

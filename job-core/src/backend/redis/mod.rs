@@ -93,6 +93,7 @@
 //! | `u` | last change (ms, Redis clock; absent = `e`) | every change but enqueue |
 //! | `l` | lease token, while reserved (the expiry is the job's score in `{p}:leased`); empty once succeeded | reserve, ack |
 //! | `d` | the token whose outcome was written last, so a repeated write-back is recognised | ack, retry, dead-letter, release |
+//! | `o` | the outcome `d` wrote (`ack`, `retry`, `dead`, `release`): only a repeat of that outcome is one; another with that token is a lost lease (absent on records written before this field: the token alone decides, as it did then) | ack, retry, dead-letter, release |
 //! | `err` | last error | retry, dead-letter, reap |
 //! | `dead`, `died` | the dead-letter record (JSON) and when it died | dead-letter, reap |
 //!
