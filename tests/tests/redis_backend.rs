@@ -916,6 +916,40 @@ async fn a_repeated_batch_of_fresh_jobs_duplicates_nothing_in_any_state() {
     );
 }
 
+/// A batch of fresh jobs of one type (the script's shared-fields mode) that repeats a stored
+/// id with another payload and enqueue time leaves that record as it was, field by field,
+/// queued, running or succeeded.
+#[tokio::test]
+async fn a_batch_repeating_a_stored_id_leaves_its_record_untouched() {
+    let mut f = Fixture::new().await;
+    let stored: Vec<Envelope> = (0..3).map(|n| envelope("q", n)).collect();
+    assert_eq!(f.backend.enqueue_batch(&stored, CAP).await.unwrap(), 3);
+    let got = f.backend.reserve(&queues(&["q"]), 2, LEASE).await.unwrap();
+    let mut got = got.into_iter().map(job);
+    let (done, token) = got.next().unwrap();
+    f.backend.ack(done.id, token).await.unwrap();
+    let mut records = Vec::new();
+    for e in &stored {
+        let r: Vec<(String, String)> = f.raw.hgetall(f.job_key(e.id)).await.unwrap();
+        records.push(r);
+    }
+    let batch: Vec<Envelope> = stored
+        .iter()
+        .map(|e| Envelope {
+            id: e.id,
+            enqueued_at: e.enqueued_at + 1000,
+            ..envelope("q", 99)
+        })
+        .collect();
+    assert_eq!(f.backend.enqueue_batch(&batch, CAP).await.unwrap(), 3);
+    for (e, before) in stored.iter().zip(&records) {
+        let after: Vec<(String, String)> = f.raw.hgetall(f.job_key(e.id)).await.unwrap();
+        assert_eq!(&after, before, "the record of {}", e.id);
+    }
+    let stats = f.backend.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.running), (1, 1));
+}
+
 #[tokio::test]
 async fn ack_batch_reports_lost_leases_and_repeats_safely() {
     let f = Fixture::new().await;
