@@ -174,13 +174,7 @@ mod memory {
 }
 
 mod redis {
-    // Known bugs of the Redis backend (`job-core/src/backend/redis/`); each entry turns
-    // this backend's test red once the bug is fixed.
-    contract!(super::redis_store, known_failures: {
-        reserve_fills_max_when_enough_are_ready:
-            "do_reserve caps a reservation at MAX_RESERVE (10,000) jobs and returns fewer \
-             than `max` while more are ready; it must run the script again for the rest",
-    });
+    contract!(super::redis_store);
 }
 
 mod postgres {

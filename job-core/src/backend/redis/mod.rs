@@ -200,7 +200,8 @@ const PROMOTE_BATCH: usize = 1000;
 const REAP_BATCH: usize = 1000;
 /// Time a reaper pass spends at most deleting expired finished records beyond its first batch.
 const SWEEP_TIME: Duration = Duration::from_secs(2);
-/// Jobs one `reserve` call returns at most (the trait allows fewer than asked).
+/// Jobs leased per reserve script call (a script blocks the server while it runs); a
+/// reservation of more runs the script again for the rest.
 const MAX_RESERVE: usize = 10_000;
 /// Jobs stored per enqueue script call (a longer batch is split).
 const ENQUEUE_BATCH: usize = 500;
@@ -378,6 +379,40 @@ impl RedisBackend {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
+        // One script call per `MAX_RESERVE` jobs, until `max` are leased or one comes back
+        // short (a call leases until it has its share or the queues are empty): the trait
+        // returns fewer than `max` only when no more are ready (the runtime reads a short
+        // answer as "drained" and waits), so capping the answer at one call's worth left
+        // ready jobs waiting for the next wake-up.
+        let mut out = Vec::new();
+        while out.len() < max {
+            let want = (max - out.len()).min(MAX_RESERVE);
+            match self.reserve_chunk(queues, want, lease).await {
+                Ok(chunk) => {
+                    let short = chunk.len() < want;
+                    out.extend(chunk);
+                    if short {
+                        break;
+                    }
+                }
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    // The jobs already leased are returned, not left leased to nobody.
+                    tracing::warn!(error = ?e, reserved = out.len(), "reserving more jobs failed");
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One reserve script call for up to `max` (at most `MAX_RESERVE`) jobs.
+    async fn reserve_chunk(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Reservation>, BackendError> {
         let max = max.min(MAX_RESERVE);
         let mut inv = self.invocation(&self.scripts.reserve);
         inv.arg(max)
