@@ -134,7 +134,8 @@
 //! or a batch, with the capacity check), reserve (promotes due scheduled jobs, then pops and
 //! leases up to N jobs with one `LPOP` per queue), ack (one job or a batch), retry,
 //! dead-letter, extend, release (each fenced by the lease token: a mismatch changes nothing
-//! and reports the lease lost), reap (expired leases back to the front of their queue with
+//! and reports the lease lost, but for a token whose own outcome was written: a repeat of
+//! that outcome succeeds, and an extend racing it reports nothing lost), reap (expired leases back to the front of their queue with
 //! `recoveries + 1`, or dead as poison pills; prunes old dead letters and expired finished
 //! records), sweep (more expired finished records, called by the reaper after a burst),
 //! requeue, stats (which also recounts the capacity count) and the dead-letter listing.
