@@ -423,13 +423,14 @@ async fn ack_finishes_and_lists_the_record_for_deletion() {
     );
     assert_eq!(f.hget(e.id, "l").await.as_deref(), Some(""), "no lease");
     // A heartbeat that still carries the token (it raced the ack) renews nothing: the job
-    // does not go back into the leased set, where the reaper would run it again.
+    // does not go back into the leased set, where the reaper would run it again; and its
+    // lease is not reported lost (the ack wrote the outcome).
     let lost = f
         .backend
         .extend(&[(e.id, token)], Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(lost, [e.id]);
+    assert!(lost.is_empty(), "{lost:?}");
     let leased: Option<f64> = f
         .raw
         .zscore(f.key("leased"), e.id.to_string())
@@ -579,6 +580,53 @@ async fn extend_keeps_a_lease_alive_past_its_first_expiry() {
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
     assert_eq!(b.reap(3).await.unwrap().recovered, [e.id]);
     lease_lost(b.ack(e.id, token).await, e.id);
+}
+
+/// A renewal that races its holder's own write-back (the runtime's heartbeat reads the held
+/// set while a batch of acks is in flight) finds the outcome written with the same token: it
+/// reports nothing lost and changes nothing. A token that does not hold its job, and wrote
+/// no outcome for it, is still reported.
+#[tokio::test]
+async fn extend_racing_the_holders_own_write_back_reports_nothing_lost() {
+    let mut f = Fixture::new().await;
+    let jobs: Vec<Envelope> = (0..3).map(|n| envelope("q", n)).collect();
+    assert_eq!(f.backend.enqueue_batch(&jobs, CAP).await.unwrap(), 3);
+    let got = f.backend.reserve(&queues(&["q"]), 3, LEASE).await.unwrap();
+    let held: Vec<(JobId, LeaseToken)> = got.iter().map(|r| (r.id(), r.token())).collect();
+    let (acked, retried, running) = (held[0], held[1], held[2]);
+    f.backend.ack(acked.0, acked.1).await.unwrap();
+    let at = SystemTime::now() + Duration::from_secs(3600);
+    f.backend
+        .retry(retried.0, retried.1, retry_at(at, "later"))
+        .await
+        .unwrap();
+    let leased = f.key("leased");
+    let before: Vec<(String, f64)> = f.raw.zrange_withscores(&leased, 0, -1).await.unwrap();
+    let key = f.job_key(acked.0);
+    let record: Vec<(String, String)> = f.raw.hgetall(&key).await.unwrap();
+
+    let stale = (running.0, LeaseToken::random());
+    let lost = f
+        .backend
+        .extend(&[acked, retried, stale], LEASE)
+        .await
+        .unwrap();
+    assert_eq!(lost, [stale.0], "only the token that never held its job");
+    let after: Vec<(String, f64)> = f.raw.zrange_withscores(&leased, 0, -1).await.unwrap();
+    assert_eq!(after, before, "no lease renewed or added");
+    let again: Vec<(String, String)> = f.raw.hgetall(&key).await.unwrap();
+    assert_eq!(again, record);
+    assert_eq!(
+        f.backend.status(retried.0).await.unwrap().unwrap().state,
+        JobState::Retrying
+    );
+    assert!(
+        f.backend
+            .extend(&[running], LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -916,6 +964,40 @@ async fn a_repeated_batch_of_fresh_jobs_duplicates_nothing_in_any_state() {
     );
 }
 
+/// A batch of fresh jobs of one type (the script's shared-fields mode) that repeats a stored
+/// id with another payload and enqueue time leaves that record as it was, field by field,
+/// queued, running or succeeded.
+#[tokio::test]
+async fn a_batch_repeating_a_stored_id_leaves_its_record_untouched() {
+    let mut f = Fixture::new().await;
+    let stored: Vec<Envelope> = (0..3).map(|n| envelope("q", n)).collect();
+    assert_eq!(f.backend.enqueue_batch(&stored, CAP).await.unwrap(), 3);
+    let got = f.backend.reserve(&queues(&["q"]), 2, LEASE).await.unwrap();
+    let mut got = got.into_iter().map(job);
+    let (done, token) = got.next().unwrap();
+    f.backend.ack(done.id, token).await.unwrap();
+    let mut records = Vec::new();
+    for e in &stored {
+        let r: Vec<(String, String)> = f.raw.hgetall(f.job_key(e.id)).await.unwrap();
+        records.push(r);
+    }
+    let batch: Vec<Envelope> = stored
+        .iter()
+        .map(|e| Envelope {
+            id: e.id,
+            enqueued_at: e.enqueued_at + 1000,
+            ..envelope("q", 99)
+        })
+        .collect();
+    assert_eq!(f.backend.enqueue_batch(&batch, CAP).await.unwrap(), 3);
+    for (e, before) in stored.iter().zip(&records) {
+        let after: Vec<(String, String)> = f.raw.hgetall(f.job_key(e.id)).await.unwrap();
+        assert_eq!(&after, before, "the record of {}", e.id);
+    }
+    let stats = f.backend.stats().await.unwrap();
+    assert_eq!((stats.ready, stats.running), (1, 1));
+}
+
 #[tokio::test]
 async fn ack_batch_reports_lost_leases_and_repeats_safely() {
     let f = Fixture::new().await;
@@ -939,6 +1021,47 @@ async fn ack_batch_reports_lost_leases_and_repeats_safely() {
     assert_eq!(s.state, JobState::Running, "a refused ack changes nothing");
     let stats = b.stats().await.unwrap();
     assert_eq!((stats.ready, stats.running), (0, 1));
+}
+
+/// A write-back's outcome is stored with its token (`o` beside `d`); a record written before
+/// `o` existed has a `d` alone, and its token keeps the old rule: any write-back with it is
+/// a repeat, answered Ok without changing anything.
+#[tokio::test]
+async fn a_spent_token_without_its_outcome_keeps_the_token_only_rule() {
+    let mut f = Fixture::new().await;
+    let e = envelope("q", 1);
+    f.backend.enqueue(e.clone(), CAP).await.unwrap();
+    let (_, token) = reserve_one(&f.backend, "q", LEASE).await;
+    f.backend.ack(e.id, token).await.unwrap();
+    assert_eq!(f.hget(e.id, "o").await.as_deref(), Some("ack"));
+    // A retry with the token the ack spent is another outcome: refused.
+    lease_lost(
+        f.backend
+            .retry(e.id, token, retry_at(SystemTime::now(), "late"))
+            .await,
+        e.id,
+    );
+
+    // The same record as the previous code wrote it: no `o`.
+    let key = f.job_key(e.id);
+    let _: () = f.raw.hdel(&key, "o").await.unwrap();
+    let before: Vec<(String, String)> = f.raw.hgetall(&key).await.unwrap();
+    f.backend
+        .retry(e.id, token, retry_at(SystemTime::now(), "late"))
+        .await
+        .unwrap();
+    f.backend.release(e.id, token).await.unwrap();
+    let record = dead_record(&e, 1, &["late"]).await;
+    f.backend.dead_letter(e.id, token, record).await.unwrap();
+    f.backend.ack(e.id, token).await.unwrap();
+    let after: Vec<(String, String)> = f.raw.hgetall(&key).await.unwrap();
+    assert_eq!(after, before, "a repeat changes nothing");
+    assert_eq!(
+        f.backend.status(e.id).await.unwrap().unwrap().state,
+        JobState::Succeeded
+    );
+    // Another token is refused as before.
+    lease_lost(f.backend.ack(e.id, LeaseToken::random()).await, e.id);
 }
 
 async fn encoding(raw: &mut MultiplexedConnection, key: &str) -> String {

@@ -266,7 +266,7 @@ pub(crate) async fn reserve_hands_back_the_envelope_as_stored(s: Store) {
 /// a short answer to mean the queues are drained and waits before it asks again.
 pub(crate) async fn reserve_fills_max_when_enough_are_ready(s: Store) {
     // More than any backend's internal batch (Postgres reserves 1,000 per statement,
-    // Redis caps a call at 10,000).
+    // Redis 10,000 per script call).
     const N: usize = 10_050;
     const MAX: usize = 10_010;
     let jobs: Vec<Envelope> = (0..N as u64).map(|n| envelope("many", n)).collect();

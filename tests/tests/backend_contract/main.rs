@@ -174,22 +174,7 @@ mod memory {
 }
 
 mod redis {
-    // Known bugs of the Redis backend (`job-core/src/backend/redis/`); each entry turns
-    // this backend's test red once the bug is fixed.
-    contract!(super::redis_store, known_failures: {
-        other_write_backs_with_a_spent_token_are_refused:
-            "the Lua `fence` (LUA_PRELUDE) answers 'done' for any write-back whose token \
-             equals the `d` field, whatever outcome wrote it: a retry, dead letter or release \
-             with a token an ack spent (or an ack with a token a release spent) returns Ok \
-             and changes nothing; `d` must record the outcome too",
-        enqueue_batch_of_a_stored_id_changes_nothing:
-            "the 'same' branch of LUA_ENQUEUE HSETs p, j, q, m and e before it knows whether \
-             the id is stored, so a batch of fresh jobs of one kind that repeats a stored id \
-             overwrites its payload and enqueue time",
-        reserve_fills_max_when_enough_are_ready:
-            "do_reserve caps a reservation at MAX_RESERVE (10,000) jobs and returns fewer \
-             than `max` while more are ready; it must run the script again for the rest",
-    });
+    contract!(super::redis_store);
 }
 
 mod postgres {

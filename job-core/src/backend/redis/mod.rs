@@ -93,6 +93,7 @@
 //! | `u` | last change (ms, Redis clock; absent = `e`) | every change but enqueue |
 //! | `l` | lease token, while reserved (the expiry is the job's score in `{p}:leased`); empty once succeeded | reserve, ack |
 //! | `d` | the token whose outcome was written last, so a repeated write-back is recognised | ack, retry, dead-letter, release |
+//! | `o` | the outcome `d` wrote (`ack`, `retry`, `dead`, `release`): only a repeat of that outcome is one; another with that token is a lost lease (absent on records written before this field: the token alone decides, as it did then) | ack, retry, dead-letter, release |
 //! | `err` | last error | retry, dead-letter, reap |
 //! | `dead`, `died` | the dead-letter record (JSON) and when it died | dead-letter, reap |
 //!
@@ -133,7 +134,8 @@
 //! or a batch, with the capacity check), reserve (promotes due scheduled jobs, then pops and
 //! leases up to N jobs with one `LPOP` per queue), ack (one job or a batch), retry,
 //! dead-letter, extend, release (each fenced by the lease token: a mismatch changes nothing
-//! and reports the lease lost), reap (expired leases back to the front of their queue with
+//! and reports the lease lost, but for a token whose own outcome was written: a repeat of
+//! that outcome succeeds, and an extend racing it reports nothing lost), reap (expired leases back to the front of their queue with
 //! `recoveries + 1`, or dead as poison pills; prunes old dead letters and expired finished
 //! records), sweep (more expired finished records, called by the reaper after a burst),
 //! requeue, stats (which also recounts the capacity count) and the dead-letter listing.
@@ -199,7 +201,8 @@ const PROMOTE_BATCH: usize = 1000;
 const REAP_BATCH: usize = 1000;
 /// Time a reaper pass spends at most deleting expired finished records beyond its first batch.
 const SWEEP_TIME: Duration = Duration::from_secs(2);
-/// Jobs one `reserve` call returns at most (the trait allows fewer than asked).
+/// Jobs leased per reserve script call (a script blocks the server while it runs); a
+/// reservation of more runs the script again for the rest.
 const MAX_RESERVE: usize = 10_000;
 /// Jobs stored per enqueue script call (a longer batch is split).
 const ENQUEUE_BATCH: usize = 500;
@@ -377,6 +380,40 @@ impl RedisBackend {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
+        // One script call per `MAX_RESERVE` jobs, until `max` are leased or one comes back
+        // short (a call leases until it has its share or the queues are empty): the trait
+        // returns fewer than `max` only when no more are ready (the runtime reads a short
+        // answer as "drained" and waits), so capping the answer at one call's worth left
+        // ready jobs waiting for the next wake-up.
+        let mut out = Vec::new();
+        while out.len() < max {
+            let want = (max - out.len()).min(MAX_RESERVE);
+            match self.reserve_chunk(queues, want, lease).await {
+                Ok(chunk) => {
+                    let short = chunk.len() < want;
+                    out.extend(chunk);
+                    if short {
+                        break;
+                    }
+                }
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    // The jobs already leased are returned, not left leased to nobody.
+                    tracing::warn!(error = ?e, reserved = out.len(), "reserving more jobs failed");
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One reserve script call for up to `max` (at most `MAX_RESERVE`) jobs.
+    async fn reserve_chunk(
+        &self,
+        queues: &[String],
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Reservation>, BackendError> {
         let max = max.min(MAX_RESERVE);
         let mut inv = self.invocation(&self.scripts.reserve);
         inv.arg(max)

@@ -7,7 +7,7 @@ local lost, done = {}, {}
 for i = 3, #ARGV - 1, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local k = jk(id)
-  local state = fence(k, token)
+  local state = fence(k, token, 'ack')
   if state == 'held' then
     done[#done + 1] = id
     if retention <= 0 then
@@ -19,7 +19,7 @@ for i = 3, #ARGV - 1, 2 do
       -- and deleted by a later sweep (a TTL per job cost a command per job, and every
       -- command on a job key then looked the key up in Redis's table of expiring keys,
       -- which holds every finished job).
-      redis.call('HSET', k, 's', 'succeeded', 'u', now, 'd', token, 'l', '', 'p', '')
+      redis.call('HSET', k, 's', 'succeeded', 'u', now, 'd', token, 'o', 'ack', 'l', '', 'p', '')
     end
   elseif state == 'lost' then
     lost[#lost + 1] = id

@@ -3,12 +3,12 @@
 -- Returns {1, evicted ids...}, or {0} when the lease is not held.
 local id, token = ARGV[2], ARGV[3]
 local k = jk(id)
-local state = fence(k, token)
+local state = fence(k, token, 'dead')
 if state == 'done' then return {'1'} end
 if state ~= 'held' then return {'0'} end
 local now = num(now_ms())
 redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 's', 'dead', 'dead', ARGV[4], 'err', ARGV[5], 'died', now, 'u', now, 'd', token)
+redis.call('HSET', k, 's', 'dead', 'dead', ARGV[4], 'err', ARGV[5], 'died', now, 'u', now, 'd', token, 'o', 'dead')
 redis.call('HDEL', k, 'l')
 redis.call('ZADD', K_DEAD, now, id)
 expire(k, tonumber(ARGV[6]))

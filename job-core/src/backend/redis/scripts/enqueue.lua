@@ -28,31 +28,17 @@ if ARGV[3] == 'same' then
   for i = 7, #ARGV, 3 do
     local id = ARGV[i]
     local k = jk(id)
-    local verdict
-    if live + added >= cap then
-      -- No room: only an id stored already passes ('stored', 'corrupt' or 'full').
-      verdict = admit(k)
-    else
-      -- One command instead of EXISTS then HSET: a fresh id gets all five fields, so HSET
-      -- counts five new ones. Fewer means the id was stored already (this batch again,
-      -- after its reply was lost): the fields just written hold the bytes they held, and
-      -- only a payload that a finished job's ack had emptied needs emptying again.
-      local n = redis.pcall('HSET', k, 'p', ARGV[i + 1], 'j', job, 'q', q, 'm', m, 'e', ARGV[i + 2])
-      if type(n) == 'table' then
-        verdict = 'corrupt'
-      elseif n == 5 then
-        added = added + 1
-        verdict = 'new'
-      else
-        if redis.call('HGET', k, 's') == 'succeeded' then redis.call('HSET', k, 'p', '') end
-        verdict = 'stored'
-      end
-    end
+    -- Existence first: a stored id (this batch again after its reply was lost, or another
+    -- job's id) keeps its record exactly as it is, payload and enqueue time included.
+    local verdict = admit(k)
     if verdict == 'corrupt' or verdict == 'full' then
       status = verdict
       break
     end
-    if verdict == 'new' then ready[#ready + 1] = id end
+    if verdict == 'new' then
+      redis.call('HSET', k, 'p', ARGV[i + 1], 'j', job, 'q', q, 'm', m, 'e', ARGV[i + 2])
+      ready[#ready + 1] = id
+    end
     stored = stored + 1
   end
   if #ready > 0 then

@@ -1,15 +1,19 @@
 -- KEYS: the shared keys (see prelude.lua).
--- ARGV: base, lease_ms, then pairs id, token. Returns the ids whose lease is not held.
+-- ARGV: base, lease_ms, then pairs id, token. Returns the ids whose lease was lost: held by
+-- nobody or another token, and whose outcome was not written with this token. (A renewal
+-- that races this holder's own ack or retry, as the runtime's heartbeat does while a batch
+-- of acks is in flight, finds the outcome written: nothing was lost, and the record is left
+-- alone.)
 local expiry = num(now_ms() + tonumber(ARGV[2]))
 local lost, members = {}, {}
 for i = 3, #ARGV - 1, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
   local k = jk(id)
-  local f = fields(k, 'l')
+  local f = fields(k, 'l', 'd')
   if f and f[1] == token then
     members[#members + 1] = expiry
     members[#members + 1] = id
-  else
+  elseif not (f and f[2] == token) then
     lost[#lost + 1] = id
   end
 end

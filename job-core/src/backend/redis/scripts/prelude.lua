@@ -18,13 +18,17 @@ local function fields(k, ...)
   return f
 end
 -- 'held' when `token` is the job's lease; 'done' when it is the token whose outcome was
--- written last (a write-back repeated because its reply was lost, after a killed connection
--- or a timeout, succeeds again without changing anything instead of being refused as a
--- lost lease); 'lost' otherwise.
-local function fence(k, token)
-  local f = fields(k, 'l', 'd')
+-- written last and that outcome is `outcome` ('ack', 'retry', 'dead' or 'release'): a
+-- write-back repeated because its reply was lost, after a killed connection or a timeout,
+-- succeeds again without changing anything instead of being refused as a lost lease;
+-- 'lost' otherwise, also for another outcome with that token (its caller no longer holds
+-- the job, and a success would claim an outcome that was never written). `d` is the token
+-- and `o` the outcome it wrote; a record with a `d` but no `o` was written before `o`
+-- existed, and its repeats are recognised by the token alone, as they were then.
+local function fence(k, token, outcome)
+  local f = fields(k, 'l', 'd', 'o')
   if not f then return 'lost' end
-  if f[2] == token then return 'done' end
+  if f[2] == token and (not f[3] or f[3] == outcome) then return 'done' end
   if f[1] == token then return 'held' end
   return 'lost'
 end

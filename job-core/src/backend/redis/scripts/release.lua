@@ -2,7 +2,7 @@
 -- ARGV: base, id, token. Returns 1, or 0 when the lease is not held.
 local id, token = ARGV[2], ARGV[3]
 local k = jk(id)
-local state = fence(k, token)
+local state = fence(k, token, 'release')
 if state == 'done' then return 1 end
 if state ~= 'held' then return 0 end
 local f = redis.call('HMGET', k, 'a', 'q')
@@ -12,7 +12,7 @@ local q = f[2]
 -- reserve gives every leased record a queue; checked before any write all the same.
 if not q then return 0 end
 redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 'a', num(attempt), 'u', num(now_ms()), 'd', token)
+redis.call('HSET', k, 'a', num(attempt), 'u', num(now_ms()), 'd', token, 'o', 'release')
 redis.call('HDEL', k, 's', 'l')
 redis.call('SADD', K_QUEUES, q)
 ready(q, id, true)

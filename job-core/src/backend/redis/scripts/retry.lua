@@ -2,13 +2,13 @@
 -- ARGV: base, id, token, at_ms, error. Returns 1, or 0 when the lease is not held.
 local id, token, at = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local k = jk(id)
-local state = fence(k, token)
+local state = fence(k, token, 'retry')
 if state == 'done' then return 1 end
 if state ~= 'held' then return 0 end
 local q = redis.call('HGET', k, 'q')
 local now = now_ms()
 redis.call('ZREM', K_LEASED, id)
-redis.call('HSET', k, 's', 'retrying', 'err', ARGV[5], 'nb', ARGV[4], 'u', num(now), 'd', token)
+redis.call('HSET', k, 's', 'retrying', 'err', ARGV[5], 'nb', ARGV[4], 'u', num(now), 'd', token, 'o', 'retry')
 redis.call('HDEL', k, 'l')
 redis.call('ZADD', K_SCHEDULED, at, id)
 if q and at <= now then signal(q) end
