@@ -601,3 +601,38 @@ async fn names_and_schemas_are_checked_before_they_reach_sql() {
         Err(BackendError::InvalidName(_))
     ));
 }
+
+/// The pool lends connections without a ping: one the server terminated fails on use, and
+/// an enqueue goes again on another, so the caller never sees the dead connections.
+#[tokio::test]
+async fn an_enqueue_after_its_pooled_connections_were_terminated_succeeds() {
+    let (b, cleanup) = postgres_backend_with(|b| b.max_connections(3)).await;
+    // Open all three connections, each with this schema in its last statement.
+    let held: Vec<_> = futures_util::future::join_all((0..3).map(|_| b.pool().acquire())).await;
+    for conn in held {
+        let mut conn = conn.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{}\".counts",
+            cleanup.schema
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+    let mut admin = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&postgres_url()).await.unwrap()
+    };
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'job-core' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+    )
+    .bind(&cleanup.schema)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(killed.len() >= 3, "{killed:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.enqueue(envelope("default", 1), 100).await.unwrap();
+    assert_eq!(b.stats().await.unwrap().ready, 1);
+}

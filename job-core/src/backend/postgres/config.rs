@@ -163,9 +163,12 @@ impl PostgresBackendBuilder {
                     .clone()
                     .application_name("job-core")
                     .options([("statement_timeout", timeout_ms.as_str())]);
+                // No ping before each use: a statement on a connection that died fails,
+                // and the runtime retries it; the ping was a round trip per statement.
                 PgPoolOptions::new()
                     .max_connections(self.max_connections)
                     .acquire_timeout(self.statement_timeout)
+                    .test_before_acquire(false)
                     .connect_lazy_with(options)
             }
             Err(e) => {

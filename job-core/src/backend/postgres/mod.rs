@@ -189,6 +189,26 @@ impl Drop for PostgresBackend {
     }
 }
 
+/// Whether the statement failed because its connection was lost (not because the server
+/// refused it, and not by the deadline).
+fn connection_lost(e: &BackendError) -> bool {
+    match e {
+        BackendError::Unavailable(source) => {
+            source
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(|e| match e {
+                    sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+                    // The server's goodbye on a terminated backend or a shutdown.
+                    sqlx::Error::Database(d) => {
+                        matches!(d.code().as_deref(), Some("57P01" | "57P02"))
+                    }
+                    _ => false,
+                })
+        }
+        _ => false,
+    }
+}
+
 impl PostgresBackend {
     /// Settings for a backend on its own pool to `url`
     /// (`postgres://user[:password]@host[:port]/database`), with the defaults: schema `jobs`,
@@ -395,8 +415,22 @@ impl PostgresBackend {
         self.ensure_schema().await?;
         let mut stored = 0;
         for chunk in envelopes.chunks(ENQUEUE_BATCH) {
-            let mut conn = bounded(self.limit(), self.pool.acquire()).await?;
-            let done = self.enqueue_chunk(&mut conn, chunk, capacity).await?;
+            // The pool does not ping a connection before lending it (a round trip per
+            // statement): a pooled connection the server dropped (a restart, a terminated
+            // backend) fails on use instead, and the chunk goes again on the next one. That
+            // is safe even if the lost one had committed: an enqueue of a stored id changes
+            // nothing.
+            let mut lost = 0;
+            let done = loop {
+                let mut conn = bounded(self.limit(), self.pool.acquire()).await?;
+                match self.enqueue_chunk(&mut conn, chunk, capacity).await {
+                    Err(e) if lost < self.settings.max_connections && connection_lost(&e) => {
+                        conn.close_on_drop();
+                        lost += 1;
+                    }
+                    result => break result?,
+                }
+            };
             stored += done;
             if done < chunk.len() {
                 break;
