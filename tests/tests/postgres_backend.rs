@@ -636,3 +636,55 @@ async fn an_enqueue_after_its_pooled_connections_were_terminated_succeeds() {
     b.enqueue(envelope("default", 1), 100).await.unwrap();
     assert_eq!(b.stats().await.unwrap().ready, 1);
 }
+
+/// The reaper vacuums the job table itself once enough rows have churned (autovacuum
+/// comes too late at high job rates): 50,000 jobs through, then a reaper pass, and the
+/// table has a manual vacuum on record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_vacuums_the_job_table_after_heavy_churn() {
+    let (b, cleanup) =
+        postgres_backend_with(|b| b.statement_timeout(Duration::from_secs(30))).await;
+    let vacuums = |pool: sqlx::PgPool, schema: String| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'jobs'",
+        )
+        .bind(schema)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    for chunk in 0..50u64 {
+        let batch: Vec<Envelope> = (0..1000)
+            .map(|i| envelope("default", chunk * 1000 + i))
+            .collect();
+        assert_eq!(b.enqueue_batch(&batch, 1_000_000).await.unwrap(), 1000);
+    }
+    let mut reserved = 0;
+    while reserved < 50_000 {
+        let got = b
+            .reserve(&queues(&["default"]), 1000, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(!got.is_empty());
+        reserved += got.len();
+        let acks: Vec<(JobId, LeaseToken)> = got
+            .into_iter()
+            .map(|r| {
+                let (e, token) = job(r);
+                (e.id, token)
+            })
+            .collect();
+        assert!(b.ack_batch(&acks).await.unwrap().is_empty());
+    }
+    assert_eq!(vacuums(b.pool().clone(), cleanup.schema.clone()).await, 0);
+    b.reap(3).await.unwrap();
+    // The statistics collector flushes about once a second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while vacuums(b.pool().clone(), cleanup.schema.clone()).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no vacuum of the job table 20 s after 50,000 jobs churned and a reaper pass"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

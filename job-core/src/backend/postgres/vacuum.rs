@@ -75,6 +75,11 @@ impl Vacuum {
             let started = Instant::now();
             let result = async {
                 let mut conn = PgConnection::connect_with(&options).await?;
+                // The backend's own pool sets the server's statement_timeout (5 s by
+                // default) on its connections; a vacuum of a large table may take longer.
+                sqlx::raw_sql("SET statement_timeout = 0")
+                    .execute(&mut conn)
+                    .await?;
                 sqlx::raw_sql(AssertSqlSafe(statement))
                     .execute(&mut conn)
                     .await?;
