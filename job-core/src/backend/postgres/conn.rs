@@ -400,3 +400,23 @@ async fn listen(wakeups: std::sync::Weak<Wakeups>, pool: PgPool, channel: String
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Whether the statement failed because its connection was lost (not because the server
+/// refused it, and not by the deadline).
+pub(super) fn connection_lost(e: &BackendError) -> bool {
+    match e {
+        BackendError::Unavailable(source) => {
+            source
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(|e| match e {
+                    sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+                    // The server's goodbye on a terminated backend or a shutdown.
+                    sqlx::Error::Database(d) => {
+                        matches!(d.code().as_deref(), Some("57P01" | "57P02"))
+                    }
+                    _ => false,
+                })
+        }
+        _ => false,
+    }
+}

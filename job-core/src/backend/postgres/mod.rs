@@ -74,7 +74,11 @@
 //! [`finished_retention`](PostgresBackendBuilder::finished_retention) has passed; dead rows
 //! after [`dead_letter_retention`](PostgresBackendBuilder::dead_letter_retention) or beyond
 //! [`dead_letter_capacity`](PostgresBackendBuilder::dead_letter_capacity). The table is
-//! created with aggressive autovacuum settings, because a queue table churns.
+//! created with aggressive autovacuum settings, because a queue table churns; and since
+//! autovacuum looks at a table only once a `autovacuum_naptime` (a minute by default), the
+//! reaper also vacuums it itself once 50,000 rows have churned (at most every 5 s, in the
+//! background, `SKIP_LOCKED`), so the table stops growing and reserves do not walk the dead
+//! index entries of jobs already run (1,000,000 jobs through: 505 MB without it, 35 MB with).
 //!
 //! # Schema and migrations
 //! [`connect`](Backend::connect) (and the first call of any kind) creates the schema or
@@ -94,9 +98,11 @@
 //! transaction wakes workers when it becomes visible, never before. Each backend listens on a
 //! connection of its own (a one-connection pool beside the main one, reconnected with
 //! backoff; every reconnection wakes the workers once, since notifications sent while nobody
-//! listened are lost). Delayed jobs and retries notify their due time, and an idle worker
-//! reads the earliest due time of its queues (one index probe per queue) before it sleeps,
-//! then sleeps until a notification, that time, or the fallback
+//! listened are lost). A notification names its queue and wakes only the workers of that
+//! queue. Delayed jobs and retries notify their due time; an idle worker reads the earliest
+//! due time of its queues (one index probe per queue) when it may have changed (at first,
+//! after a reconnection, once a known due time passed, after a fallback poll), then sleeps
+//! until a notification for its queues, that time, or the fallback
 //! [`poll_interval`](PostgresBackendBuilder::poll_interval) (5 s), whichever comes first.
 //! An idle runtime does not reserve in a loop.
 //!
@@ -127,7 +133,7 @@
 mod config;
 mod conn;
 mod decode;
-mod vacuum;
+mod reaper;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -140,7 +146,7 @@ use uuid::Uuid;
 
 use self::config::Source;
 pub use self::config::{PostgresBackendBuilder, PostgresConfigError};
-use self::conn::{Sql, Wakeups, bounded, sql, unavailable};
+use self::conn::{Sql, Wakeups, bounded, connection_lost, sql, unavailable};
 use self::decode::{StoredDead, get_at};
 use super::{
     Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
@@ -172,7 +178,7 @@ pub struct PostgresBackend {
     wakeups: Arc<Wakeups>,
     channel: String,
     settings: PostgresBackendBuilder,
-    vacuum: vacuum::Vacuum,
+    vacuum: reaper::Vacuum,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -186,26 +192,6 @@ impl std::fmt::Debug for PostgresBackend {
 impl Drop for PostgresBackend {
     fn drop(&mut self) {
         self.wakeups.stop.cancel();
-    }
-}
-
-/// Whether the statement failed because its connection was lost (not because the server
-/// refused it, and not by the deadline).
-fn connection_lost(e: &BackendError) -> bool {
-    match e {
-        BackendError::Unavailable(source) => {
-            source
-                .downcast_ref::<sqlx::Error>()
-                .is_some_and(|e| match e {
-                    sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
-                    // The server's goodbye on a terminated backend or a shutdown.
-                    sqlx::Error::Database(d) => {
-                        matches!(d.code().as_deref(), Some("57P01" | "57P02"))
-                    }
-                    _ => false,
-                })
-        }
-        _ => false,
     }
 }
 
@@ -256,7 +242,7 @@ impl PostgresBackend {
             wakeups: Arc::new(Wakeups::new()),
             channel: format!("job_core.{}", settings.schema),
             settings,
-            vacuum: vacuum::Vacuum::new(),
+            vacuum: reaper::Vacuum::new(),
         }
     }
 
@@ -634,75 +620,6 @@ impl PostgresBackend {
             .bind(&self.channel)
             .bind(Self::shard());
         self.fenced(id, q).await
-    }
-
-    async fn do_reap(&self, max_recoveries: u32) -> Result<Reaped, BackendError> {
-        self.ensure_schema().await?;
-        let reason = format!(
-            "worker lost {max_recoveries} times while running this job (crash-recovered); dead-lettered as a poison pill"
-        );
-        let q = sqlx::query(sql(&self.sql.reap))
-            .bind(i32::try_from(max_recoveries).unwrap_or(i32::MAX))
-            .bind(reason)
-            .bind(REAP_BATCH)
-            .bind(&self.channel)
-            .bind(Self::shard());
-        let rows = bounded(self.limit(), q.fetch_all(&self.pool)).await?;
-        let mut reaped = Reaped::default();
-        for row in &rows {
-            let id: Uuid = get_at(row, 0)?;
-            let state: i16 = get_at(row, 1)?;
-            if state == 0 {
-                reaped.recovered.push(JobId::from(id));
-            } else {
-                reaped.dead.push(decode::dead_letter(
-                    id,
-                    None,
-                    get_at(row, 2)?,
-                    get_at(row, 3)?,
-                    get_at(row, 4)?,
-                    get_at(row, 5)?,
-                    get_at(row, 6)?,
-                    get_at(row, 8)?,
-                    get_at(row, 7)?,
-                ));
-            }
-        }
-        self.sweep().await?;
-        self.vacuum
-            .maybe_start(&self.pool, &format!("\"{}\".jobs", self.settings.schema));
-        Ok(reaped)
-    }
-
-    /// Deletes succeeded rows past their retention, and dead letters past theirs or beyond
-    /// the capacity, a batch per statement, for at most `SWEEP_TIME` per reaper pass.
-    async fn sweep(&self) -> Result<(), BackendError> {
-        let until = tokio::time::Instant::now() + SWEEP_TIME;
-        loop {
-            let q = sqlx::query(sql(&self.sql.sweep))
-                .bind(millis(self.settings.finished_retention))
-                .bind(REAP_BATCH);
-            let done = bounded(self.limit(), q.execute(&self.pool)).await?;
-            self.vacuum
-                .churned(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX));
-            if done.rows_affected() < REAP_BATCH as u64 || tokio::time::Instant::now() >= until {
-                break;
-            }
-        }
-        let q = sqlx::query(sql(&self.sql.expire_dead))
-            .bind(millis(self.settings.dead_letter_retention))
-            .bind(REAP_BATCH)
-            .bind(i64::try_from(self.settings.dead_letter_capacity).unwrap_or(i64::MAX))
-            .bind(Self::shard());
-        let rows = bounded(self.limit(), q.fetch_all(&self.pool)).await?;
-        for row in &rows {
-            let id: Uuid = get_at(row, 0)?;
-            let evicted: bool = get_at(row, 1)?;
-            if evicted {
-                tracing::warn!(job_id = %JobId::from(id), "dead-letter capacity reached: deleted the oldest dead letter");
-            }
-        }
-        Ok(())
     }
 
     async fn do_status(&self, id: JobId) -> Result<Option<JobStatus>, BackendError> {

@@ -1,4 +1,6 @@
-//! Vacuuming the job table as fast as it churns.
+//! The reaper's work: expired leases recovered (poison pills dead-lettered), succeeded rows
+//! and dead letters past their retention deleted, and the job table vacuumed as fast as it
+//! churns.
 //!
 //! Every job leaves dead row versions behind (its reservation, its outcome, its deletion),
 //! and so do their index entries; until a `VACUUM` removes them, the table grows and each
@@ -16,6 +18,13 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::conn::{bounded, sql};
+use super::decode::{self, get_at};
+use super::{PostgresBackend, REAP_BATCH, SWEEP_TIME, millis};
+use crate::backend::{BackendError, Reaped};
+use crate::job::JobId;
 
 /// Rows changed (reserved, or deleted by the sweep) after which the table is vacuumed ...
 const CHURN: u64 = 50_000;
@@ -98,5 +107,76 @@ impl Vacuum {
             }
             running.store(false, Ordering::Release);
         });
+    }
+}
+
+impl PostgresBackend {
+    pub(super) async fn do_reap(&self, max_recoveries: u32) -> Result<Reaped, BackendError> {
+        self.ensure_schema().await?;
+        let reason = format!(
+            "worker lost {max_recoveries} times while running this job (crash-recovered); dead-lettered as a poison pill"
+        );
+        let q = sqlx::query(sql(&self.sql.reap))
+            .bind(i32::try_from(max_recoveries).unwrap_or(i32::MAX))
+            .bind(reason)
+            .bind(REAP_BATCH)
+            .bind(&self.channel)
+            .bind(Self::shard());
+        let rows = bounded(self.limit(), q.fetch_all(&self.pool)).await?;
+        let mut reaped = Reaped::default();
+        for row in &rows {
+            let id: Uuid = get_at(row, 0)?;
+            let state: i16 = get_at(row, 1)?;
+            if state == 0 {
+                reaped.recovered.push(JobId::from(id));
+            } else {
+                reaped.dead.push(decode::dead_letter(
+                    id,
+                    None,
+                    get_at(row, 2)?,
+                    get_at(row, 3)?,
+                    get_at(row, 4)?,
+                    get_at(row, 5)?,
+                    get_at(row, 6)?,
+                    get_at(row, 8)?,
+                    get_at(row, 7)?,
+                ));
+            }
+        }
+        self.sweep().await?;
+        self.vacuum
+            .maybe_start(&self.pool, &format!("\"{}\".jobs", self.settings.schema));
+        Ok(reaped)
+    }
+
+    /// Deletes succeeded rows past their retention, and dead letters past theirs or beyond
+    /// the capacity, a batch per statement, for at most `SWEEP_TIME` per reaper pass.
+    async fn sweep(&self) -> Result<(), BackendError> {
+        let until = tokio::time::Instant::now() + SWEEP_TIME;
+        loop {
+            let q = sqlx::query(sql(&self.sql.sweep))
+                .bind(millis(self.settings.finished_retention))
+                .bind(REAP_BATCH);
+            let done = bounded(self.limit(), q.execute(&self.pool)).await?;
+            self.vacuum
+                .churned(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX));
+            if done.rows_affected() < REAP_BATCH as u64 || tokio::time::Instant::now() >= until {
+                break;
+            }
+        }
+        let q = sqlx::query(sql(&self.sql.expire_dead))
+            .bind(millis(self.settings.dead_letter_retention))
+            .bind(REAP_BATCH)
+            .bind(i64::try_from(self.settings.dead_letter_capacity).unwrap_or(i64::MAX))
+            .bind(Self::shard());
+        let rows = bounded(self.limit(), q.fetch_all(&self.pool)).await?;
+        for row in &rows {
+            let id: Uuid = get_at(row, 0)?;
+            let evicted: bool = get_at(row, 1)?;
+            if evicted {
+                tracing::warn!(job_id = %JobId::from(id), "dead-letter capacity reached: deleted the oldest dead letter");
+            }
+        }
+        Ok(())
     }
 }
