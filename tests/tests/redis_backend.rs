@@ -998,6 +998,25 @@ async fn a_batch_repeating_a_stored_id_leaves_its_record_untouched() {
     assert_eq!((stats.ready, stats.running), (1, 1));
 }
 
+/// The enqueue script checks a whole batch for stored ids at once; an id twice in one fresh
+/// batch, and a batch mixing fresh and stored ids, are still stored once each.
+#[tokio::test]
+async fn a_batch_with_an_id_twice_or_a_stored_one_queues_each_job_once() {
+    let f = Fixture::new().await;
+    let twice = envelope("q", 1);
+    let batch = vec![twice.clone(), twice.clone(), envelope("q", 2)];
+    assert_eq!(f.backend.enqueue_batch(&batch, CAP).await.unwrap(), 3);
+    assert_eq!(f.backend.stats().await.unwrap().ready, 2);
+    let mixed = vec![envelope("q", 3), twice.clone(), envelope("q", 4)];
+    assert_eq!(f.backend.enqueue_batch(&mixed, CAP).await.unwrap(), 3);
+    assert_eq!(f.backend.stats().await.unwrap().ready, 4);
+    let got = f.backend.reserve(&queues(&["q"]), 10, LEASE).await.unwrap();
+    let mut ids: Vec<JobId> = got.into_iter().map(|r| job(r).0.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "each job reserved once");
+}
+
 #[tokio::test]
 async fn ack_batch_reports_lost_leases_and_repeats_safely() {
     let f = Fixture::new().await;

@@ -25,12 +25,30 @@ if ARGV[3] == 'same' then
   -- Fresh jobs of one type: one RPUSH for all of them (in slices), at the end.
   local job, q, m = ARGV[4], ARGV[5], ARGV[6]
   local ready = {}
+  -- Existence first: a stored id (this batch again after its reply was lost, or another
+  -- job's id) keeps its record exactly as it is, payload and enqueue time included. One
+  -- EXISTS for the whole batch answers for all of them in the common case (none stored);
+  -- only a batch that holds a stored id is checked job by job.
+  local keys = {}
+  for i = 7, #ARGV, 3 do keys[#keys + 1] = jk(ARGV[i]) end
+  local any_stored = #keys > 0 and redis.call('EXISTS', unpack(keys)) > 0
+  local seen = {}
   for i = 7, #ARGV, 3 do
     local id = ARGV[i]
     local k = jk(id)
-    -- Existence first: a stored id (this batch again after its reply was lost, or another
-    -- job's id) keeps its record exactly as it is, payload and enqueue time included.
-    local verdict = admit(k)
+    local verdict
+    if any_stored then
+      verdict = admit(k)
+    elseif seen[id] then
+      -- The same id twice in one batch: the first one stored it.
+      verdict = 'stored'
+    elseif live + added >= cap then
+      verdict = 'full'
+    else
+      added = added + 1
+      verdict = 'new'
+    end
+    seen[id] = true
     if verdict == 'corrupt' or verdict == 'full' then
       status = verdict
       break
