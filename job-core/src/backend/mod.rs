@@ -523,3 +523,39 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
         (**self).requeue(id)
     }
 }
+
+/// Reserves up to `max` jobs in calls of at most `per_call` each, until `max` are leased or a
+/// call comes back short: the trait returns fewer than `max` only when no more are ready
+/// (the runtime reads a short answer as "drained" and waits), so a backend whose one call
+/// is capped must call again for the rest. When a later call fails, the jobs already leased
+/// are returned, not left leased to nobody.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) async fn reserve_in_calls<F, Fut>(
+    max: usize,
+    per_call: usize,
+    mut call: F,
+) -> Result<Vec<Reservation>, BackendError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = Result<Vec<Reservation>, BackendError>>,
+{
+    let mut out = Vec::new();
+    while out.len() < max {
+        let want = (max - out.len()).min(per_call.max(1));
+        match call(want).await {
+            Ok(chunk) => {
+                let short = chunk.len() < want;
+                out.extend(chunk);
+                if short {
+                    break;
+                }
+            }
+            Err(e) if out.is_empty() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = ?e, reserved = out.len(), "reserving more jobs failed");
+                break;
+            }
+        }
+    }
+    Ok(out)
+}

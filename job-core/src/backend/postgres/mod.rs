@@ -150,7 +150,7 @@ use self::conn::{Sql, Wakeups, bounded, connection_lost, sql, unavailable};
 use self::decode::{StoredDead, get_at};
 use super::{
     Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
-    Retry, unix_ms,
+    Retry, reserve_in_calls, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
@@ -439,30 +439,12 @@ impl PostgresBackend {
         }
         self.ensure_schema().await?;
         self.wakeups.reserving(queues);
-        // One statement per `MAX_RESERVE` jobs, until `max` are reserved or one comes back
-        // short: the trait returns fewer than `max` only when no more are ready (the runtime
-        // reads a short answer as "drained" and waits), so capping the answer at one
-        // statement's worth left ready jobs waiting for the next wake-up.
-        let mut out = Vec::new();
-        while out.len() < max {
-            let want = (max - out.len()).min(MAX_RESERVE);
-            match self.reserve_chunk(queues, want, lease).await {
-                Ok(chunk) => {
-                    self.vacuum.churned(chunk.len());
-                    let short = chunk.len() < want;
-                    out.extend(chunk);
-                    if short {
-                        break;
-                    }
-                }
-                Err(e) if out.is_empty() => return Err(e),
-                Err(e) => {
-                    // The jobs already leased are returned, not left leased to nobody.
-                    tracing::warn!(error = ?e, reserved = out.len(), "reserving more jobs failed");
-                    break;
-                }
-            }
-        }
+        // One statement per `MAX_RESERVE` jobs, until `max` are reserved or one is short.
+        let out = reserve_in_calls(max, MAX_RESERVE, |want| {
+            self.reserve_chunk(queues, want, lease)
+        })
+        .await?;
+        self.vacuum.churned(out.len());
         Ok(out)
     }
 

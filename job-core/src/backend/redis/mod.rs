@@ -189,7 +189,7 @@ use self::decode::{RESERVE_ROW, StoredDead, dead_letter_from_row, parse_id, rese
 use self::scripts::Scripts;
 use super::{
     Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
-    Retry, unix_ms,
+    Retry, reserve_in_calls, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
@@ -380,31 +380,12 @@ impl RedisBackend {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
-        // One script call per `MAX_RESERVE` jobs, until `max` are leased or one comes back
-        // short (a call leases until it has its share or the queues are empty): the trait
-        // returns fewer than `max` only when no more are ready (the runtime reads a short
-        // answer as "drained" and waits), so capping the answer at one call's worth left
-        // ready jobs waiting for the next wake-up.
-        let mut out = Vec::new();
-        while out.len() < max {
-            let want = (max - out.len()).min(MAX_RESERVE);
-            match self.reserve_chunk(queues, want, lease).await {
-                Ok(chunk) => {
-                    let short = chunk.len() < want;
-                    out.extend(chunk);
-                    if short {
-                        break;
-                    }
-                }
-                Err(e) if out.is_empty() => return Err(e),
-                Err(e) => {
-                    // The jobs already leased are returned, not left leased to nobody.
-                    tracing::warn!(error = ?e, reserved = out.len(), "reserving more jobs failed");
-                    break;
-                }
-            }
-        }
-        Ok(out)
+        // One script call per `MAX_RESERVE` jobs (a call leases until it has its share or
+        // the queues are empty), until `max` are leased or one is short.
+        reserve_in_calls(max, MAX_RESERVE, |want| {
+            self.reserve_chunk(queues, want, lease)
+        })
+        .await
     }
 
     /// One reserve script call for up to `max` (at most `MAX_RESERVE`) jobs.
