@@ -348,6 +348,25 @@ pub struct StartError {
     pub problems: Vec<String>,
 }
 
+/// Why a question about jobs (a status, the dead letters) got no answer. A store that could
+/// not be reached is an error the caller sees, never an empty answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The backend cannot answer this at all (a broker cannot look a job up by id): see
+    /// [`Capabilities`](crate::backend::Capabilities).
+    #[error("{what} is not supported by the {backend} backend")]
+    Unsupported {
+        /// The backend's name ("amqp").
+        backend: &'static str,
+        /// What was asked ("status by id").
+        what: &'static str,
+    },
+    /// The store failed or could not be reached.
+    #[error("job backend failed")]
+    Backend(#[source] crate::backend::BackendError),
+}
+
 /// Why a dead job could not be requeued.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -382,6 +401,13 @@ pub enum RequeueError {
     /// The durable backend failed.
     #[error("job backend failed: {0}")]
     Backend(String),
+    /// The backend cannot requeue a dead job by id: see
+    /// [`Capabilities`](crate::backend::Capabilities).
+    #[error("requeue by id is not supported by the {backend} backend")]
+    Unsupported {
+        /// The backend's name.
+        backend: &'static str,
+    },
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use job_core::{Client, EnqueueError, HealthStatus, Job, JobId, RequeueError};
+use job_core::{Client, EnqueueError, HealthStatus, Job, JobId, QueryError, RequeueError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -311,13 +311,35 @@ fn enqueue_failed<J: Job>(e: &EnqueueError<J>) -> ApiError {
     }
 }
 
+/// 501 for a question the backend cannot answer (naming it), 503 when the store failed.
+fn query_failed(e: &QueryError) -> ApiError {
+    match e {
+        QueryError::Unsupported { .. } => ApiError::new(StatusCode::NOT_IMPLEMENTED, e),
+        _ => {
+            let mut chain = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                chain = format!("{chain}: {cause}");
+                source = cause.source();
+            }
+            tracing::error!(error = %chain, "job store unavailable");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, chain)
+        }
+    }
+}
+
 /// `GET /jobs/{id}`.
 async fn job_status(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
-    match state.client.status(id).await {
+    match state
+        .client
+        .status(id)
+        .await
+        .map_err(|e| query_failed(&e))?
+    {
         Some(status) => Ok(Json(status).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -402,7 +424,11 @@ async fn dead_letters(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let dead = state.client.dead_letters().await;
+    let dead = state
+        .client
+        .dead_letters()
+        .await
+        .map_err(|e| query_failed(&e))?;
     Ok(Json(json!({ "count": dead.len(), "dead_letters": dead })).into_response())
 }
 
@@ -422,6 +448,13 @@ async fn requeue(
         Err(e @ RequeueError::NotFound(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, e)),
         Err(RequeueError::QueueFull) => Err(ApiError::queue_full()),
         Err(RequeueError::ShuttingDown) => Err(ApiError::shutting_down()),
+        Err(e @ RequeueError::Unsupported { .. }) => {
+            Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, e))
+        }
+        Err(e @ RequeueError::Backend(_)) => {
+            tracing::error!(error = %e, "job store unavailable");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
+        }
         Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e)),
     }
 }

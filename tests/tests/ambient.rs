@@ -26,7 +26,7 @@ async fn job_enqueue_uses_the_runtime_started_last_and_fails_clearly_without_one
     let id = Probe::new(2, Behavior::Succeed).enqueue().await.unwrap();
     wait_state(&rt2, id, JobState::Succeeded, Duration::from_secs(10)).await;
     assert!(
-        rt1.status(id).await.is_none(),
+        rt1.status(id).await.unwrap().is_none(),
         "the last started runtime is ambient"
     );
     let id = Job::enqueue(Probe::new(3, Behavior::Succeed))

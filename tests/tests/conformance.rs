@@ -132,7 +132,10 @@ async fn delayed_jobs_wait_for_their_time(store: Store) {
         .enqueue_in(Probe::new(1, Behavior::Succeed), Duration::from_millis(600))
         .await
         .unwrap();
-    assert_eq!(rt.status(id).await.unwrap().state, JobState::Scheduled);
+    assert_eq!(
+        rt.status(id).await.unwrap().unwrap().state,
+        JobState::Scheduled
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(rec.runs().is_empty(), "ran before its time");
     wait_state(&rt, id, JobState::Succeeded, LONG).await;
@@ -209,7 +212,7 @@ async fn dead_letters_are_listed_and_requeued(store: Store) {
     wait_state(&rt, id, JobState::Dead, LONG).await;
     let deadline = Instant::now() + LONG;
     let dead = loop {
-        if let Some(dead) = rt.client().dead_letter(id).await {
+        if let Some(dead) = rt.client().dead_letter(id).await.unwrap() {
             break dead;
         }
         assert!(Instant::now() < deadline, "never listed");
@@ -261,7 +264,7 @@ async fn status_follows_the_job(store: Store) {
     rec.open(1);
     let done = wait_state(&rt, id, JobState::Succeeded, LONG).await;
     assert!(done.updated_at >= done.enqueued_at);
-    assert!(rt.status(JobId::new()).await.is_none());
+    assert!(rt.status(JobId::new()).await.unwrap().is_none());
     rt.shutdown().await;
 }
 
@@ -370,7 +373,7 @@ async fn bad_payloads_are_dead_lettered_and_the_worker_goes_on(store: Store) {
     let deadline = Instant::now() + LONG;
     while dead.len() < 3 {
         assert!(Instant::now() < deadline, "dead letters: {dead:?}");
-        dead = rt.dead_letters().await;
+        dead = rt.dead_letters().await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let reason = |id: JobId| {

@@ -80,7 +80,7 @@ async fn every_hook_gets_the_record_even_when_one_fails_or_panics() {
     assert!(seen.iter().any(|d| d.job_id == b));
 
     // The store keeps them too, in order.
-    let stored = rt.dead_letters().await;
+    let stored = rt.dead_letters().await.unwrap();
     assert_eq!(stored.iter().map(|d| d.job_id).collect::<Vec<_>>(), [a, b]);
     rt.shutdown().await;
 }
@@ -132,7 +132,7 @@ async fn a_dead_job_can_be_requeued_by_id() {
         Some("downstream broken for 7")
     );
     assert_eq!(
-        rt.client().dead_letter(id).await.unwrap().payload,
+        rt.client().dead_letter(id).await.unwrap().unwrap().payload,
         serde_json::json!({"n": 7})
     );
 
@@ -142,7 +142,7 @@ async fn a_dead_job_can_be_requeued_by_id() {
     assert_eq!(status.attempts, 1, "a fresh attempt budget");
     assert_eq!(switch.runs.load(Ordering::SeqCst), 2);
     assert!(
-        rt.dead_letters().await.is_empty(),
+        rt.dead_letters().await.unwrap().is_empty(),
         "requeue takes it out of the store"
     );
 
@@ -180,6 +180,7 @@ async fn the_store_is_bounded() {
     let kept: Vec<_> = rt
         .dead_letters()
         .await
+        .unwrap()
         .into_iter()
         .map(|d| d.job_id)
         .collect();

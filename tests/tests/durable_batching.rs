@@ -281,7 +281,7 @@ async fn long_jobs_are_not_prefetched_by_default() {
     // still queued: free for any other process to take.
     wait_state(&rt, ids[1], JobState::Running, LONG).await;
     for id in &ids[2..] {
-        let s = rt.status(*id).await.unwrap();
+        let s = rt.status(*id).await.unwrap().unwrap();
         assert_eq!(s.state, JobState::Queued, "{id} was reserved ahead");
     }
     rt.shutdown().await;
@@ -338,8 +338,8 @@ mod slow_acks {
     use std::time::Duration;
 
     use job_core::backend::{
-        Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
-        Retry,
+        Backend, BackendError, BackendStats, BoxFuture, Envelope, Extended, LeaseToken, Reaped,
+        Reservation, Retry,
     };
     use job_core::{DeadLetter, JobId, JobStatus};
 
@@ -389,7 +389,7 @@ mod slow_acks {
         fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
             Box::pin(async move {
                 tokio::time::sleep(DELAY).await;
-                self.0.ack(id, token).await
+                self.0.ack(id, token.clone()).await
             })
         }
         fn ack_batch<'a>(
@@ -407,7 +407,7 @@ mod slow_acks {
             token: LeaseToken,
             retry: Retry,
         ) -> BoxFuture<'_, Result<(), BackendError>> {
-            self.0.retry(id, token, retry)
+            self.0.retry(id, token.clone(), retry)
         }
         fn dead_letter(
             &self,
@@ -415,17 +415,17 @@ mod slow_acks {
             token: LeaseToken,
             record: DeadLetter,
         ) -> BoxFuture<'_, Result<(), BackendError>> {
-            self.0.dead_letter(id, token, record)
+            self.0.dead_letter(id, token.clone(), record)
         }
         fn extend<'a>(
             &'a self,
             leases: &'a [(JobId, LeaseToken)],
             lease: Duration,
-        ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        ) -> BoxFuture<'a, Result<Extended, BackendError>> {
             self.0.extend(leases, lease)
         }
         fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
-            self.0.release(id, token)
+            self.0.release(id, token.clone())
         }
         fn reap(&self, max_recoveries: u32) -> BoxFuture<'_, Result<Reaped, BackendError>> {
             self.0.reap(max_recoveries)

@@ -106,7 +106,7 @@ async fn wait_status(backend: &dyn Backend, id: JobId, state: JobState) -> JobSt
         assert!(
             tokio::time::Instant::now() < deadline,
             "job never reached {state:?}: {:?}",
-            backend.status(id).await
+            backend.status(id).await.unwrap()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -149,7 +149,7 @@ fn builder(env: &Env) -> JobRuntimeBuilder {
 async fn wait_finished(runtime: &JobRuntime, id: JobId) -> JobStatus {
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
-        let status = runtime.status(id).await;
+        let status = runtime.status(id).await.unwrap();
         if let Some(status) = &status
             && status.state.is_finished()
         {
@@ -235,7 +235,7 @@ async fn derived_classification_drives_retries_and_dead_letters() {
     assert_eq!((status.state, status.attempts), (JobState::Dead, 3));
     assert_eq!(status.last_error.as_deref(), Some("upstream timed out"));
 
-    let dead = runtime.dead_letters().await;
+    let dead = runtime.dead_letters().await.unwrap();
     let mut dead_ids: Vec<JobId> = dead.iter().map(|d| d.job_id).collect();
     dead_ids.sort();
     let mut expected = vec![permanent, exhausted];

@@ -60,19 +60,20 @@ async fn smoke_every_statement_runs() {
     assert_eq!((a.id, c.id), (first.id, second.id));
     assert_eq!(a.attempt, 1);
     assert_eq!(
-        b.extend(&[(a.id, ta)], Duration::from_secs(30))
+        b.extend(&[(a.id, ta.clone())], Duration::from_secs(30))
             .await
-            .unwrap(),
+            .unwrap()
+            .lost,
         vec![]
     );
-    assert!(b.ack_batch(&[(a.id, ta)]).await.unwrap().is_empty());
+    assert!(b.ack_batch(&[(a.id, ta.clone())]).await.unwrap().is_empty());
     assert!(
-        b.ack_batch(&[(a.id, ta)]).await.unwrap().is_empty(),
+        b.ack_batch(&[(a.id, ta.clone())]).await.unwrap().is_empty(),
         "repeat is fine"
     );
     b.retry(
         c.id,
-        tc,
+        tc.clone(),
         Retry {
             at: SystemTime::now(),
             error: "boom".into(),
@@ -96,7 +97,7 @@ async fn smoke_every_statement_runs() {
         SystemTime::now(),
         SystemTime::now(),
     );
-    b.dead_letter(c2.id, tc2, dead).await.unwrap();
+    b.dead_letter(c2.id, tc2.clone(), dead).await.unwrap();
     let stats = b.stats().await.unwrap();
     assert_eq!(
         (stats.ready, stats.scheduled, stats.running, stats.dead),
@@ -114,7 +115,7 @@ async fn smoke_every_statement_runs() {
     let reaped = b.reap(3).await.unwrap();
     assert_eq!(reaped.recovered, vec![c3.id]);
     assert!(matches!(
-        b.ack(c3.id, tc3).await,
+        b.ack(c3.id, tc3.clone()).await,
         Err(BackendError::LeaseLost(_))
     ));
     let (c4, tc4) = job(b
@@ -123,7 +124,7 @@ async fn smoke_every_statement_runs() {
         .unwrap()
         .remove(0));
     assert_eq!(c4.recoveries, 1);
-    b.release(c4.id, tc4).await.unwrap();
+    b.release(c4.id, tc4.clone()).await.unwrap();
     assert_eq!(
         b.status(c4.id).await.unwrap().unwrap().state,
         JobState::Queued
@@ -262,7 +263,10 @@ async fn enqueue_tx_runs_the_job_only_when_the_caller_commits() {
         .unwrap();
     // Not visible, so not run, before the commit.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(rt.status(id).await.is_none(), "visible before commit");
+    assert!(
+        rt.status(id).await.unwrap().is_none(),
+        "visible before commit"
+    );
     assert!(rec.runs().is_empty(), "ran before commit");
     tx.commit().await.unwrap();
     let done = common::wait_state(&rt, id, JobState::Succeeded, Duration::from_secs(10)).await;
@@ -285,7 +289,7 @@ async fn enqueue_tx_runs_the_job_only_when_the_caller_commits() {
         .unwrap();
     tx.rollback().await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(rt.status(gone).await.is_none());
+    assert!(rt.status(gone).await.unwrap().is_none());
     assert!(rec.attempts_of(2).is_empty(), "a rolled-back job ran");
     let stats = b.stats().await.unwrap();
     assert_eq!(stats.depth(), 0, "{stats:?}");
@@ -491,7 +495,7 @@ async fn counts_match_the_rows_after_a_mixed_workload() {
     for id in &ids {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let s = rt.status(*id).await.unwrap();
+            let s = rt.status(*id).await.unwrap().unwrap();
             if s.state.is_finished() {
                 break;
             }
@@ -520,7 +524,10 @@ async fn succeeded_rows_are_deleted_after_their_retention() {
         let batch: Vec<Envelope> = (0..50).map(|n| envelope("default", n)).collect();
         assert_eq!(b.enqueue_batch(&batch, 1000).await.unwrap(), 50);
         let got = b.reserve(&q, 100, Duration::from_secs(30)).await.unwrap();
-        let acks: Vec<_> = got.into_iter().map(|r| (r.id(), r.token())).collect();
+        let acks: Vec<_> = got
+            .into_iter()
+            .map(|r| (r.id(), r.token().clone()))
+            .collect();
         assert!(b.ack_batch(&acks).await.unwrap().is_empty());
         let rows = rows_by_state(b.pool(), &cleanup.schema).await;
         if retention.is_zero() {
@@ -562,7 +569,7 @@ async fn dead_letters_beyond_capacity_are_evicted_oldest_first() {
             SystemTime::now(),
             SystemTime::now(),
         );
-        b.dead_letter(e.id, t, dead).await.unwrap();
+        b.dead_letter(e.id, t.clone(), dead).await.unwrap();
         order.push(e.id);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -545,7 +545,7 @@ async fn wait_status(backend: &dyn Backend, id: JobId, state: JobState) -> JobSt
         assert!(
             Instant::now() < deadline,
             "job never reached {state:?}: {:?}",
-            backend.status(id).await
+            backend.status(id).await.unwrap()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -695,7 +695,7 @@ async fn t6_fencing() {
         .unwrap();
     let queues = vec![pg_chaos::jobs::QUEUE.to_owned()];
     let token = |r: &Reservation| match r {
-        Reservation::Job { envelope, token } => (envelope.id, envelope.attempt, *token),
+        Reservation::Job { envelope, token } => (envelope.id, envelope.attempt, token.clone()),
         other @ Reservation::Malformed { .. } => panic!("expected a job, got {other:?}"),
     };
     let got = a.reserve(&queues, 1, T6_LEASE).await.unwrap();
@@ -716,16 +716,19 @@ async fn t6_fencing() {
         other => panic!("{what} with the stale token: expected LeaseLost, got {other:?}"),
     };
     assert_eq!(
-        a.extend(&[(id, stale)], T6_LEASE).await.unwrap(),
+        a.extend(&[(id, stale.clone())], T6_LEASE)
+            .await
+            .unwrap()
+            .lost,
         vec![id],
         "renewal refused"
     );
-    lost(a.ack(id, stale).await, "ack");
-    assert_eq!(a.ack_batch(&[(id, stale)]).await.unwrap(), vec![id]);
+    lost(a.ack(id, stale.clone()).await, "ack");
+    assert_eq!(a.ack_batch(&[(id, stale.clone())]).await.unwrap(), vec![id]);
     lost(
         a.retry(
             id,
-            stale,
+            stale.clone(),
             Retry {
                 at: std::time::SystemTime::now(),
                 error: "stale".into(),
@@ -734,23 +737,32 @@ async fn t6_fencing() {
         .await,
         "retry",
     );
-    lost(a.release(id, stale).await, "release");
+    lost(a.release(id, stale.clone()).await, "release");
     let status = a.status(id).await.unwrap().unwrap();
     assert_eq!((status.state, status.attempts), (JobState::Running, 2));
     // The current holder is unaffected.
-    b.ack(id, fresh).await.unwrap();
+    b.ack(id, fresh.clone()).await.unwrap();
     let status = a.status(id).await.unwrap().unwrap();
     assert_eq!(status.state, JobState::Succeeded);
-    lost(a.ack(id, stale).await, "ack after the job succeeded");
+    lost(
+        a.ack(id, stale.clone()).await,
+        "ack after the job succeeded",
+    );
     assert_eq!(
-        a.extend(&[(id, stale)], T6_LEASE).await.unwrap(),
+        a.extend(&[(id, stale.clone())], T6_LEASE)
+            .await
+            .unwrap()
+            .lost,
         vec![id],
         "renewal after the job succeeded, stale token"
     );
     // The holder's own renewal racing its acknowledgement (the heartbeat does, while a batch
     // of acks is in flight) finds the outcome written: not a lost lease, and no change.
     assert_eq!(
-        b.extend(&[(id, fresh)], T6_LEASE).await.unwrap(),
+        b.extend(&[(id, fresh.clone())], T6_LEASE)
+            .await
+            .unwrap()
+            .lost,
         vec![],
         "renewal after its own ack"
     );

@@ -302,7 +302,10 @@ async fn several_runtimes_live_side_by_side() {
         .unwrap();
     common::wait_state(&rt_a, id, JobState::Succeeded, LONG).await;
     eventually(LONG, "b ran", || b.successes() == 1).await;
-    assert!(rt_b.status(id).await.is_none(), "statuses are per runtime");
+    assert!(
+        rt_b.status(id).await.unwrap().is_none(),
+        "statuses are per runtime"
+    );
     assert_eq!(a.runs()[0].key, 1);
     assert_eq!(b.runs()[0].key, 2);
     rt_a.shutdown().await;

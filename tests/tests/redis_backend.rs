@@ -264,7 +264,7 @@ async fn capacity_counts_ready_scheduled_and_running() {
         Err(BackendError::Full)
     ));
     // A finished job frees its slot.
-    b.ack(e.id, token).await.unwrap();
+    b.ack(e.id, token.clone()).await.unwrap();
     b.enqueue(envelope("q", 6), 3).await.unwrap();
     let stats = b.stats().await.unwrap();
     assert_eq!(stats.depth(), 3);
@@ -320,8 +320,8 @@ async fn expired_finished_records_are_swept_by_later_acks_and_by_the_reaper() {
         .rpush(f.key("finished"), format!("soon {bystander}"))
         .await
         .unwrap();
-    f.backend.ack(jobs[0].id, tokens[0]).await.unwrap();
-    f.backend.ack(jobs[1].id, tokens[1]).await.unwrap();
+    f.backend.ack(jobs[0].id, tokens[0].clone()).await.unwrap();
+    f.backend.ack(jobs[1].id, tokens[1].clone()).await.unwrap();
     for e in &jobs[..2] {
         let s = f.backend.status(e.id).await.unwrap().unwrap();
         assert_eq!(s.state, JobState::Succeeded, "kept within the retention");
@@ -333,7 +333,7 @@ async fn expired_finished_records_are_swept_by_later_acks_and_by_the_reaper() {
 
     tokio::time::sleep(retention + Duration::from_millis(200)).await;
     // This ack sweeps the two expired records, and keeps its own.
-    f.backend.ack(jobs[2].id, tokens[2]).await.unwrap();
+    f.backend.ack(jobs[2].id, tokens[2].clone()).await.unwrap();
     for e in &jobs[..2] {
         assert_eq!(f.backend.status(e.id).await.unwrap(), None, "swept");
     }
@@ -369,7 +369,10 @@ async fn a_reaper_pass_sweeps_a_whole_burst_of_expired_records() {
         .reserve(&queues(&["q"]), 1_500, LEASE)
         .await
         .unwrap();
-    let acks: Vec<(JobId, LeaseToken)> = reserved.iter().map(|r| (r.id(), r.token())).collect();
+    let acks: Vec<(JobId, LeaseToken)> = reserved
+        .iter()
+        .map(|r| (r.id(), r.token().clone()))
+        .collect();
     assert_eq!(acks.len(), 1_500);
     assert!(f.backend.ack_batch(&acks).await.unwrap().is_empty());
     let entries: i64 = f.raw.llen(f.key("finished")).await.unwrap();
@@ -395,7 +398,7 @@ async fn ack_finishes_and_lists_the_record_for_deletion() {
     f.backend.enqueue(e.clone(), CAP).await.unwrap();
     let (_, token) = reserve_one(&f.backend, "q", LEASE).await;
     let before = unix_ms(SystemTime::now());
-    f.backend.ack(e.id, token).await.unwrap();
+    f.backend.ack(e.id, token.clone()).await.unwrap();
 
     let status = f.backend.status(e.id).await.unwrap().unwrap();
     assert_eq!((status.state, status.attempts), (JobState::Succeeded, 1));
@@ -427,9 +430,10 @@ async fn ack_finishes_and_lists_the_record_for_deletion() {
     // lease is not reported lost (the ack wrote the outcome).
     let lost = f
         .backend
-        .extend(&[(e.id, token)], Duration::from_secs(60))
+        .extend(&[(e.id, token.clone())], Duration::from_secs(60))
         .await
-        .unwrap();
+        .unwrap()
+        .lost;
     assert!(lost.is_empty(), "{lost:?}");
     let leased: Option<f64> = f
         .raw
@@ -440,7 +444,7 @@ async fn ack_finishes_and_lists_the_record_for_deletion() {
     let stats = f.backend.stats().await.unwrap();
     assert_eq!(stats.depth(), 0);
     // The same ack again (as after a lost reply): accepted, and nothing changes.
-    f.backend.ack(e.id, token).await.unwrap();
+    f.backend.ack(e.id, token.clone()).await.unwrap();
     let again = f.backend.status(e.id).await.unwrap().unwrap();
     assert_eq!((again.state, again.attempts), (JobState::Succeeded, 1));
     assert_eq!(again.updated_at, status.updated_at);
@@ -462,7 +466,7 @@ async fn retry_persists_the_attempt_count() {
     assert_eq!(got.attempt, 1);
     let at = SystemTime::now() + Duration::from_millis(500);
     f.backend
-        .retry(e.id, token, retry_at(at, "boom: cause"))
+        .retry(e.id, token.clone(), retry_at(at, "boom: cause"))
         .await
         .unwrap();
     let status = f.backend.status(e.id).await.unwrap().unwrap();
@@ -481,12 +485,12 @@ async fn retry_persists_the_attempt_count() {
     assert_eq!(f.hget(e.id, "a").await.as_deref(), Some("2"));
     // A retry due now is ready at once.
     other
-        .retry(e.id, token, retry_at(SystemTime::now(), "again"))
+        .retry(e.id, token.clone(), retry_at(SystemTime::now(), "again"))
         .await
         .unwrap();
     let (third, token) = reserve_one(&f.backend, "q", LEASE).await;
     assert_eq!(third.attempt, 3);
-    f.backend.ack(e.id, token).await.unwrap();
+    f.backend.ack(e.id, token.clone()).await.unwrap();
 }
 
 #[tokio::test]
@@ -512,21 +516,25 @@ async fn a_stale_lease_holder_changes_nothing() {
     let leased = f.key("leased");
     let before: Option<f64> = f.raw.zscore(&leased, e.id.to_string()).await.unwrap();
 
-    lease_lost(f.backend.ack(e.id, stale).await, e.id);
+    lease_lost(f.backend.ack(e.id, stale.clone()).await, e.id);
     lease_lost(
         f.backend
-            .retry(e.id, stale, retry_at(SystemTime::now(), "stale"))
+            .retry(e.id, stale.clone(), retry_at(SystemTime::now(), "stale"))
             .await,
         e.id,
     );
     let record = dead_record(&e, 1, &["stale"]).await;
-    lease_lost(f.backend.dead_letter(e.id, stale, record).await, e.id);
-    lease_lost(f.backend.release(e.id, stale).await, e.id);
+    lease_lost(
+        f.backend.dead_letter(e.id, stale.clone(), record).await,
+        e.id,
+    );
+    lease_lost(f.backend.release(e.id, stale.clone()).await, e.id);
     assert_eq!(
         f.backend
-            .extend(&[(e.id, stale)], Duration::from_secs(60))
+            .extend(&[(e.id, stale.clone())], Duration::from_secs(60))
             .await
-            .unwrap(),
+            .unwrap()
+            .lost,
         [e.id]
     );
 
@@ -550,12 +558,13 @@ async fn a_stale_lease_holder_changes_nothing() {
     // The current holder is unaffected.
     assert!(
         f.backend
-            .extend(&[(e.id, fresh)], LEASE)
+            .extend(&[(e.id, fresh.clone())], LEASE)
             .await
             .unwrap()
+            .lost
             .is_empty()
     );
-    f.backend.ack(e.id, fresh).await.unwrap();
+    f.backend.ack(e.id, fresh.clone()).await.unwrap();
 }
 
 #[tokio::test]
@@ -569,7 +578,13 @@ async fn extend_keeps_a_lease_alive_past_its_first_expiry() {
     let started = Instant::now();
     while started.elapsed() < lease * 3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(b.extend(&[(e.id, token)], lease).await.unwrap().is_empty());
+        assert!(
+            b.extend(&[(e.id, token.clone())], lease)
+                .await
+                .unwrap()
+                .lost
+                .is_empty()
+        );
         assert!(b.reap(3).await.unwrap().recovered.is_empty());
     }
     assert_eq!(
@@ -579,7 +594,7 @@ async fn extend_keeps_a_lease_alive_past_its_first_expiry() {
     // Heartbeat stops: the lease runs out and the job is recovered.
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
     assert_eq!(b.reap(3).await.unwrap().recovered, [e.id]);
-    lease_lost(b.ack(e.id, token).await, e.id);
+    lease_lost(b.ack(e.id, token.clone()).await, e.id);
 }
 
 /// A renewal that races its holder's own write-back (the runtime's heartbeat reads the held
@@ -592,12 +607,12 @@ async fn extend_racing_the_holders_own_write_back_reports_nothing_lost() {
     let jobs: Vec<Envelope> = (0..3).map(|n| envelope("q", n)).collect();
     assert_eq!(f.backend.enqueue_batch(&jobs, CAP).await.unwrap(), 3);
     let got = f.backend.reserve(&queues(&["q"]), 3, LEASE).await.unwrap();
-    let held: Vec<(JobId, LeaseToken)> = got.iter().map(|r| (r.id(), r.token())).collect();
-    let (acked, retried, running) = (held[0], held[1], held[2]);
-    f.backend.ack(acked.0, acked.1).await.unwrap();
+    let held: Vec<(JobId, LeaseToken)> = got.iter().map(|r| (r.id(), r.token().clone())).collect();
+    let (acked, retried, running) = (held[0].clone(), held[1].clone(), held[2].clone());
+    f.backend.ack(acked.0, acked.1.clone()).await.unwrap();
     let at = SystemTime::now() + Duration::from_secs(3600);
     f.backend
-        .retry(retried.0, retried.1, retry_at(at, "later"))
+        .retry(retried.0, retried.1.clone(), retry_at(at, "later"))
         .await
         .unwrap();
     let leased = f.key("leased");
@@ -608,9 +623,10 @@ async fn extend_racing_the_holders_own_write_back_reports_nothing_lost() {
     let stale = (running.0, LeaseToken::random());
     let lost = f
         .backend
-        .extend(&[acked, retried, stale], LEASE)
+        .extend(&[acked, retried.clone(), stale.clone()], LEASE)
         .await
-        .unwrap();
+        .unwrap()
+        .lost;
     assert_eq!(lost, [stale.0], "only the token that never held its job");
     let after: Vec<(String, f64)> = f.raw.zrange_withscores(&leased, 0, -1).await.unwrap();
     assert_eq!(after, before, "no lease renewed or added");
@@ -625,6 +641,7 @@ async fn extend_racing_the_holders_own_write_back_reports_nothing_lost() {
             .extend(&[running], LEASE)
             .await
             .unwrap()
+            .lost
             .is_empty()
     );
 }
@@ -639,8 +656,15 @@ async fn release_returns_to_the_front_without_counting_an_attempt() {
     b.enqueue(second.clone(), CAP).await.unwrap();
     let (got, token) = reserve_one(b, "q", LEASE).await;
     assert_eq!((got.id, got.attempt), (first.id, 1));
-    lease_lost(b.release(first.id, LeaseToken(token.0 ^ 1)).await, first.id);
-    b.release(first.id, token).await.unwrap();
+    lease_lost(
+        b.release(
+            first.id,
+            LeaseToken::from_u128(token.as_u128().unwrap() ^ 1),
+        )
+        .await,
+        first.id,
+    );
+    b.release(first.id, token.clone()).await.unwrap();
     let status = b.status(first.id).await.unwrap().unwrap();
     assert_eq!((status.state, status.attempts), (JobState::Queued, 0));
     let (again, _) = reserve_one(b, "q", LEASE).await;
@@ -713,7 +737,10 @@ async fn dead_letters_are_listed_requeued_and_bounded() {
         let (got, token) = reserve_one(&f.backend, "q", LEASE).await;
         assert_eq!(got.id, e.id);
         let record = dead_record(e, 1, &["permanent failure", "root cause"]).await;
-        f.backend.dead_letter(e.id, token, record).await.unwrap();
+        f.backend
+            .dead_letter(e.id, token.clone(), record)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Capacity 2: the oldest was evicted with its record.
@@ -754,7 +781,7 @@ async fn dead_letters_are_listed_requeued_and_bounded() {
         (jobs[1].id, 1, 0)
     );
     assert_eq!(again.payload, jobs[1].payload);
-    f.backend.ack(again.id, token).await.unwrap();
+    f.backend.ack(again.id, token.clone()).await.unwrap();
 
     for id in [jobs[1].id, jobs[0].id, JobId::new()] {
         let r = f.backend.requeue(id).await;
@@ -791,7 +818,7 @@ async fn status_follows_the_job() {
     let (_, token) = reserve_one(b, "q", LEASE).await;
     let s = b.status(e.id).await.unwrap().unwrap();
     assert_eq!((s.state, s.attempts), (JobState::Running, 1));
-    b.retry(e.id, token, retry_at(SystemTime::now(), "flaky"))
+    b.retry(e.id, token.clone(), retry_at(SystemTime::now(), "flaky"))
         .await
         .unwrap();
     let s = b.status(e.id).await.unwrap().unwrap();
@@ -800,7 +827,7 @@ async fn status_follows_the_job() {
     let (_, token) = reserve_one(b, "q", LEASE).await;
     let s = b.status(e.id).await.unwrap().unwrap();
     assert_eq!((s.state, s.attempts), (JobState::Running, 2));
-    b.ack(e.id, token).await.unwrap();
+    b.ack(e.id, token.clone()).await.unwrap();
     let s = b.status(e.id).await.unwrap().unwrap();
     assert_eq!((s.state, s.attempts), (JobState::Succeeded, 2));
     assert!(s.updated_at >= s.enqueued_at);
@@ -851,7 +878,7 @@ async fn enqueue_batch_stores_in_order_up_to_capacity() {
     assert_eq!(ids, want, "stored once each, in order");
     for r in got {
         let (e, token) = job(r);
-        b.ack(e.id, token).await.unwrap();
+        b.ack(e.id, token.clone()).await.unwrap();
     }
     // The rest goes in once there is room; an empty batch is a no-op.
     assert_eq!(b.enqueue_batch(&batch[5..], 5).await.unwrap(), 3);
@@ -915,7 +942,7 @@ async fn a_repeated_batch_of_fresh_jobs_duplicates_nothing_in_any_state() {
     let (done, token) = got.next().unwrap();
     let (running, _) = got.next().unwrap();
     assert_eq!((done.id, running.id), (batch[0].id, batch[1].id));
-    f.backend.ack(done.id, token).await.unwrap();
+    f.backend.ack(done.id, token.clone()).await.unwrap();
     assert_eq!(
         f.hget(done.id, "p").await.as_deref(),
         Some(""),
@@ -975,7 +1002,7 @@ async fn a_batch_repeating_a_stored_id_leaves_its_record_untouched() {
     let got = f.backend.reserve(&queues(&["q"]), 2, LEASE).await.unwrap();
     let mut got = got.into_iter().map(job);
     let (done, token) = got.next().unwrap();
-    f.backend.ack(done.id, token).await.unwrap();
+    f.backend.ack(done.id, token.clone()).await.unwrap();
     let mut records = Vec::new();
     for e in &stored {
         let r: Vec<(String, String)> = f.raw.hgetall(f.job_key(e.id)).await.unwrap();
@@ -1025,14 +1052,15 @@ async fn ack_batch_reports_lost_leases_and_repeats_safely() {
         b.enqueue(envelope("q", n), CAP).await.unwrap();
     }
     let got = b.reserve(&queues(&["q"]), 3, LEASE).await.unwrap();
-    let mut acks: Vec<(JobId, LeaseToken)> = got.iter().map(|r| (r.id(), r.token())).collect();
+    let mut acks: Vec<(JobId, LeaseToken)> =
+        got.iter().map(|r| (r.id(), r.token().clone())).collect();
     let stale = (acks[1].0, LeaseToken::random());
-    acks[1] = stale;
+    acks[1] = stale.clone();
     let lost = b.ack_batch(&acks).await.unwrap();
     assert_eq!(lost, [stale.0], "only the wrong token is refused");
     // The same batch again, as after a lost reply: the done ones succeed again.
     assert_eq!(b.ack_batch(&acks).await.unwrap(), [stale.0]);
-    for (id, _) in [acks[0], acks[2]] {
+    for (id, _) in [acks[0].clone(), acks[2].clone()] {
         let s = b.status(id).await.unwrap().unwrap();
         assert_eq!(s.state, JobState::Succeeded);
     }
@@ -1051,12 +1079,12 @@ async fn a_spent_token_without_its_outcome_keeps_the_token_only_rule() {
     let e = envelope("q", 1);
     f.backend.enqueue(e.clone(), CAP).await.unwrap();
     let (_, token) = reserve_one(&f.backend, "q", LEASE).await;
-    f.backend.ack(e.id, token).await.unwrap();
+    f.backend.ack(e.id, token.clone()).await.unwrap();
     assert_eq!(f.hget(e.id, "o").await.as_deref(), Some("ack"));
     // A retry with the token the ack spent is another outcome: refused.
     lease_lost(
         f.backend
-            .retry(e.id, token, retry_at(SystemTime::now(), "late"))
+            .retry(e.id, token.clone(), retry_at(SystemTime::now(), "late"))
             .await,
         e.id,
     );
@@ -1066,13 +1094,16 @@ async fn a_spent_token_without_its_outcome_keeps_the_token_only_rule() {
     let _: () = f.raw.hdel(&key, "o").await.unwrap();
     let before: Vec<(String, String)> = f.raw.hgetall(&key).await.unwrap();
     f.backend
-        .retry(e.id, token, retry_at(SystemTime::now(), "late"))
+        .retry(e.id, token.clone(), retry_at(SystemTime::now(), "late"))
         .await
         .unwrap();
-    f.backend.release(e.id, token).await.unwrap();
+    f.backend.release(e.id, token.clone()).await.unwrap();
     let record = dead_record(&e, 1, &["late"]).await;
-    f.backend.dead_letter(e.id, token, record).await.unwrap();
-    f.backend.ack(e.id, token).await.unwrap();
+    f.backend
+        .dead_letter(e.id, token.clone(), record)
+        .await
+        .unwrap();
+    f.backend.ack(e.id, token.clone()).await.unwrap();
     let after: Vec<(String, String)> = f.raw.hgetall(&key).await.unwrap();
     assert_eq!(after, before, "a repeat changes nothing");
     assert_eq!(
@@ -1105,7 +1136,7 @@ async fn small_job_records_stay_compact() {
     let (_, token) = reserve_one(&f.backend, "q", LEASE).await;
     let running = encoding(&mut f.raw, &key).await;
     assert!(compact.contains(&running.as_str()), "running: {running}");
-    f.backend.ack(e.id, token).await.unwrap();
+    f.backend.ack(e.id, token.clone()).await.unwrap();
     let done = encoding(&mut f.raw, &key).await;
     assert!(compact.contains(&done.as_str()), "succeeded: {done}");
 }
@@ -1194,7 +1225,10 @@ async fn malformed_records_come_back_as_malformed() {
         let mut record = dead_record(&good, 0, &[reason.as_str()]).await;
         record.job_id = *id;
         record.payload = serde_json::Value::String(raw.clone());
-        f.backend.dead_letter(*id, *token, record).await.unwrap();
+        f.backend
+            .dead_letter(*id, token.clone(), record)
+            .await
+            .unwrap();
     }
     let dead = f.backend.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 3);
@@ -1346,7 +1380,7 @@ async fn wait_for_work_wakes_on_enqueue() {
         );
         woke.push(waited.saturating_sub(Duration::from_millis(200)));
         let (e, token) = reserve_one(b, "q", LEASE).await;
-        b.ack(e.id, token).await.unwrap();
+        b.ack(e.id, token.clone()).await.unwrap();
     }
     eprintln!("wait_for_work woke {woke:?} after the enqueue");
 }
@@ -1443,7 +1477,7 @@ async fn many_jobs_leave_nothing_behind() {
         }
         for r in got {
             let (e, token) = job(r);
-            b.ack(e.id, token).await.unwrap();
+            b.ack(e.id, token.clone()).await.unwrap();
             done += 1;
         }
     }
@@ -1625,7 +1659,7 @@ async fn stalls_and_restarts_are_errors_then_recovered() {
         b.status(held.id).await.unwrap().unwrap().state,
         JobState::Running
     );
-    b.ack(held.id, token).await.unwrap();
+    b.ack(held.id, token.clone()).await.unwrap();
     for e in kept.iter().skip(1).chain([&after]) {
         let state = b.status(e.id).await.unwrap().map(|s| s.state);
         assert!(

@@ -71,9 +71,14 @@ where
 
 async fn raw_connection(url: &str, start_hint: &str) -> MultiplexedConnection {
     let client = redis::Client::open(url).expect("valid Redis URL");
+    // The client's default response timeout (a fraction of a second) is too short for an
+    // admin command on a loaded machine (CLIENT KILL of many connections timed out once).
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
     let conn = tokio::time::timeout(
         Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
+        client.get_multiplexed_async_connection_with_config(&config),
     )
     .await;
     match conn {
@@ -916,7 +921,7 @@ fn t7_runtime(server: &Server) -> (JobRuntime, Arc<Ledger>) {
 async fn all_succeed(rt: &JobRuntime, ledger: &Ledger, ids: &[JobId], limit: Duration) {
     eventually(limit, "every acknowledged job succeeded", || async {
         for id in ids {
-            match rt.status(*id).await {
+            match rt.status(*id).await.unwrap() {
                 Some(s) if s.state == JobState::Succeeded => {}
                 _ => return false,
             }
@@ -940,7 +945,7 @@ async fn all_workers_alive(rt: &JobRuntime) {
         "every worker task took part in the meeting",
         || async {
             for id in &ids {
-                match rt.status(*id).await {
+                match rt.status(*id).await.unwrap() {
                     Some(s) if s.state == JobState::Succeeded && s.attempts == 1 => {}
                     _ => return false,
                 }

@@ -64,7 +64,7 @@ async fn a_transient_failure_then_success_succeeds() {
         Some("transient failure 2"),
         "the last failure is kept"
     );
-    assert!(rt.dead_letters().await.is_empty());
+    assert!(rt.dead_letters().await.unwrap().is_empty());
     rt.shutdown().await;
 }
 

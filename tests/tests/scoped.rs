@@ -84,7 +84,7 @@ async fn each_attempt_gets_a_fresh_value_dropped_after_it() {
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while rt.status(id).await.unwrap().state != JobState::Succeeded {
+    while rt.status(id).await.unwrap().unwrap().state != JobState::Succeeded {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -116,7 +116,7 @@ async fn a_failing_factory_fails_the_attempt_as_transient() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
-        let s = rt.status(id).await.unwrap();
+        let s = rt.status(id).await.unwrap().unwrap();
         if s.state == JobState::Dead {
             break s;
         }

@@ -73,10 +73,10 @@ async fn running_jobs_drain_or_are_cancelled_and_the_rest_is_named() {
     assert!(report.timed_out);
 
     assert_eq!(
-        rt.status(finishes).await.unwrap().state,
+        rt.status(finishes).await.unwrap().unwrap().state,
         JobState::Succeeded
     );
-    let s = rt.status(cancelled).await.unwrap();
+    let s = rt.status(cancelled).await.unwrap().unwrap();
     assert_eq!(
         s.last_error.as_deref(),
         Some("interrupted by shutdown: cancelled")

@@ -54,7 +54,7 @@ async fn log_lines_inside_a_job_carry_its_span() {
     let rt = JobRuntime::builder().register::<Loud>().start().unwrap();
     let id = rt.client().enqueue(Loud).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while rt.status(id).await.unwrap().state != JobState::Succeeded {
+    while rt.status(id).await.unwrap().unwrap().state != JobState::Succeeded {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -20,7 +20,7 @@ async fn queued_running_retrying_succeeded() {
         .await
         .unwrap();
 
-    let s = rt.status(id).await.unwrap();
+    let s = rt.status(id).await.unwrap().unwrap();
     assert_eq!(
         (s.state, s.attempts, s.job.as_ref(), s.queue.as_ref()),
         (JobState::Queued, 0, "probe", "default")
@@ -53,7 +53,10 @@ async fn delayed_jobs_are_scheduled_then_run_on_time() {
         .enqueue_in(Probe::new(1, Behavior::Succeed), Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(rt.status(id).await.unwrap().state, JobState::Scheduled);
+    assert_eq!(
+        rt.status(id).await.unwrap().unwrap().state,
+        JobState::Scheduled
+    );
     assert_eq!(rt.stats().depth, 1, "a scheduled job holds its slot");
     wait_state(&rt, id, JobState::Succeeded, LONG).await;
     let ran_at = rec.attempts_of(1)[0].at - start;
@@ -110,9 +113,12 @@ async fn finished_statuses_expire_after_the_retention() {
         .unwrap();
     wait_state(&rt, id, JobState::Succeeded, LONG).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(rt.status(id).await.is_some(), "kept within the retention");
+    assert!(
+        rt.status(id).await.unwrap().is_some(),
+        "kept within the retention"
+    );
     tokio::time::sleep(Duration::from_secs(7)).await;
-    assert!(rt.status(id).await.is_none(), "expired");
+    assert!(rt.status(id).await.unwrap().is_none(), "expired");
     rt.shutdown().await;
 }
 
@@ -136,7 +142,7 @@ async fn finished_statuses_are_capped_by_count() {
     eventually(LONG, "all ran", || rec.successes() == 1_000).await;
     let mut kept = 0;
     for id in &ids {
-        if rt.status(*id).await.is_some() {
+        if rt.status(*id).await.unwrap().is_some() {
             kept += 1;
         }
     }
@@ -149,6 +155,6 @@ async fn finished_statuses_are_capped_by_count() {
 async fn unknown_ids_have_no_status() {
     let rec = Recorder::new();
     let rt = builder(&rec).start().unwrap();
-    assert!(rt.status(JobId::new()).await.is_none());
+    assert!(rt.status(JobId::new()).await.unwrap().is_none());
     rt.shutdown().await;
 }

@@ -15,8 +15,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Payload, Reaped,
-    Reservation, Retry, from_unix_ms, unix_ms,
+    Backend, BackendError, BackendStats, BoxFuture, Envelope, Extended, LeaseToken, Payload,
+    Reaped, Reservation, Retry, from_unix_ms, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::JobId;
@@ -164,7 +164,7 @@ impl MemoryBackend {
     /// Checks the lease and returns the stored job.
     fn held(st: &mut State, id: JobId, token: LeaseToken) -> Result<&mut Stored, BackendError> {
         match st.jobs.get_mut(&id) {
-            Some(s) if s.lease.is_some_and(|(t, _)| t == token) => Ok(s),
+            Some(s) if s.lease.as_ref().is_some_and(|(t, _)| *t == token) => Ok(s),
             _ => Err(BackendError::LeaseLost(id)),
         }
     }
@@ -179,7 +179,7 @@ impl MemoryBackend {
         outcome: Outcome,
     ) -> Result<Fence<'_>, BackendError> {
         match st.jobs.get_mut(&id) {
-            Some(s) if s.lease.is_some_and(|(t, _)| t == token) => {
+            Some(s) if s.lease.as_ref().is_some_and(|(t, _)| *t == token) => {
                 s.done = Some((token, outcome));
                 Ok(Fence::Held(s))
             }
@@ -277,13 +277,13 @@ impl Backend for MemoryBackend {
                     continue;
                 };
                 let token = LeaseToken::random();
-                stored.lease = Some((token, expiry));
+                stored.lease = Some((token.clone(), expiry));
                 stored.state = JobState::Running;
                 stored.updated_ms = now_ms;
                 match &mut stored.body {
                     Body::Envelope(env) => {
                         env.attempt += 1;
-                        env.lease = Some(token);
+                        env.lease = Some(token.clone());
                         out.push(Reservation::Job {
                             envelope: env.clone(),
                             token,
@@ -384,17 +384,20 @@ impl Backend for MemoryBackend {
         &'a self,
         leases: &'a [(JobId, LeaseToken)],
         lease: Duration,
-    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+    ) -> BoxFuture<'a, Result<Extended, BackendError>> {
         let mut st = self.lock();
         let expiry = Instant::now() + lease;
         let mut lost = Vec::new();
-        for &(id, token) in leases {
-            match Self::held(&mut st, id, token) {
-                Ok(s) => s.lease = Some((token, expiry)),
-                Err(_) => lost.push(id),
+        for (id, token) in leases {
+            match Self::held(&mut st, *id, token.clone()) {
+                Ok(s) => s.lease = Some((token.clone(), expiry)),
+                Err(_) => lost.push(*id),
             }
         }
-        ready_now(Ok(lost))
+        ready_now(Ok(Extended {
+            lost,
+            renewed: Vec::new(),
+        }))
     }
 
     fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
@@ -432,7 +435,7 @@ impl Backend for MemoryBackend {
         let expired: Vec<JobId> = st
             .jobs
             .iter()
-            .filter(|(_, s)| s.lease.is_some_and(|(_, exp)| exp <= now))
+            .filter(|(_, s)| s.lease.as_ref().is_some_and(|(_, exp)| *exp <= now))
             .map(|(id, _)| *id)
             .collect();
         let mut reaped = Reaped::default();
@@ -624,11 +627,11 @@ mod tests {
         let (id2, fresh, attempt) = reserve_one(&b, Duration::from_secs(1)).await;
         assert_eq!((id2, attempt), (id, 2));
         for r in [
-            b.ack(id, stale).await,
-            b.release(id, stale).await,
+            b.ack(id, stale.clone()).await,
+            b.release(id, stale.clone()).await,
             b.retry(
                 id,
-                stale,
+                stale.clone(),
                 Retry {
                     at: SystemTime::now(),
                     error: "x".to_owned(),
@@ -642,16 +645,17 @@ mod tests {
             );
         }
         assert_eq!(
-            b.extend(&[(id, stale)], Duration::from_secs(1))
+            b.extend(&[(id, stale.clone())], Duration::from_secs(1))
                 .await
-                .unwrap(),
+                .unwrap()
+                .lost,
             [id]
         );
         assert_eq!(
             b.status(id).await.unwrap().unwrap().state,
             JobState::Running
         );
-        b.ack(id, fresh).await.unwrap();
+        b.ack(id, fresh.clone()).await.unwrap();
         assert_eq!(
             b.status(id).await.unwrap().unwrap().state,
             JobState::Succeeded
@@ -666,9 +670,10 @@ mod tests {
         for _ in 0..5 {
             tokio::time::advance(Duration::from_millis(600)).await;
             assert!(
-                b.extend(&[(id, token)], Duration::from_secs(1))
+                b.extend(&[(id, token.clone())], Duration::from_secs(1))
                     .await
                     .unwrap()
+                    .lost
                     .is_empty()
             );
             assert!(b.reap(3).await.unwrap().recovered.is_empty());
@@ -700,7 +705,7 @@ mod tests {
             Err(BackendError::Full)
         ));
         let (id, token, _) = reserve_one(&b, Duration::from_secs(5)).await;
-        b.release(id, token).await.unwrap();
+        b.release(id, token.clone()).await.unwrap();
         let (again, _, attempt) = reserve_one(&b, Duration::from_secs(5)).await;
         assert_eq!(
             (again, attempt),
@@ -733,12 +738,12 @@ mod tests {
         let b = MemoryBackend::new();
         b.enqueue(envelope("q"), 10).await.unwrap();
         let (id, token, _) = reserve_one(&b, Duration::from_secs(5)).await;
-        b.ack(id, token).await.unwrap();
+        b.ack(id, token.clone()).await.unwrap();
         let before = b.status(id).await.unwrap();
-        b.ack(id, token).await.unwrap();
+        b.ack(id, token.clone()).await.unwrap();
         assert_eq!(b.status(id).await.unwrap(), before);
         assert!(matches!(
-            b.release(id, token).await,
+            b.release(id, token.clone()).await,
             Err(BackendError::LeaseLost(x)) if x == id
         ));
         assert_eq!(b.status(id).await.unwrap(), before);

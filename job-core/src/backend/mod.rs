@@ -159,20 +159,155 @@ impl std::fmt::Debug for Payload {
 }
 
 /// A lease token: proof of holding a reserved job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+///
+/// Most backends make their own random token ([`random`](Self::random), a `u128` they store
+/// beside the job); a store that issues its own proof of holding — an Azure pop receipt, a
+/// broker's delivery on a channel — carries it as [`opaque`](Self::opaque) text. Tokens are
+/// compared by value; a backend reads back only the kind it made. Where a store issues a new
+/// token on every renewal, [`Backend::extend`] returns it in [`Extended::renewed`] and the
+/// runtime uses it for every later write-back of that job.
+///
+/// ```
+/// use job_core::backend::LeaseToken;
+///
+/// let t = LeaseToken::from_u128(7);
+/// assert_eq!(t.as_u128(), Some(7));
+/// assert_eq!(t.as_opaque(), None);
+/// let receipt = LeaseToken::opaque("AgAAAAMAAAAAAAAA");
+/// assert_eq!(receipt.as_opaque(), Some("AgAAAAMAAAAAAAAA"));
+/// assert_ne!(receipt, t);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
-pub struct LeaseToken(pub u128);
+pub struct LeaseToken(TokenRepr);
+
+/// What a [`LeaseToken`] holds: serialized as a number or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum TokenRepr {
+    Random(u128),
+    Opaque(Box<str>),
+}
 
 impl LeaseToken {
     /// A fresh random token.
     pub fn random() -> Self {
-        Self(fastrand::u128(..))
+        Self(TokenRepr::Random(fastrand::u128(..)))
+    }
+
+    /// The token a backend stored as this number.
+    pub const fn from_u128(value: u128) -> Self {
+        Self(TokenRepr::Random(value))
+    }
+
+    /// The number, for a token made by [`random`](Self::random) or
+    /// [`from_u128`](Self::from_u128).
+    pub const fn as_u128(&self) -> Option<u128> {
+        match self.0 {
+            TokenRepr::Random(v) => Some(v),
+            TokenRepr::Opaque(_) => None,
+        }
+    }
+
+    /// A token the store issued (a pop receipt, say), kept as text.
+    pub fn opaque(text: impl Into<Box<str>>) -> Self {
+        Self(TokenRepr::Opaque(text.into()))
+    }
+
+    /// The text, for a token made by [`opaque`](Self::opaque).
+    pub fn as_opaque(&self) -> Option<&str> {
+        match &self.0 {
+            TokenRepr::Random(_) => None,
+            TokenRepr::Opaque(text) => Some(text),
+        }
     }
 }
 
 impl fmt::Display for LeaseToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        match &self.0 {
+            TokenRepr::Random(v) => write!(f, "{v:032x}"),
+            TokenRepr::Opaque(text) => f.write_str(text),
+        }
+    }
+}
+
+/// What [`Backend::extend`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extended {
+    /// Jobs whose lease was already lost: nothing was renewed for them.
+    pub lost: Vec<JobId>,
+    /// Jobs whose store issued a new token with the renewal: the old one is spent, and every
+    /// later write-back must use this one. Empty for backends whose token stays the same.
+    pub renewed: Vec<(JobId, LeaseToken)>,
+}
+
+/// What a backend can do, so that the runtime answers
+/// [`Unsupported`](crate::QueryError::Unsupported) instead of faking it, and the conformance
+/// suite checks each capability where it is declared. A store that cannot look a job up by
+/// id (a broker) or counts its messages only approximately (Azure Queue Storage) says so
+/// here; [`full`](Self::full) is everything, as the memory, Redis and Postgres backends do.
+/// A backend names what it lacks and takes the rest from `full()`, so a field added later
+/// defaults to what the runtime assumed before it existed:
+///
+/// ```
+/// use job_core::backend::Capabilities;
+///
+/// let broker = Capabilities {
+///     status_by_id: false,
+///     idempotent_enqueue: false,
+///     ..Capabilities::full()
+/// };
+/// assert!(broker.dead_letter_listing && !broker.status_by_id);
+/// assert_eq!(broker.max_payload, None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// [`Backend::status`] finds a job by id.
+    pub status_by_id: bool,
+    /// [`Backend::dead_letters`] lists the dead letters kept.
+    pub dead_letter_listing: bool,
+    /// [`Backend::requeue`] moves a dead job back by id.
+    pub requeue_by_id: bool,
+    /// [`Backend::stats`] counts exactly, and `enqueue` enforces `capacity` exactly; without
+    /// it the counts (and so health and the capacity check) are approximate.
+    pub exact_depth: bool,
+    /// An enqueue of an id already stored changes nothing (an enqueue repeated after a lost
+    /// reply does not duplicate the job); without it a repeated enqueue stores the job twice
+    /// and the handler's idempotency must absorb it.
+    pub idempotent_enqueue: bool,
+    /// Jobs of one queue are reserved in the order they were enqueued (FIFO), and a released
+    /// job goes back to the front.
+    pub ordered: bool,
+    /// The store's hard limit on one stored job's payload, in bytes: the runtime refuses a
+    /// bigger payload with [`PayloadTooLarge`](crate::EnqueueError::PayloadTooLarge) before
+    /// it calls the store.
+    pub max_payload: Option<usize>,
+    /// The longest an attempt may hold its lease before the store takes the job back
+    /// whatever the heartbeat does (RabbitMQ's `consumer_timeout`): the runtime refuses to
+    /// start with a job whose `timeout` is longer, or that has none.
+    pub max_attempt_duration: Option<Duration>,
+}
+
+impl Capabilities {
+    /// Everything, with no store limits.
+    pub const fn full() -> Self {
+        Self {
+            status_by_id: true,
+            dead_letter_listing: true,
+            requeue_by_id: true,
+            exact_depth: true,
+            idempotent_enqueue: true,
+            ordered: true,
+            max_payload: None,
+            max_attempt_duration: None,
+        }
+    }
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self::full()
     }
 }
 
@@ -211,9 +346,9 @@ impl Reservation {
     }
 
     /// The lease token.
-    pub fn token(&self) -> LeaseToken {
+    pub fn token(&self) -> &LeaseToken {
         match self {
-            Self::Job { token, .. } | Self::Malformed { token, .. } => *token,
+            Self::Job { token, .. } | Self::Malformed { token, .. } => token,
         }
     }
 }
@@ -279,6 +414,10 @@ pub enum BackendError {
     /// A queue or job name that cannot become a key (`[A-Za-z0-9_.-]{1,64}`).
     #[error("invalid name: {0}")]
     InvalidName(String),
+    /// The store cannot do this (see [`Capabilities`]); the runtime does not call a method
+    /// its backend declares unsupported.
+    #[error("not supported by this backend: {0}")]
+    Unsupported(&'static str),
 }
 
 /// The adapter between the runtime and a store. See the [module docs](self).
@@ -289,6 +428,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Called once when the runtime starts: check the connection and settings (the Redis
     /// backend warns unless `maxmemory-policy` is `noeviction`).
     fn connect(&self) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// What this backend can do. Read once when the runtime starts, before
+    /// [`connect`](Self::connect) has answered, so it must not depend on the connection; the
+    /// default is [`Capabilities::full`].
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::full()
+    }
 
     /// Stores a new job: ready at once, or scheduled when `not_before` is in the future.
     /// Fails with [`BackendError::Full`] when `capacity` jobs (ready, scheduled and running)
@@ -365,8 +511,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
         Box::pin(async move {
             let mut lost = Vec::new();
-            for &(id, token) in acks {
-                match self.ack(id, token).await {
+            for (id, token) in acks {
+                match self.ack(*id, token.clone()).await {
                     Ok(()) => {}
                     Err(BackendError::LeaseLost(id)) => lost.push(id),
                     Err(e) => return Err(e),
@@ -392,12 +538,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         record: DeadLetter,
     ) -> BoxFuture<'_, Result<(), BackendError>>;
 
-    /// Renews leases; returns the ids whose lease was already lost.
+    /// Renews leases: the ids whose lease was already lost, and the new tokens of jobs whose
+    /// store issued one with the renewal (see [`Extended`]). The runtime runs no write-back
+    /// of a job while an `extend` that includes it is in flight.
     fn extend<'a>(
         &'a self,
         leases: &'a [(JobId, LeaseToken)],
         lease: Duration,
-    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>>;
+    ) -> BoxFuture<'a, Result<Extended, BackendError>>;
 
     /// Gives a reserved job back to the front of its queue without counting an attempt or a
     /// recovery (shutdown).
@@ -439,6 +587,9 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn connect(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         (**self).connect()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
     }
     fn enqueue(
         &self,
@@ -501,7 +652,7 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
         &'a self,
         leases: &'a [(JobId, LeaseToken)],
         lease: Duration,
-    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+    ) -> BoxFuture<'a, Result<Extended, BackendError>> {
         (**self).extend(leases, lease)
     }
     fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {

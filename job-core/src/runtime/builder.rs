@@ -483,6 +483,29 @@ impl JobRuntimeBuilder {
                 }
             }
         }
+        if let Some(d) = &self.durable {
+            let caps = d.backend.capabilities();
+            if let Some(max) = caps.max_attempt_duration {
+                let backend = d.backend.name();
+                for entry in registry.kinds() {
+                    match entry.ty.options.timeout {
+                        Some(t) if t <= max => {}
+                        Some(t) => problems.push(format!(
+                            "job `{}` has a timeout of {t:?}, longer than the {max:?} an attempt may hold its lease on the {backend} backend (the store would take the job back while it runs): give it a `timeout` of at most {max:?}",
+                            entry.ty.name
+                        )),
+                        None => problems.push(format!(
+                            "job `{}` has no timeout, but an attempt may hold its lease for at most {max:?} on the {backend} backend (the store would take the job back while it runs): give it a `timeout` of at most {max:?}",
+                            entry.ty.name
+                        )),
+                    }
+                }
+            }
+            if let Some(max) = caps.max_payload {
+                // The store's hard limit bounds the configured one.
+                self.payload_limit = Some(self.payload_limit.map_or(max, |l| l.min(max)));
+            }
+        }
         if !problems.is_empty() {
             return Err(StartError { problems });
         }

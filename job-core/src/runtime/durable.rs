@@ -15,11 +15,11 @@ use super::worker::{
 };
 use super::{Client, Inner, Rejected};
 use crate::backend::{
-    Backend, BackendError, Envelope, LeaseToken, Payload, Reservation, Retry, unix_ms,
+    Backend, BackendError, Capabilities, Envelope, LeaseToken, Payload, Reservation, Retry, unix_ms,
 };
 use crate::context::JobContext;
 use crate::dead_letter::DeadLetter;
-use crate::error::{EnqueueError, RequeueError, error_chain};
+use crate::error::{EnqueueError, QueryError, RequeueError, error_chain};
 use crate::job::{Job, JobId};
 use crate::observe::metrics::Counters;
 
@@ -41,8 +41,13 @@ pub(crate) struct Durable {
     pending: Arc<Mutex<Pending>>,
     /// The runtime's capacity: the most jobs the backend may store.
     capacity: u64,
-    /// Jobs reserved by this process and not yet written back: id -> lease.
+    /// Jobs reserved by this process and not yet written back: id -> lease (the token of the
+    /// reservation, or of the last renewal where the store issues a new one on each).
     pub(crate) held: Mutex<HashMap<JobId, LeaseToken>>,
+    /// Held for writing while the heartbeat renews leases, for reading by every write-back:
+    /// a write-back never runs with a token that a renewal in flight is about to replace
+    /// (on Azure, a delete would otherwise race its own update and lose).
+    renewing: tokio::sync::RwLock<()>,
     /// One permit per worker and per prefetched job: the fetcher reserves only as many jobs
     /// as are free.
     pub(crate) slots: Arc<Semaphore>,
@@ -65,6 +70,8 @@ pub(crate) struct Durable {
     pub(crate) depth: AtomicU64,
     /// False while the backend is failing.
     pub(crate) reachable: AtomicBool,
+    /// What the backend can do, read once at start.
+    pub(crate) caps: Capabilities,
 }
 
 impl std::fmt::Debug for Durable {
@@ -222,6 +229,7 @@ impl Durable {
             .prefetch
             .unwrap_or(concurrency.saturating_mul(MAX_PREFETCH_PER_WORKER));
         let slots = concurrency + max_prefetch;
+        let caps = config.backend.capabilities();
         let (work_tx, work_rx) = async_channel::bounded(slots.max(1));
         let (acks_tx, acks_rx) = async_channel::bounded(ACK_QUEUE);
         Self {
@@ -237,6 +245,7 @@ impl Durable {
             max_recoveries: config.max_recoveries,
             reap_interval: config.reap_interval,
             held: Mutex::new(HashMap::new()),
+            renewing: tokio::sync::RwLock::new(()),
             slots: Arc::new(Semaphore::new(slots)),
             concurrency,
             max_prefetch,
@@ -248,6 +257,19 @@ impl Durable {
             work_rx,
             depth: AtomicU64::new(0),
             reachable: AtomicBool::new(true),
+            caps,
+        }
+    }
+
+    /// `Ok` when the backend declares the capability, else the answer for the caller.
+    pub(crate) fn supports(&self, declared: bool, what: &'static str) -> Result<(), QueryError> {
+        if declared {
+            Ok(())
+        } else {
+            Err(QueryError::Unsupported {
+                backend: self.backend.name(),
+                what,
+            })
         }
     }
 
@@ -347,6 +369,28 @@ impl Durable {
             .insert(id, token);
     }
 
+    /// The current token of a held job. Call under `renewing`.
+    fn current(&self, id: JobId, reserved: &LeaseToken) -> LeaseToken {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .unwrap_or(reserved)
+            .clone()
+    }
+
+    /// A renewal gave a held job a new token (a job no longer held is left alone).
+    fn renewed(&self, id: JobId, token: LeaseToken) {
+        if let Some(held) = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(&id)
+        {
+            *held = token;
+        }
+    }
+
     fn unhold(&self, id: JobId) {
         self.held
             .lock()
@@ -359,7 +403,7 @@ impl Durable {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .map(|(id, t)| (*id, *t))
+            .map(|(id, t)| (*id, t.clone()))
             .collect()
     }
 
@@ -504,6 +548,11 @@ pub(crate) enum BatchFailure {
 }
 
 pub(crate) async fn requeue(d: &Durable, id: JobId) -> Result<JobId, RequeueError> {
+    if !d.caps.requeue_by_id {
+        return Err(RequeueError::Unsupported {
+            backend: d.backend.name(),
+        });
+    }
     match d.backend.requeue(id).await {
         Ok(()) => Ok(id),
         Err(BackendError::NotFound(_)) => Err(RequeueError::NotFound(id)),
@@ -595,7 +644,7 @@ async fn fetcher(inner: Arc<Inner>) {
                 // will signal, so wait for it instead of asking again at once.
                 let drained = list.len() < permits.len();
                 for r in list {
-                    d.hold(r.id(), r.token());
+                    d.hold(r.id(), r.token().clone());
                     let Some(permit) = permits.pop() else {
                         // The backend returned more than asked: give the extra back.
                         release(&inner, d, r.id(), r.token()).await;
@@ -706,16 +755,25 @@ where
     None
 }
 
-/// Writes an outcome back, retrying briefly on backend errors; a lost lease is final.
-async fn write_back<F, Fut>(inner: &Inner, d: &Durable, id: JobId, what: &str, op: F)
-where
-    F: FnMut() -> Fut,
+/// Writes an outcome back with the job's current token (`reserved`, unless a renewal
+/// replaced it), retrying briefly on backend errors; a lost lease is final.
+async fn write_back<F, Fut>(
+    inner: &Inner,
+    d: &Durable,
+    id: JobId,
+    reserved: &LeaseToken,
+    what: &str,
+    mut op: F,
+) where
+    F: FnMut(LeaseToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), BackendError>>,
 {
     let failed = |e: &BackendError| {
         tracing::warn!(job_id = %id, error = %error_chain(e), "{what} failed; retrying");
     };
-    match retried(d, op, failed).await {
+    let _renewal = d.renewing.read().await;
+    let token = d.current(id, reserved);
+    match retried(d, || op(token.clone()), failed).await {
         Some(Ok(())) => {}
         Some(Err(_)) => {
             Counters::bump(&inner.counters.lease_lost);
@@ -727,8 +785,8 @@ where
     }
 }
 
-async fn release(inner: &Inner, d: &Durable, id: JobId, token: LeaseToken) {
-    write_back(inner, d, id, "release", || d.backend.release(id, token)).await;
+async fn release(inner: &Inner, d: &Durable, id: JobId, token: &LeaseToken) {
+    write_back(inner, d, id, token, "release", |t| d.backend.release(id, t)).await;
     d.unhold(id);
 }
 
@@ -736,7 +794,7 @@ async fn bury(
     inner: &Inner,
     d: &Durable,
     id: JobId,
-    token: LeaseToken,
+    token: &LeaseToken,
     kind: Option<u16>,
     dead: DeadLetter,
 ) {
@@ -747,8 +805,8 @@ async fn bury(
             spawn_hooks(inner, &dead);
         }
     }
-    write_back(inner, d, id, "dead-letter", || {
-        d.backend.dead_letter(id, token, dead.clone())
+    write_back(inner, d, id, token, "dead-letter", |t| {
+        d.backend.dead_letter(id, t, dead.clone())
     })
     .await;
 }
@@ -775,7 +833,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                 enqueued_at: now,
                 died_at: now,
             };
-            bury(inner, d, id, token, None, dead).await;
+            bury(inner, d, id, &token, None, dead).await;
             d.unhold(id);
             return;
         }
@@ -797,7 +855,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
             envelope.job
         );
         tracing::error!(job_id = %id, job = %envelope.job, "{reason}; dead-lettered");
-        bury(inner, d, id, token, None, dead_record(vec![reason])).await;
+        bury(inner, d, id, &token, None, dead_record(vec![reason])).await;
         d.unhold(id);
         return;
     };
@@ -807,7 +865,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
         Err(e) => {
             let reason = format!("payload does not decode as job `{}`: {e}", envelope.job);
             tracing::error!(job_id = %id, "{reason}; dead-lettered");
-            bury(inner, d, id, token, Some(kind), dead_record(vec![reason])).await;
+            bury(inner, d, id, &token, Some(kind), dead_record(vec![reason])).await;
             d.unhold(id);
             return;
         }
@@ -824,11 +882,10 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
             Outcome::Ok => {
                 // The acker writes it back (batched with others) and then lets go of the
                 // lease; the worker moves on at once.
-                match d.acks_tx.send((id, token)).await {
+                match d.acks_tx.send((id, token.clone())).await {
                     Ok(()) => return true,
-                    Err(e) => {
-                        let (id, token) = e.into_inner();
-                        write_back(inner, d, id, "ack", || d.backend.ack(id, token)).await;
+                    Err(_) => {
+                        write_back(inner, d, id, &token, "ack", |t| d.backend.ack(id, t)).await;
                     }
                 }
             }
@@ -838,7 +895,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                     Decision::Interrupted => {
                         tracing::warn!(error = %message, "attempt interrupted by shutdown; job returned to its queue");
                         inner.tally.cancelled(id);
-                        write_back(inner, d, id, "release", || d.backend.release(id, token)).await;
+                        write_back(inner, d, id, &token, "release", |t| d.backend.release(id, t)).await;
                         d.unhold(id);
                         return false;
                     }
@@ -850,8 +907,8 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                             at: SystemTime::now() + delay,
                             error: message.clone(),
                         };
-                        write_back(inner, d, id, "retry", || {
-                            d.backend.retry(id, token, retry.clone())
+                        write_back(inner, d, id, &token, "retry", |t| {
+                            d.backend.retry(id, t, retry.clone())
                         })
                         .await;
                         d.unhold(id);
@@ -859,7 +916,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                     }
                     Decision::Dead(reason) => {
                         tracing::error!(error = %message, reason, "job dead-lettered");
-                        bury(inner, d, id, token, Some(kind), dead_record(failure.chain)).await;
+                        bury(inner, d, id, &token, Some(kind), dead_record(failure.chain)).await;
                     }
                 }
             }
@@ -894,14 +951,19 @@ async fn acker(inner: Arc<Inner>) {
                 Err(_) => break,
             }
         }
-        ack_batch(&inner, d, &batch).await;
+        ack_batch(&inner, d, &mut batch).await;
         for (id, _) in batch.drain(..) {
             d.unhold(id);
         }
     }
 }
 
-async fn ack_batch(inner: &Inner, d: &Durable, batch: &[(JobId, LeaseToken)]) {
+async fn ack_batch(inner: &Inner, d: &Durable, batch: &mut [(JobId, LeaseToken)]) {
+    let _renewal = d.renewing.read().await;
+    for (id, token) in batch.iter_mut() {
+        *token = d.current(*id, token);
+    }
+    let batch = &*batch;
     let failed = |e: &BackendError| {
         tracing::warn!(jobs = batch.len(), error = %error_chain(e), "ack failed; retrying");
     };
@@ -931,14 +993,20 @@ async fn heartbeat(inner: Arc<Inner>) {
             _ = inner.workers_done.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }
+        // No write-back runs while the renewal is in flight: where the store issues a new
+        // token with it, the write-back must use that one.
+        let _renewal = d.renewing.write().await;
         let held = d.held_now();
         if held.is_empty() {
             continue;
         }
         match d.backend.extend(&held, d.lease).await {
-            Ok(lost) => {
+            Ok(extended) => {
                 d.mark(true);
-                for id in lost {
+                for (id, token) in extended.renewed {
+                    d.renewed(id, token);
+                }
+                for id in extended.lost {
                     tracing::warn!(job_id = %id, "lease lost while the job was running; it may run again elsewhere");
                 }
             }
@@ -1032,7 +1100,7 @@ pub(crate) async fn give_back(inner: &Inner) -> Vec<JobId> {
     }
     for (id, token) in d.held_now() {
         inner.tally.cancelled(id);
-        release(inner, d, id, token).await;
+        release(inner, d, id, &token).await;
     }
     unstarted
 }

@@ -37,7 +37,7 @@ pub use shutdown::ShutdownReport;
 
 use crate::context::{DataMap, ScopedFactory};
 use crate::dead_letter::{DeadLetter, DeadLetterHook, DeadLetterStore};
-use crate::error::{EnqueueError, RequeueError};
+use crate::error::{EnqueueError, QueryError, RequeueError};
 use crate::job::{Job, JobId};
 use crate::observe::health::{Health, HealthThresholds};
 use crate::observe::metrics::{Counters, Stats};
@@ -251,17 +251,19 @@ impl Client {
         self.enqueue_in(job, delay).await
     }
 
-    /// The status of a job, while it is live and for the retention time after it finished.
-    pub async fn status(&self, id: JobId) -> Option<JobStatus> {
+    /// The status of a job, while it is live and for the retention time after it finished
+    /// (`Ok(None)`: no such job, or its status expired).
+    ///
+    /// # Errors
+    /// [`QueryError::Backend`] when the store fails or cannot be reached;
+    /// [`QueryError::Unsupported`] on a backend that cannot look a job up by id.
+    pub async fn status(&self, id: JobId) -> Result<Option<JobStatus>, QueryError> {
         match self.durable() {
-            None => self.inner.status.get(id),
-            Some(d) => match d.backend.status(id).await {
-                Ok(status) => status,
-                Err(e) => {
-                    tracing::warn!(job_id = %id, error = %e, "reading job status failed");
-                    None
-                }
-            },
+            None => Ok(self.inner.status.get(id)),
+            Some(d) => {
+                d.supports(d.caps.status_by_id, "status by id")?;
+                d.backend.status(id).await.map_err(QueryError::Backend)
+            }
         }
     }
 
@@ -275,29 +277,36 @@ impl Client {
         self.inner.stats()
     }
 
-    /// The dead letters kept, oldest first.
-    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+    /// The dead letters kept, oldest first (on a durable backend, the oldest 10,000).
+    ///
+    /// # Errors
+    /// [`QueryError::Backend`] when the store fails or cannot be reached;
+    /// [`QueryError::Unsupported`] on a backend that cannot list its dead letters.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueryError> {
         match self.durable() {
-            None => self.inner.dead.list(),
-            Some(d) => match d.backend.dead_letters(10_000).await {
-                Ok(list) => list,
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing dead letters failed");
-                    Vec::new()
-                }
-            },
+            None => Ok(self.inner.dead.list()),
+            Some(d) => {
+                d.supports(d.caps.dead_letter_listing, "listing dead letters")?;
+                d.backend
+                    .dead_letters(10_000)
+                    .await
+                    .map_err(QueryError::Backend)
+            }
         }
     }
 
-    /// One dead letter by job id.
-    pub async fn dead_letter(&self, id: JobId) -> Option<DeadLetter> {
+    /// One dead letter by job id (`Ok(None)`: none kept with that id).
+    ///
+    /// # Errors
+    /// As [`dead_letters`](Self::dead_letters).
+    pub async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetter>, QueryError> {
         match self.durable() {
-            None => self.inner.dead.get(id),
-            Some(_) => self
+            None => Ok(self.inner.dead.get(id)),
+            Some(_) => Ok(self
                 .dead_letters()
-                .await
+                .await?
                 .into_iter()
-                .find(|d| d.job_id == id),
+                .find(|d| d.job_id == id)),
         }
     }
 
@@ -552,7 +561,10 @@ impl JobRuntime {
     }
 
     /// The status of a job.
-    pub async fn status(&self, id: JobId) -> Option<JobStatus> {
+    ///
+    /// # Errors
+    /// See [`Client::status`].
+    pub async fn status(&self, id: JobId) -> Result<Option<JobStatus>, QueryError> {
         self.client.status(id).await
     }
 
@@ -567,7 +579,10 @@ impl JobRuntime {
     }
 
     /// The dead letters kept, oldest first.
-    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+    ///
+    /// # Errors
+    /// See [`Client::dead_letters`].
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueryError> {
         self.client.dead_letters().await
     }
 

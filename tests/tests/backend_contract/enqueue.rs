@@ -30,7 +30,7 @@ pub(crate) async fn enqueue_of_a_stored_id_changes_nothing(s: Store) {
     s.b().enqueue(other.clone(), ROOMY).await.unwrap();
     assert_eq!(snapshot(&s, env.id).await, before, "while running");
 
-    s.b().ack(env.id, token).await.unwrap();
+    s.b().ack(env.id, token.clone()).await.unwrap();
     let before = snapshot(&s, env.id).await;
     s.b().enqueue(other.clone(), ROOMY).await.unwrap();
     assert_eq!(snapshot(&s, env.id).await, before, "once succeeded");
@@ -116,7 +116,7 @@ pub(crate) async fn capacity_refuses_what_does_not_fit(s: Store) {
     assert_eq!(s.b().status(mixed[1].id).await.unwrap(), None);
 
     // A finished job frees its slot.
-    s.b().ack(running.id, token).await.unwrap();
+    s.b().ack(running.id, token.clone()).await.unwrap();
     assert_eq!(stats(&s).await, counts(1, 1, 0, 0));
     let batch = [envelope("cap", 8), envelope("cap", 9), envelope("cap", 10)];
     assert_eq!(s.b().enqueue_batch(&batch, CAP).await.unwrap(), 1);
@@ -253,7 +253,7 @@ pub(crate) async fn reserve_hands_back_the_envelope_as_stored(s: Store) {
     enqueue(&s, &env).await;
     let (got, token) = reserve_one(&s, "bytes", LONG_LEASE).await;
     assert_eq!(got.payload.as_str(), text, "the payload's bytes changed");
-    assert_eq!(got.lease, Some(token));
+    assert_eq!(got.lease, Some(token.clone()));
     let expected = Envelope {
         attempt: 1,
         lease: Some(token),

@@ -16,7 +16,7 @@ pub(crate) async fn stale_lease_holders_change_nothing(s: Store) {
     assert_eq!((second.id, second.attempt), (env.id, 2));
     assert_ne!(fresh, stale, "a new reservation must have a new token");
 
-    assert_refused_but(&s, &env, stale, None, "with a stale token").await;
+    assert_refused_but(&s, &env, stale.clone(), None, "with a stale token").await;
     let held = status(&s, env.id).await;
     assert_eq!((held.state, held.attempts), (JobState::Running, 2));
     assert_eq!(held.last_error, None);
@@ -25,11 +25,11 @@ pub(crate) async fn stale_lease_holders_change_nothing(s: Store) {
     // A token that was never issued is as stale as an old one.
     assert_refused_but(&s, &env, LeaseToken::random(), None, "with a made-up token").await;
 
-    s.b().ack(env.id, fresh).await.unwrap();
+    s.b().ack(env.id, fresh.clone()).await.unwrap();
     assert_eq!(status(&s, env.id).await.state, JobState::Succeeded);
     assert_eq!(stats(&s).await, counts(0, 0, 0, 0));
     assert_lost(
-        s.b().ack(env.id, stale).await,
+        s.b().ack(env.id, stale.clone()).await,
         env.id,
         "ack with the stale token after the ack",
     );
@@ -41,12 +41,12 @@ pub(crate) async fn repeated_write_backs_succeed_and_change_nothing(s: Store) {
     for outcome in OUTCOMES {
         let env = enqueued(&s, "repeat", 1).await;
         let (_, token) = reserve_one(&s, "repeat", LONG_LEASE).await;
-        write_back(&s, &env, token, outcome)
+        write_back(&s, &env, token.clone(), outcome)
             .await
             .unwrap_or_else(|e| panic!("{outcome:?} by the holder failed: {e:?}"));
         let before = snapshot(&s, env.id).await;
         for again in OUTCOMES.into_iter().filter(|o| o.same(outcome)) {
-            let r = write_back(&s, &env, token, again).await;
+            let r = write_back(&s, &env, token.clone(), again).await;
             assert!(r.is_ok(), "{again:?} repeating {outcome:?}: {r:?}");
             assert_eq!(
                 snapshot(&s, env.id).await,
@@ -61,10 +61,10 @@ pub(crate) async fn repeated_write_backs_succeed_and_change_nothing(s: Store) {
                 let (next, fresh) = reserve_soon(&s, "repeat", LONG_LEASE).await;
                 assert_eq!(next.id, env.id);
                 let held = snapshot(&s, env.id).await;
-                let r = write_back(&s, &env, token, outcome).await;
+                let r = write_back(&s, &env, token.clone(), outcome).await;
                 assert!(r.is_ok(), "{outcome:?} repeated under a new holder: {r:?}");
                 assert_eq!(snapshot(&s, env.id).await, held, "{outcome:?} repeated");
-                s.b().ack(env.id, fresh).await.unwrap();
+                s.b().ack(env.id, fresh.clone()).await.unwrap();
             }
             Outcome::Ack | Outcome::AckBatch | Outcome::DeadLetter => {}
         }
@@ -77,17 +77,17 @@ pub(crate) async fn other_write_backs_with_a_spent_token_are_refused(s: Store) {
     for outcome in OUTCOMES {
         let env = enqueued(&s, "spent", 1).await;
         let (_, token) = reserve_one(&s, "spent", LONG_LEASE).await;
-        write_back(&s, &env, token, outcome)
+        write_back(&s, &env, token.clone(), outcome)
             .await
             .unwrap_or_else(|e| panic!("{outcome:?} by the holder failed: {e:?}"));
         let why = format!("with the token {outcome:?} spent");
-        assert_refused_but(&s, &env, token, Some(outcome), &why).await;
+        assert_refused_but(&s, &env, token.clone(), Some(outcome), &why).await;
         match outcome {
             Outcome::Retry | Outcome::Release => {
                 let (_, fresh) = reserve_soon(&s, "spent", LONG_LEASE).await;
                 let why = format!("with the token {outcome:?} spent, under a new holder");
-                assert_refused_but(&s, &env, token, Some(outcome), &why).await;
-                s.b().ack(env.id, fresh).await.unwrap();
+                assert_refused_but(&s, &env, token.clone(), Some(outcome), &why).await;
+                s.b().ack(env.id, fresh.clone()).await.unwrap();
             }
             Outcome::Ack | Outcome::AckBatch | Outcome::DeadLetter => {}
         }
@@ -101,7 +101,7 @@ pub(crate) async fn release_makes_the_job_reservable_at_once(s: Store) {
     let second = enqueued(&s, "rel", 2).await;
     let (got, token) = reserve_one(&s, "rel", LONG_LEASE).await;
     assert_eq!((got.id, got.attempt), (first.id, 1));
-    s.b().release(first.id, token).await.unwrap();
+    s.b().release(first.id, token.clone()).await.unwrap();
     let st = status(&s, first.id).await;
     assert_eq!((st.state, st.attempts), (JobState::Queued, 0));
     assert_eq!(stats(&s).await, counts(2, 0, 0, 0));
@@ -115,16 +115,16 @@ pub(crate) async fn release_makes_the_job_reservable_at_once(s: Store) {
     assert_eq!(s.b().reap(1).await.unwrap(), Reaped::default());
     let (next, other) = reserve_one(&s, "rel", LONG_LEASE).await;
     assert_eq!(next.id, second.id);
-    s.b().ack(second.id, other).await.unwrap();
+    s.b().ack(second.id, other.clone()).await.unwrap();
     // Once more after a failed attempt: the release does not undo that one.
     s.b()
-        .retry(first.id, token, retry_at(SystemTime::now(), "x"))
+        .retry(first.id, token.clone(), retry_at(SystemTime::now(), "x"))
         .await
         .unwrap();
     let (third, token) = reserve_soon(&s, "rel", LONG_LEASE).await;
     assert_eq!(third.id, first.id);
     assert_eq!(third.attempt, 2);
-    s.b().release(first.id, token).await.unwrap();
+    s.b().release(first.id, token.clone()).await.unwrap();
     assert_eq!(status(&s, first.id).await.attempts, 1);
     let (fourth, _) = reserve_one(&s, "rel", LONG_LEASE).await;
     assert_eq!(
@@ -145,9 +145,14 @@ pub(crate) async fn extend_moves_the_lease_expiry(s: Store) {
         [kept.id, left.id]
     );
     let token = got[0].token();
-    let lost = s.b().extend(&[(kept.id, token)], LONG_LEASE).await.unwrap();
+    let lost = s
+        .b()
+        .extend(&[(kept.id, token.clone())], LONG_LEASE)
+        .await
+        .unwrap()
+        .lost;
     assert!(lost.is_empty(), "{lost:?}");
-    assert!(s.b().extend(&[], LONG_LEASE).await.unwrap().is_empty());
+    assert!(s.b().extend(&[], LONG_LEASE).await.unwrap().lost.is_empty());
 
     let reaped = reap_soon(&s, 3).await;
     // (A few ms of slack: stores count lease expiry in whole ms of their own clock.)
@@ -161,7 +166,7 @@ pub(crate) async fn extend_moves_the_lease_expiry(s: Store) {
     tokio::time::sleep(LEASE).await;
     assert_eq!(s.b().reap(3).await.unwrap(), Reaped::default());
     assert_eq!(status(&s, kept.id).await.state, JobState::Running);
-    s.b().ack(kept.id, token).await.unwrap();
+    s.b().ack(kept.id, token.clone()).await.unwrap();
     assert_eq!(status(&s, kept.id).await.state, JobState::Succeeded);
 }
 
@@ -201,8 +206,8 @@ pub(crate) async fn expired_leases_are_recovered_then_dead_lettered_as_poison_pi
     s.b().requeue(env.id).await.unwrap();
     let (got, token) = reserve_one(&s, "crash", LONG_LEASE).await;
     assert_eq!((got.id, got.attempt, got.recoveries), (env.id, 1, 0));
-    s.b().ack(env.id, token).await.unwrap();
+    s.b().ack(env.id, token.clone()).await.unwrap();
     // The job whose lease lived was never touched.
     assert_eq!(status(&s, safe.id).await.state, JobState::Running);
-    s.b().ack(safe.id, safe_token).await.unwrap();
+    s.b().ack(safe.id, safe_token.clone()).await.unwrap();
 }

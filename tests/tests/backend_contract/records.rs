@@ -26,7 +26,7 @@ pub(crate) async fn malformed_records_are_reserved_as_malformed(s: Store) {
             assert_eq!((*id, queue.as_str()), (bad, "bad"));
             assert!(raw.contains("{not json"), "raw bytes: {raw:?}");
             assert!(!reason.is_empty());
-            (*token, reason.clone())
+            (token.clone(), reason.clone())
         }
         other @ Reservation::Job { .. } => {
             panic!("expected the planted record as malformed, got {other:?}")
@@ -44,14 +44,14 @@ pub(crate) async fn malformed_records_are_reserved_as_malformed(s: Store) {
         SystemTime::now(),
         SystemTime::now(),
     );
-    s.b().dead_letter(bad, token, dead).await.unwrap();
+    s.b().dead_letter(bad, token.clone(), dead).await.unwrap();
     let listed = s.b().dead_letters(10).await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!((listed[0].job_id, &listed[0].error), (bad, &vec![reason]));
     if let Some(st) = s.b().status(bad).await.unwrap() {
         assert_eq!(st.state, JobState::Dead);
     }
-    s.b().ack(good.id, got[1].token()).await.unwrap();
+    s.b().ack(good.id, got[1].token().clone()).await.unwrap();
     assert_eq!(stats(&s).await, counts(0, 0, 0, 1));
 }
 
@@ -80,7 +80,7 @@ pub(crate) async fn status_follows_every_state(s: Store) {
 
     let at = SystemTime::now() + Duration::from_millis(200);
     s.b()
-        .retry(env.id, token, retry_at(at, "smtp timed out"))
+        .retry(env.id, token.clone(), retry_at(at, "smtp timed out"))
         .await
         .unwrap();
     let st = status(&s, env.id).await;
@@ -92,7 +92,7 @@ pub(crate) async fn status_follows_every_state(s: Store) {
     let st = status(&s, env.id).await;
     assert_eq!((st.state, st.attempts), (JobState::Running, 2));
 
-    s.b().ack(env.id, token).await.unwrap();
+    s.b().ack(env.id, token.clone()).await.unwrap();
     let st = status(&s, env.id).await;
     assert_eq!((st.state, st.attempts), (JobState::Succeeded, 2));
 
@@ -100,7 +100,7 @@ pub(crate) async fn status_follows_every_state(s: Store) {
     let (got, token) = reserve_one(&s, "life", LONG_LEASE).await;
     let dead = record(&got, "invalid address");
     s.b()
-        .dead_letter(doomed.id, token, dead.clone())
+        .dead_letter(doomed.id, token.clone(), dead.clone())
         .await
         .unwrap();
     let st = status(&s, doomed.id).await;
@@ -140,7 +140,7 @@ pub(crate) async fn status_time_moves_only_with_the_job(s: Store) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let stale = LeaseToken::random();
     assert_lost(
-        s.b().ack(env.id, stale).await,
+        s.b().ack(env.id, stale.clone()).await,
         env.id,
         "ack with a made-up token",
     );
@@ -149,7 +149,7 @@ pub(crate) async fn status_time_moves_only_with_the_job(s: Store) {
         running,
         "a refused ack updated the job"
     );
-    s.b().ack(env.id, token).await.unwrap();
+    s.b().ack(env.id, token.clone()).await.unwrap();
     assert!(
         updated(env.id).await > running,
         "the ack did not move updated_at"
@@ -173,7 +173,7 @@ pub(crate) async fn stats_count_every_state(s: Store) {
         .unwrap();
     assert_eq!(got.len(), 4);
     assert_eq!(stats(&s).await, counts(1, 1, 4, 0));
-    let [a, b, c, d] = [0, 1, 2, 3].map(|i| (got[i].id(), got[i].token()));
+    let [a, b, c, d] = [0, 1, 2, 3].map(|i| (got[i].id(), got[i].token().clone()));
     s.b().ack(a.0, a.1).await.unwrap();
     assert_eq!(stats(&s).await, counts(1, 1, 3, 0));
     let hour = SystemTime::now() + Duration::from_secs(3600);
@@ -217,7 +217,7 @@ pub(crate) async fn dead_letters_are_listed_oldest_first_and_requeued(s: Store) 
         let env = enqueued(&s, "dl", n).await;
         let (got, token) = reserve_one(&s, "dl", LONG_LEASE).await;
         s.b()
-            .dead_letter(env.id, token, record(&got, &format!("failure {n}")))
+            .dead_letter(env.id, token.clone(), record(&got, &format!("failure {n}")))
             .await
             .unwrap();
         dead.push(got);
@@ -273,7 +273,7 @@ pub(crate) async fn dead_letters_are_listed_oldest_first_and_requeued(s: Store) 
         .iter()
         .find_map(|r| match r {
             Reservation::Job { envelope, token } if envelope.id == ids[1] => {
-                Some((envelope.clone(), *token))
+                Some((envelope.clone(), token.clone()))
             }
             _ => None,
         })

@@ -223,9 +223,9 @@ pub(crate) async fn write_back(
 ) -> Result<(), BackendError> {
     let id = env.id;
     match outcome {
-        Outcome::Ack => s.b().ack(id, token).await,
+        Outcome::Ack => s.b().ack(id, token.clone()).await,
         Outcome::AckBatch => {
-            let lost = s.b().ack_batch(&[(id, token)]).await?;
+            let lost = s.b().ack_batch(&[(id, token.clone())]).await?;
             match lost.as_slice() {
                 [] => Ok(()),
                 [x] if *x == id => Err(BackendError::LeaseLost(id)),
@@ -234,10 +234,14 @@ pub(crate) async fn write_back(
         }
         Outcome::Retry => {
             let r = retry_at(SystemTime::now(), "transient failure");
-            s.b().retry(id, token, r).await
+            s.b().retry(id, token.clone(), r).await
         }
-        Outcome::DeadLetter => s.b().dead_letter(id, token, record(env, "gave up")).await,
-        Outcome::Release => s.b().release(id, token).await,
+        Outcome::DeadLetter => {
+            s.b()
+                .dead_letter(id, token.clone(), record(env, "gave up"))
+                .await
+        }
+        Outcome::Release => s.b().release(id, token.clone()).await,
     }
 }
 
@@ -255,7 +259,7 @@ pub(crate) async fn assert_refused_but(
         if except.is_some_and(|e| e.same(outcome)) {
             continue;
         }
-        let r = write_back(s, env, token, outcome).await;
+        let r = write_back(s, env, token.clone(), outcome).await;
         assert_lost(r, env.id, &format!("{outcome:?} {why}"));
         let after = snapshot(s, env.id).await;
         assert_eq!(after, before, "{outcome:?} {why} changed the store");
@@ -263,7 +267,12 @@ pub(crate) async fn assert_refused_but(
     // `extend` renews only the lease `token` holds now. With a stale token the lease is
     // lost and must be reported; with a token its own holder just spent (a heartbeat racing
     // the ack) the trait leaves the answer open, but nothing may change.
-    let lost = s.b().extend(&[(env.id, token)], LONG_LEASE).await.unwrap();
+    let lost = s
+        .b()
+        .extend(&[(env.id, token.clone())], LONG_LEASE)
+        .await
+        .unwrap()
+        .lost;
     if except.is_none() {
         assert_eq!(lost, [env.id], "extend {why} must report the lease lost");
     } else {

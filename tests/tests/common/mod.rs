@@ -228,7 +228,7 @@ pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut f: 
 pub async fn wait_state(rt: &JobRuntime, id: JobId, state: JobState, limit: Duration) -> JobStatus {
     let deadline = Instant::now() + limit;
     loop {
-        let status = rt.status(id).await.expect("status known");
+        let status = rt.status(id).await.unwrap().expect("status known");
         if status.state == state {
             return status;
         }

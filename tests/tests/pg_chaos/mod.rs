@@ -543,7 +543,7 @@ pub fn t7_runtime(scope: &Scope, statement_timeout: Duration) -> (JobRuntime, Ar
 pub async fn all_succeed(rt: &JobRuntime, ledger: &Ledger, ids: &[JobId], limit: Duration) {
     eventually(limit, "every acknowledged job succeeded", || async {
         for id in ids {
-            match rt.status(*id).await {
+            match rt.status(*id).await.unwrap() {
                 Some(s) if s.state == JobState::Succeeded => {}
                 _ => return false,
             }
@@ -567,7 +567,7 @@ pub async fn all_workers_alive(rt: &JobRuntime) {
         "every worker task took part in the meeting",
         || async {
             for id in &ids {
-                match rt.status(*id).await {
+                match rt.status(*id).await.unwrap() {
                     Some(s) if s.state == JobState::Succeeded && s.attempts == 1 => {}
                     _ => return false,
                 }

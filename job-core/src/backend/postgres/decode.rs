@@ -56,7 +56,7 @@ pub(super) fn reservation(
     queues: &[String],
 ) -> Result<((usize, f64, i64), Reservation), BackendError> {
     let id = JobId::from(get::<Uuid>(row, "id")?);
-    let token = LeaseToken(get::<Uuid>(row, "lease")?.as_u128());
+    let token = LeaseToken::from_u128(get::<Uuid>(row, "lease")?.as_u128());
     let queue: String = get(row, "queue")?;
     let payload: Option<String> = get(row, "payload")?;
     let job: Option<String> = get(row, "job")?;
@@ -71,7 +71,7 @@ pub(super) fn reservation(
     );
     let malformed = |raw: String, reason: &str| Reservation::Malformed {
         id,
-        token,
+        token: token.clone(),
         queue: queue.clone(),
         raw,
         reason: format!("stored record is not a job envelope: {reason}"),
@@ -104,7 +104,7 @@ pub(super) fn reservation(
         recoveries: count(get(row, "recoveries")?),
         enqueued_at: ms(get(row, "enqueued_at")?),
         not_before: get::<Option<i64>>(row, "not_before")?.map(ms),
-        lease: Some(token),
+        lease: Some(token.clone()),
     };
     Ok((key, Reservation::Job { envelope, token }))
 }

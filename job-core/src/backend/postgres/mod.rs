@@ -149,8 +149,8 @@ pub use self::config::{PostgresBackendBuilder, PostgresConfigError};
 use self::conn::{Sql, Wakeups, bounded, connection_lost, sql, unavailable};
 use self::decode::{StoredDead, get_at};
 use super::{
-    Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
-    Retry, reserve_in_calls, unix_ms,
+    Backend, BackendError, BackendStats, BoxFuture, Envelope, Extended, LeaseToken, Reaped,
+    Reservation, Retry, reserve_in_calls, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
@@ -537,7 +537,7 @@ impl PostgresBackend {
         self.ensure_schema().await?;
         let q = sqlx::query(sql(&self.sql.retry))
             .bind(id.as_uuid())
-            .bind(Uuid::from_u128(token.0))
+            .bind(pg_token(&token))
             .bind(i64::try_from(unix_ms(retry.at)).unwrap_or(i64::MAX))
             .bind(retry.error)
             .bind(&self.channel)
@@ -565,7 +565,7 @@ impl PostgresBackend {
             .map_err(|e| BackendError::Corrupt(format!("dead letter does not serialize: {e}")))?;
         let q = sqlx::query(sql(&self.sql.dead_letter))
             .bind(id.as_uuid())
-            .bind(Uuid::from_u128(token.0))
+            .bind(pg_token(&token))
             .bind(json)
             .bind(record.error_message())
             .bind(Self::shard());
@@ -598,7 +598,7 @@ impl PostgresBackend {
         self.ensure_schema().await?;
         let q = sqlx::query(sql(&self.sql.release))
             .bind(id.as_uuid())
-            .bind(Uuid::from_u128(token.0))
+            .bind(pg_token(&token))
             .bind(&self.channel)
             .bind(Self::shard());
         self.fenced(id, q).await
@@ -674,8 +674,15 @@ fn millis(d: Duration) -> i64 {
 fn pairs(chunk: &[(JobId, LeaseToken)]) -> (Vec<Uuid>, Vec<Uuid>) {
     chunk
         .iter()
-        .map(|(id, token)| (id.as_uuid(), Uuid::from_u128(token.0)))
+        .map(|(id, token)| (id.as_uuid(), pg_token(token)))
         .unzip()
+}
+
+/// The lease column's value for `token`. A token this backend did not make (not a number)
+/// is no lease of ours: the nil UUID, which no reservation stores, so the statement finds
+/// no row held with it and reports the lease lost.
+fn pg_token(token: &LeaseToken) -> Uuid {
+    token.as_u128().map_or(Uuid::nil(), Uuid::from_u128)
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), BackendError> {
@@ -777,8 +784,14 @@ impl Backend for PostgresBackend {
         &'a self,
         leases: &'a [(JobId, LeaseToken)],
         lease: Duration,
-    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
-        Box::pin(self.do_extend(leases, lease))
+    ) -> BoxFuture<'a, Result<Extended, BackendError>> {
+        Box::pin(async move {
+            let lost = self.do_extend(leases, lease).await?;
+            Ok(Extended {
+                lost,
+                renewed: Vec::new(),
+            })
+        })
     }
 
     fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {

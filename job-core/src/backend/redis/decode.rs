@@ -58,13 +58,13 @@ fn optional_number<T: std::str::FromStr>(row: &[Vec<u8>], i: usize) -> Result<Op
 pub(super) fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> {
     let id = parse_id(&text(row, 1))?;
     let token = u128::from_str_radix(&text(row, 2), 16)
-        .map(LeaseToken)
+        .map(LeaseToken::from_u128)
         .map_err(|_| BackendError::Corrupt("reserve returned a malformed lease token".into()))?;
     let payload = field(row, 4);
     let queue = text(row, 6);
     let malformed = |reason: &str| Reservation::Malformed {
         id,
-        token,
+        token: token.clone(),
         queue: queue.clone(),
         raw: String::from_utf8_lossy(payload).into_owned(),
         reason: format!("stored record is not a job envelope: {reason}"),
@@ -132,7 +132,7 @@ pub(super) fn reservation(row: &[Vec<u8>]) -> Result<Reservation, BackendError> 
         recoveries,
         enqueued_at,
         not_before,
-        lease: Some(token),
+        lease: Some(token.clone()),
     };
     Ok(Reservation::Job { envelope, token })
 }
@@ -316,7 +316,7 @@ mod tests {
         enqueued: &str,
     ) -> Vec<Vec<u8>> {
         let id = JobId::new().to_string();
-        let token = format!("{:x}", LeaseToken::random().0);
+        let token = format!("{:x}", LeaseToken::random().as_u128().unwrap_or_default());
         [
             "job",
             &id,

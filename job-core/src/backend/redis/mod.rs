@@ -188,8 +188,8 @@ pub use self::config::{RedisBackendBuilder, RedisConfigError};
 use self::decode::{RESERVE_ROW, StoredDead, dead_letter_from_row, parse_id, reservation};
 use self::scripts::Scripts;
 use super::{
-    Backend, BackendError, BackendStats, BoxFuture, Envelope, LeaseToken, Reaped, Reservation,
-    Retry, reserve_in_calls, unix_ms,
+    Backend, BackendError, BackendStats, BoxFuture, Envelope, Extended, LeaseToken, Reaped,
+    Reservation, Retry, reserve_in_calls, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
@@ -639,10 +639,10 @@ impl Backend for RedisBackend {
         &'a self,
         leases: &'a [(JobId, LeaseToken)],
         lease: Duration,
-    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+    ) -> BoxFuture<'a, Result<Extended, BackendError>> {
         Box::pin(async move {
             if leases.is_empty() {
-                return Ok(Vec::new());
+                return Ok(Extended::default());
             }
             let mut inv = self.invocation(&self.scripts.extend);
             inv.arg(Self::retention_ms(lease).max(1));
@@ -650,7 +650,13 @@ impl Backend for RedisBackend {
                 inv.arg(id.to_string()).arg(token.to_string());
             }
             let lost: Vec<String> = self.run_script(inv).await?;
-            lost.iter().map(|id| parse_id(id)).collect()
+            Ok(Extended {
+                lost: lost
+                    .iter()
+                    .map(|id| parse_id(id))
+                    .collect::<Result<_, _>>()?,
+                renewed: Vec::new(),
+            })
         })
     }
 

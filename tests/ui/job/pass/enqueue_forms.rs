@@ -38,7 +38,7 @@ async fn main() {
     for id in ids {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let state = runtime.status(id).await.map(|s| s.state);
+            let state = runtime.status(id).await.unwrap().map(|s| s.state);
             if state == Some(job_core::JobState::Succeeded) {
                 break;
             }
