@@ -41,14 +41,30 @@ async fn job_enqueue_uses_the_runtime_started_last_and_fails_clearly_without_one
     let id = Probe::new(5, Behavior::Succeed).try_enqueue().unwrap();
     wait_state(&rt2, id, JobState::Succeeded, Duration::from_secs(10)).await;
 
+    // When the runtime started last shuts down, the one started before it, still running,
+    // is ambient again.
     rt2.shutdown().await;
-    let err = Probe::new(6, Behavior::Succeed)
+    let id = Probe::new(6, Behavior::Succeed).enqueue().await.unwrap();
+    wait_state(&rt1, id, JobState::Succeeded, Duration::from_secs(10)).await;
+    assert!(
+        rt2.status(id).await.unwrap().is_none(),
+        "a stopped runtime is no longer ambient"
+    );
+
+    // A runtime started and stopped in between does not disturb that order.
+    let third = Recorder::new();
+    let rt3 = builder(&third).start().unwrap();
+    rt3.shutdown().await;
+    let id = Probe::new(7, Behavior::Succeed).enqueue().await.unwrap();
+    wait_state(&rt1, id, JobState::Succeeded, Duration::from_secs(10)).await;
+
+    rt1.shutdown().await;
+    let err = Probe::new(8, Behavior::Succeed)
         .enqueue()
         .await
         .unwrap_err();
     assert!(
         matches!(err, EnqueueError::NoRuntime(_)),
-        "a stopped runtime is no longer ambient"
+        "with every runtime stopped, none is ambient"
     );
-    rt1.shutdown().await;
 }

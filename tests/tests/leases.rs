@@ -190,6 +190,11 @@ async fn a_job_whose_heartbeat_stops_is_redelivered_once_and_the_stale_ack_refus
         "A changed nothing"
     );
     assert_eq!(b.stats().lease_lost, 0);
+    assert_eq!(
+        (a_stats.recovered, b.stats().recovered),
+        (0, 1),
+        "B's reaper recovered the job"
+    );
     b.shutdown().await;
 }
 

@@ -2,9 +2,13 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use common::{Behavior, Probe, Recorder, builder, eventually};
+use job_core::JobId;
+use job_core::backend::memory::MemoryBackend;
+use job_core::backend::{Backend, Envelope, Payload, unix_ms};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::{CompositeKey, MetricKind};
 
@@ -83,6 +87,49 @@ async fn counters_gauge_and_histogram_are_labelled_by_job_and_queue() {
             stats.dead_lettered
         ),
         (3, 4, 2, 2, 1, 1)
+    );
+    rt.shutdown().await;
+
+    // On a durable backend: a job whose worker died (reserved here, never renewed) is
+    // recovered by this runtime's reaper, counted in `stats().recovered` and as
+    // `jobs_recovered_total`.
+    let store = Arc::new(MemoryBackend::new());
+    let dead_worker = Envelope {
+        id: JobId::new(),
+        job: "probe".into(),
+        queue: "default".into(),
+        payload: Payload::encode(&Probe::new(9, Behavior::Succeed)).unwrap(),
+        attempt: 0,
+        max_attempts: 3,
+        recoveries: 0,
+        enqueued_at: unix_ms(SystemTime::now()),
+        not_before: None,
+        lease: None,
+    };
+    store.enqueue(dead_worker, 100).await.unwrap();
+    let held = store
+        .reserve(&["default".to_owned()], 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let rt = builder(&rec)
+        .backend(store.clone())
+        .lease(Duration::from_millis(300))
+        .reap_interval(Duration::from_millis(50))
+        .start()
+        .unwrap();
+    eventually(Duration::from_secs(10), "recovered and run", || {
+        let s = rt.stats();
+        s.recovered == 1 && s.succeeded == 1
+    })
+    .await;
+    let snap = snapshotter.snapshot().into_vec();
+    let recovered = snap.iter().find_map(|(k, .., v)| {
+        (k.kind() == MetricKind::Counter && k.key().name() == "jobs_recovered_total").then_some(v)
+    });
+    assert!(
+        matches!(recovered, Some(DebugValue::Counter(1))),
+        "jobs_recovered_total: {recovered:?}"
     );
     rt.shutdown().await;
 }

@@ -3,7 +3,10 @@
 //! Names (labelled `job` and `queue`): `jobs_enqueued_total`, `jobs_started_total`,
 //! `jobs_succeeded_total`, `jobs_failed_total` (failed attempts), `jobs_retried_total`,
 //! `jobs_dead_lettered_total`, `jobs_queue_depth` (admitted and not finished) and the
-//! histogram `job_duration_seconds` (one observation per attempt).
+//! histogram `job_duration_seconds` (one observation per attempt). On durable backends also,
+//! unlabelled: `jobs_lease_lost_total` (outcomes refused because this process had lost the
+//! job's lease) and `jobs_recovered_total` (jobs this process's reaper returned to their
+//! queue after their worker stopped renewing the lease).
 //!
 //! Handles are taken when the runtime starts: install your recorder (for example
 //! `metrics-exporter-prometheus`) before calling `start()`.
@@ -55,6 +58,16 @@ pub(crate) fn describe() {
         Unit::Count,
         "Jobs admitted and not finished: queued, scheduled, retrying or running"
     );
+    metrics::describe_counter!(
+        "jobs_lease_lost_total",
+        Unit::Count,
+        "Outcomes a durable backend refused because this process had lost the job's lease"
+    );
+    metrics::describe_counter!(
+        "jobs_recovered_total",
+        Unit::Count,
+        "Jobs returned to their queue by this process's reaper after their worker stopped renewing the lease"
+    );
     metrics::describe_histogram!(
         "job_duration_seconds",
         Unit::Seconds,
@@ -90,6 +103,7 @@ pub(crate) struct Counters {
     pub(crate) retried: Padded,
     pub(crate) dead_lettered: Padded,
     pub(crate) lease_lost: Padded,
+    pub(crate) recovered: Padded,
 }
 
 /// An `AtomicU64` alone on a 128-byte line (two 64-byte lines: adjacent-line prefetch).
@@ -104,6 +118,19 @@ impl Padded {
 }
 
 impl Counters {
+    /// A write-back refused because the lease was lost: counted here and as a metric.
+    pub(crate) fn lease_lost(&self) {
+        Self::bump(&self.lease_lost);
+        metrics::counter!("jobs_lease_lost_total").increment(1);
+    }
+
+    /// Jobs the reaper returned to their queue: counted here and as a metric.
+    pub(crate) fn recovered(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        Self::add(&self.recovered, n);
+        metrics::counter!("jobs_recovered_total").increment(n);
+    }
+
     pub(crate) fn bump(counter: &Padded) {
         counter.0.fetch_add(1, Ordering::Relaxed);
     }
@@ -139,6 +166,9 @@ pub struct Stats {
     /// Outcomes a durable backend refused because this process had lost the job's lease
     /// (the job had been recovered and may have run again elsewhere).
     pub lease_lost: u64,
+    /// Jobs this process's reaper returned to their queue because their worker stopped
+    /// renewing the lease (crashed, or hung without its heartbeat).
+    pub recovered: u64,
     /// Jobs admitted and not finished: ready, scheduled, waiting to retry, or running.
     pub depth: usize,
     /// The most jobs the runtime holds at once.

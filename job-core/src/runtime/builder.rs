@@ -71,6 +71,8 @@ pub struct JobRuntimeBuilder {
     pub(crate) overrides: Vec<OptionsOverride>,
     pub(crate) schedules: Vec<ScheduleSpec>,
     pub(crate) problems: Vec<String>,
+    /// Options set that only the in-memory runtime honours (refused with a backend).
+    memory_only: Vec<&'static str>,
     pub(crate) durable: Option<DurableConfig>,
 }
 
@@ -96,6 +98,7 @@ impl Default for JobRuntimeBuilder {
             overrides: Vec::new(),
             schedules: Vec::new(),
             problems: Vec::new(),
+            memory_only: Vec::new(),
             durable: None,
         }
     }
@@ -223,22 +226,35 @@ impl JobRuntimeBuilder {
         self
     }
 
-    /// How long statuses of finished jobs are kept (default 1 h).
+    /// How long statuses of finished jobs are kept (default 1 h). In-memory runtime only:
+    /// with a [`backend`](Self::backend), `start()` refuses it (the backend's own retention
+    /// applies).
     pub fn status_retention(mut self, retention: Duration) -> Self {
         self.status_retention = retention;
+        if !self.memory_only.contains(&"status_retention") {
+            self.memory_only.push("status_retention");
+        }
         self
     }
 
     /// The most statuses of finished jobs kept (default 100,000); the oldest go first.
+    /// In-memory runtime only, as [`status_retention`](Self::status_retention).
     pub fn status_capacity(mut self, capacity: usize) -> Self {
         self.status_capacity = capacity;
+        if !self.memory_only.contains(&"status_capacity") {
+            self.memory_only.push("status_capacity");
+        }
         self
     }
 
     /// The most dead letters kept for listing and requeue (default 10,000); the oldest are
-    /// evicted, with a warning. Hooks see every dead letter regardless.
+    /// evicted, with a warning. Hooks see every dead letter regardless. In-memory runtime
+    /// only, as [`status_retention`](Self::status_retention).
     pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
         self.dead_letter_capacity = capacity;
+        if !self.memory_only.contains(&"dead_letter_capacity") {
+            self.memory_only.push("dead_letter_capacity");
+        }
         self
     }
 
@@ -436,6 +452,12 @@ impl JobRuntimeBuilder {
             ));
         }
         if let Some(d) = &self.durable {
+            for option in &self.memory_only {
+                problems.push(format!(
+                    "`{option}` applies to the in-memory runtime only: on the {} backend, the backend keeps statuses and dead letters under its own settings (e.g. `finished_retention`, `dead_letter_capacity` on its builder)",
+                    d.backend.name()
+                ));
+            }
             if d.lease < Duration::from_millis(100) {
                 problems.push("lease must be at least 100 ms".to_owned());
             }
@@ -611,6 +633,43 @@ mod tests {
             "{all}"
         );
         assert_eq!(p.len(), 6, "{all}");
+    }
+
+    #[tokio::test]
+    async fn in_memory_options_are_refused_with_a_backend_not_ignored() {
+        // Set before and after `.backend(..)`, and one of them twice: each named once.
+        let p = problems(
+            JobRuntime::builder()
+                .register::<A>()
+                .status_retention(Duration::from_secs(5))
+                .status_retention(Duration::from_secs(6))
+                .backend(crate::backend::memory::MemoryBackend::new())
+                .status_capacity(10)
+                .dead_letter_capacity(10),
+        );
+        let all = p.join("\n");
+        assert_eq!(p.len(), 3, "{all}");
+        for option in [
+            "status_retention",
+            "status_capacity",
+            "dead_letter_capacity",
+        ] {
+            assert!(
+                all.contains(&format!(
+                    "`{option}` applies to the in-memory runtime only: on the memory backend"
+                )),
+                "{all}"
+            );
+        }
+        // Without a backend they are the runtime's own settings.
+        let rt = JobRuntime::builder()
+            .register::<A>()
+            .status_retention(Duration::from_secs(5))
+            .status_capacity(10)
+            .dead_letter_capacity(10)
+            .start()
+            .unwrap();
+        rt.shutdown().await;
     }
 
     #[test]

@@ -776,7 +776,7 @@ async fn write_back<F, Fut>(
     match retried(d, || op(token.clone()), failed).await {
         Some(Ok(())) => {}
         Some(Err(_)) => {
-            Counters::bump(&inner.counters.lease_lost);
+            inner.counters.lease_lost();
             tracing::warn!(job_id = %id, "{what} refused: the lease was lost (the job was recovered and may run again elsewhere)");
         }
         None => {
@@ -970,7 +970,7 @@ async fn ack_batch(inner: &Inner, d: &Durable, batch: &mut [(JobId, LeaseToken)]
     match retried(d, || d.backend.ack_batch(batch), failed).await {
         Some(Ok(lost)) => {
             for id in lost {
-                Counters::bump(&inner.counters.lease_lost);
+                inner.counters.lease_lost();
                 tracing::warn!(job_id = %id, "ack refused: the lease was lost (the job was recovered and may run again elsewhere)");
             }
         }
@@ -1031,6 +1031,7 @@ async fn reaper(inner: Arc<Inner>) {
             Ok(reaped) => {
                 d.mark(true);
                 if !reaped.recovered.is_empty() {
+                    inner.counters.recovered(reaped.recovered.len());
                     tracing::warn!(jobs = ?reaped.recovered, "jobs whose worker stopped renewing their lease were returned to their queues");
                 }
                 for dead in reaped.dead {

@@ -124,33 +124,33 @@ impl std::fmt::Debug for Client {
     }
 }
 
-static AMBIENT: RwLock<Option<Client>> = RwLock::new(None);
+/// The runtimes started and not yet shut down, oldest first: the last is ambient, and when
+/// it shuts down the one started before it (if still running) is ambient again.
+static AMBIENT: RwLock<Vec<Client>> = RwLock::new(Vec::new());
 
 impl Client {
-    /// The ambient client: that of the runtime started last and not yet shut down.
+    /// The ambient client: that of the runtime started last and not yet shut down (when it
+    /// shuts down, the runtime started before it, if that one still runs).
     pub fn ambient() -> Option<Client> {
         AMBIENT
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .last()
+            .cloned()
     }
 
     pub(crate) fn install_ambient(client: Client) {
-        *AMBIENT
+        AMBIENT
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(client);
     }
 
     pub(crate) fn clear_ambient(inner: &Arc<Inner>) {
-        let mut ambient = AMBIENT
+        AMBIENT
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ambient
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(&c.inner, inner))
-        {
-            *ambient = None;
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|c| !Arc::ptr_eq(&c.inner, inner));
     }
 
     /// Enqueues a job and returns its id as soon as it is admitted; waits while the runtime
@@ -476,6 +476,7 @@ impl Inner {
             retried: c.retried.load(),
             dead_lettered: c.dead_lettered.load(),
             lease_lost: c.lease_lost.load(),
+            recovered: c.recovered.load(),
             depth: self.depth(),
             capacity: self.capacity,
             in_flight: c.in_flight(),
