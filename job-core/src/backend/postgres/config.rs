@@ -162,7 +162,13 @@ impl PostgresBackendBuilder {
                 let options = (**options)
                     .clone()
                     .application_name("job-core")
-                    .options([("statement_timeout", timeout_ms.as_str())]);
+                    // Keep one plan per statement: batch statements take arrays, for which
+                    // Postgres would otherwise plan again on every call (a custom plan for
+                    // the actual lengths always looks cheaper than the generic one).
+                    .options([
+                        ("statement_timeout", timeout_ms.as_str()),
+                        ("plan_cache_mode", "force_generic_plan"),
+                    ]);
                 // No ping before each use: a statement on a connection that died fails,
                 // and the runtime retries it; the ping was a round trip per statement.
                 PgPoolOptions::new()

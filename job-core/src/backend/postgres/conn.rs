@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
 /// Every statement, with `{s}` replaced by the quoted schema name.
 pub(super) struct Sql {
     pub(super) enqueue: Arc<str>,
+    pub(super) enqueue_one: Arc<str>,
     pub(super) reserve: Arc<str>,
     pub(super) next_due: Arc<str>,
     pub(super) ack: Arc<str>,
@@ -47,6 +48,7 @@ impl Sql {
         let s = |text: &str| Arc::<str>::from(fill(text, schema));
         Self {
             enqueue: s(include_str!("sql/enqueue.sql")),
+            enqueue_one: s(include_str!("sql/enqueue_one.sql")),
             reserve: s(include_str!("sql/reserve.sql")),
             next_due: s(include_str!("sql/next_due.sql")),
             ack: s(include_str!("sql/ack.sql")),

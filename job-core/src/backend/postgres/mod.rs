@@ -348,6 +348,9 @@ impl PostgresBackend {
         chunk: &[Envelope],
         capacity: u64,
     ) -> Result<usize, BackendError> {
+        if let [one] = chunk {
+            return self.enqueue_one(conn, one, capacity).await;
+        }
         let n = chunk.len();
         let (mut ids, mut jobs, mut queues, mut payloads) = (
             Vec::with_capacity(n),
@@ -391,6 +394,39 @@ impl PostgresBackend {
         let row = bounded(self.limit(), q.fetch_one(conn)).await?;
         let stored: i64 = get_at(&row, 0)?;
         Ok(usize::try_from(stored).unwrap_or(0).min(n))
+    }
+
+    /// One job: `enqueue_one.sql`, whose plan Postgres keeps (see there). Returns 1 when the
+    /// job is stored (now or before), 0 when the store is full.
+    async fn enqueue_one(
+        &self,
+        conn: &mut PgConnection,
+        e: &Envelope,
+        capacity: u64,
+    ) -> Result<usize, BackendError> {
+        check_name("queue", &e.queue)?;
+        check_name("job", &e.job)?;
+        let q = sqlx::query(sql(&self.sql.enqueue_one))
+            .bind(e.id.as_uuid())
+            .bind(e.job.as_str())
+            .bind(e.queue.as_str())
+            .bind(e.payload.as_str())
+            .bind(i32::try_from(e.max_attempts).unwrap_or(i32::MAX))
+            .bind(i32::try_from(e.attempt).unwrap_or(i32::MAX))
+            .bind(i32::try_from(e.recoveries).unwrap_or(i32::MAX))
+            .bind(i64::try_from(e.enqueued_at).unwrap_or(i64::MAX))
+            .bind(e.not_before.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
+            .bind(i64::try_from(capacity).unwrap_or(i64::MAX))
+            .bind(&self.channel)
+            .bind(Self::shard());
+        let row = bounded(self.limit(), q.fetch_one(conn)).await?;
+        let inserted: i64 = get_at(&row, 0)?;
+        let stored_before: bool = get_at(&row, 1)?;
+        let free: i64 = get_at(&row, 2)?;
+        // With room and no row inserted, only an existing row with this id stopped it (one
+        // another transaction committed after this statement's snapshot, which
+        // `stored_before` cannot see).
+        Ok(usize::from(inserted > 0 || stored_before || free > 0))
     }
 
     async fn do_enqueue_batch(
