@@ -300,7 +300,7 @@ pub async fn redis_backend() -> (job_core::backend::redis::RedisBackend, RedisCl
     (backend, RedisCleanup { prefix })
 }
 
-fn rand_u64() -> u64 {
+pub(crate) fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -310,4 +310,5 @@ fn rand_u64() -> u64 {
     );
     h.finish()
 }
+pub mod amqp;
 pub mod pg;
