@@ -131,11 +131,16 @@ impl Job for Probe {
     type Error = ProbeError;
 
     fn options() -> JobOptions {
-        JobOptions::new().max_attempts(3).backoff(Backoff::new(
-            Duration::from_millis(100),
-            Duration::from_secs(10),
-            0.0,
-        ))
+        // A timeout, as a backend with a longest lease (RabbitMQ's consumer_timeout)
+        // requires of every job.
+        JobOptions::new()
+            .max_attempts(3)
+            .backoff(Backoff::new(
+                Duration::from_millis(100),
+                Duration::from_secs(10),
+                0.0,
+            ))
+            .timeout(Duration::from_secs(600))
     }
 
     fn dependencies(deps: &mut job_core::Dependencies) {
