@@ -111,7 +111,7 @@
 //! | name | kind | holds |
 //! |---|---|---|
 //! | `<p>.work` | direct exchange | routes a job to its work queue by queue name |
-//! | `<p>.wait` | headers exchange | routes a delayed job to its bucket (header `x-jobs-wait`) |
+//! | `<p>.wait` | headers exchange | routes a delayed job to its bucket (header `jobs-wait`) |
 //! | `<p>.q.<queue>` | queue | jobs ready to run; `x-delivery-limit`, dead-letters to `<p>.parked` |
 //! | `<p>.wait.<ms>` | queue | jobs waiting; `x-message-ttl` = ms, dead-letters to `<p>.work` |
 //! | `<p>.parked` | queue | messages the broker parked past their delivery limit |

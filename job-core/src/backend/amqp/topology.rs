@@ -16,8 +16,9 @@ const MIN_BUCKET_EXP: u32 = 6;
 const MAX_BUCKET_EXP: u32 = 31;
 
 /// Header naming the wait bucket a delayed message is routed to (the wait exchange is a
-/// headers exchange).
-pub(super) const BUCKET_HEADER: &str = "x-jobs-wait";
+/// headers exchange). Not `x-`: a headers exchange ignores `x-` headers when matching, so a
+/// binding on one would match every message.
+pub(super) const BUCKET_HEADER: &str = "jobs-wait";
 
 /// The names of one backend's exchanges and queues.
 #[derive(Debug, Clone)]
