@@ -316,4 +316,5 @@ pub(crate) fn rand_u64() -> u64 {
     h.finish()
 }
 pub mod amqp;
+pub mod chaos;
 pub mod pg;

@@ -68,12 +68,18 @@ impl AmqpBackend {
                 let queue = decode::meta(&d.properties, "")
                     .map(|m| m.queue)
                     .unwrap_or_default();
-                // Parked on its delivery that went past the limit: that return is counted.
+                // The broker parks a message on the return past its delivery limit, so it
+                // was recovered `max_recoveries` times at least (a dead-lettered message
+                // does not keep its delivery count).
+                let meta = decode::meta(&d.properties, &queue).ok();
+                let before = meta.as_ref().map_or(0, |m| m.recoveries);
+                let earlier = decode::earlier_deliveries(&d.properties, false)
+                    .max(self.settings.max_recoveries.saturating_sub(before));
                 let h = Held {
                     id: decode::message_id(&d.properties).unwrap_or_else(held::stand_in_id),
                     acker: d.acker.clone(),
-                    meta: decode::meta(&d.properties, &queue).ok(),
-                    earlier: decode::earlier_deliveries(&d.properties, true),
+                    meta,
+                    earlier,
                     body: d.data.clone(),
                     queue,
                     expires: tokio::time::Instant::now(),
