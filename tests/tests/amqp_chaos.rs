@@ -68,7 +68,8 @@ struct Scope {
 impl Scope {
     async fn new(max_recoveries: u32) -> Self {
         let builder = common::amqp::amqp_builder().max_recoveries(max_recoveries);
-        let (backend, cleanup) = common::amqp::amqp_backend_with(builder).await;
+        let (backend, mut cleanup) = common::amqp::amqp_backend_with(builder).await;
+        cleanup.queues.push(jobs::QUEUE);
         let client = redis::Client::open(redis_url()).expect("valid Redis URL");
         let raw = client
             .get_multiplexed_async_connection()

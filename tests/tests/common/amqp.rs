@@ -20,18 +20,21 @@ pub fn amqp_prefix() -> String {
 /// Deletes the backend's topology when dropped (on a thread of its own: drop is sync).
 pub struct AmqpCleanup {
     backend: Arc<AmqpBackend>,
+    /// Job queues other processes used on this prefix.
+    pub queues: Vec<&'static str>,
 }
 
 impl Drop for AmqpCleanup {
     fn drop(&mut self) {
         let backend = self.backend.clone();
+        let queues = self.queues.clone();
         let done = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a runtime for the cleanup");
             rt.block_on(async move {
-                if let Err(e) = backend.delete_topology().await {
+                if let Err(e) = backend.delete_topology(&queues).await {
                     eprintln!(
                         "deleting the RabbitMQ topology of {} failed: {e}",
                         backend.prefix()
@@ -59,6 +62,7 @@ pub async fn amqp_backend_with(builder: AmqpBackendBuilder) -> (Arc<AmqpBackend>
     }
     let cleanup = AmqpCleanup {
         backend: backend.clone(),
+        queues: Vec::new(),
     };
     (backend, cleanup)
 }

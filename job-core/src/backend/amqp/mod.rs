@@ -281,17 +281,19 @@ impl AmqpBackend {
         .await
     }
 
-    /// Deletes this prefix's exchanges and the queues this backend declared or used (work
-    /// queues, wait buckets, parked, dead) with everything in them: for tests and teardown.
+    /// Deletes this prefix's exchanges and queues with everything in them: the work queues
+    /// of `queues` and of every job queue this backend used, the wait buckets it used, the
+    /// parking and dead-letter queues. For tests and teardown.
     ///
     /// # Errors
     /// The broker is unreachable or refuses a deletion.
-    pub async fn delete_topology(&self) -> Result<(), BackendError> {
+    pub async fn delete_topology(&self, queues: &[&str]) -> Result<(), BackendError> {
         let link = self.link().await?;
-        let mut queues: Vec<String> = lock(&self.known)
-            .iter()
-            .map(|q| self.names.work_queue(q))
-            .collect();
+        let mut names: BTreeSet<String> = lock(&self.known).clone();
+        names.extend(queues.iter().map(|q| (*q).to_owned()));
+        let mut queues: Vec<String> = names.iter().map(|q| self.names.work_queue(q)).collect();
+        // Every bucket: another process may have used one this one did not.
+        queues.extend((6..=31).map(|exp| self.names.wait_queue(1u64 << exp)));
         queues.extend(
             lock(&self.buckets)
                 .iter()
