@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use job_core::backend::amqp::{AmqpBackend, AmqpConfigError};
 use job_core::backend::postgres::{PostgresBackend, PostgresConfigError};
 use job_core::backend::redis::{RedisBackend, RedisConfigError};
 use job_core::{DeadLetter, JobRuntime, JobRuntimeBuilder};
@@ -61,7 +62,7 @@ pub struct ServiceArgs {
 
     /// Keep jobs in Redis at this URL (e.g. `redis://127.0.0.1:6379`) instead of in memory:
     /// they then survive a restart and are shared by every server on the same URL and prefix.
-    #[arg(long = "redis", env = "JOB_REDIS_URL", conflicts_with = "postgres_url")]
+    #[arg(long = "redis", env = "JOB_REDIS_URL", conflicts_with_all = ["postgres_url", "amqp_url"])]
     pub redis_url: Option<String>,
 
     /// Key prefix in Redis (`--redis` only); servers with the same prefix share their jobs.
@@ -73,13 +74,28 @@ pub struct ServiceArgs {
     /// the same database, in the connection's `search_path` (`public` unless the URL says
     /// otherwise, e.g. `?options=-c%20search_path%3Dapp`), and jobs are enqueued in the
     /// same transaction as the rows they are about.
-    #[arg(long = "postgres", env = "JOB_POSTGRES_URL")]
+    #[arg(
+        long = "postgres",
+        env = "JOB_POSTGRES_URL",
+        conflicts_with = "amqp_url"
+    )]
     pub postgres_url: Option<String>,
 
     /// Schema of the job tables (`--postgres` only); servers with the same schema share
     /// their jobs.
     #[arg(long, env = "JOB_POSTGRES_SCHEMA", default_value = "jobs")]
     pub postgres_schema: String,
+
+    /// Keep jobs in RabbitMQ at this URL (e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`)
+    /// instead of in memory: quorum queues, publisher confirms. A broker cannot look a job up
+    /// by id, so `GET /jobs/{id}` answers 501 on this store.
+    #[arg(long = "amqp", env = "JOB_AMQP_URL")]
+    pub amqp_url: Option<String>,
+
+    /// Name prefix of the exchanges and queues (`--amqp` only); servers with the same prefix
+    /// share their jobs.
+    #[arg(long, env = "JOB_AMQP_PREFIX", default_value = "jobs")]
+    pub amqp_prefix: String,
 }
 
 /// What [`ServiceArgs::setup`] built: a runtime builder on the chosen store, and the
@@ -101,6 +117,9 @@ pub enum StoreConfigError {
     /// `--postgres` or `--postgres-schema` is invalid.
     #[error(transparent)]
     Postgres(#[from] PostgresConfigError),
+    /// `--amqp` or `--amqp-prefix` is invalid.
+    #[error(transparent)]
+    Amqp(#[from] AmqpConfigError),
     /// The `--postgres` URL does not parse.
     #[error("invalid --postgres URL: {0}")]
     PostgresUrl(#[source] sqlx::Error),
@@ -113,8 +132,8 @@ impl ServiceArgs {
     }
 
     /// A runtime builder with these settings, the fake mailer registered as `dyn Mailer`,
-    /// a dead-letter hook that logs each dead job, and the backend `--redis` or `--postgres`
-    /// names (the only lines that differ between the in-memory and the durable setups).
+    /// a dead-letter hook that logs each dead job, and the backend `--redis`, `--postgres` or
+    /// `--amqp` names (the only lines that differ between the in-memory and the durable setups).
     ///
     /// # Errors
     /// An invalid URL, prefix or schema.
@@ -139,6 +158,18 @@ impl ServiceArgs {
         if let Some(url) = &self.redis_url {
             let backend = RedisBackend::builder(url.as_str())
                 .prefix(self.redis_prefix.as_str())
+                .build()?;
+            return Ok(Setup {
+                builder: builder.backend(backend),
+                postgres: None,
+            });
+        }
+        if let Some(url) = &self.amqp_url {
+            let backend = AmqpBackend::builder(url.as_str())
+                .prefix(self.amqp_prefix.as_str())
+                .prefetch(
+                    u16::try_from(self.concurrency.saturating_mul(2).max(1)).unwrap_or(u16::MAX),
+                )
                 .build()?;
             return Ok(Setup {
                 builder: builder.backend(backend),
@@ -175,10 +206,11 @@ impl ServiceArgs {
             mailer_latency = ?self.mailer_latency,
             admin_routes = if self.admin_token().is_configured() { "enabled" } else { "disabled (JOB_ADMIN_TOKEN unset)" },
             log_json = self.log_json,
-            store = match (&self.redis_url, &self.postgres_url) {
-                (Some(_), _) => format!("redis (prefix `{}`)", self.redis_prefix),
-                (None, Some(_)) => format!("postgres (schema `{}`)", self.postgres_schema),
-                (None, None) => "in-memory".to_owned(),
+            store = match (&self.redis_url, &self.postgres_url, &self.amqp_url) {
+                (Some(_), _, _) => format!("redis (prefix `{}`)", self.redis_prefix),
+                (None, Some(_), _) => format!("postgres (schema `{}`)", self.postgres_schema),
+                (None, None, Some(_)) => format!("rabbitmq (prefix `{}`)", self.amqp_prefix),
+                (None, None, None) => "in-memory".to_owned(),
             },
             "configuration"
         );

@@ -5,13 +5,15 @@
 //! ```text
 //! soak_worker --prefix P [--redis URL]          (Redis)
 //! soak_worker --schema S [--postgres URL]       (Postgres)
+//! soak_worker --prefix P --amqp URL [--redis URL] (RabbitMQ; records in Redis)
 //!             [--concurrency N] [--lease-ms MS] [--reap-ms MS] [--max-recoveries N]
 //!             [--max-connections N]
 //! ```
 //! On Redis the URL defaults to `JOB_REDIS_URL`, then `redis://127.0.0.1:6379`; on Postgres
 //! to `JOB_POSTGRES_URL`, then `postgres://postgres@127.0.0.1:5432/test`. `--schema` selects
 //! Postgres (the backend's schema; the jobs record their runs in its `chaos_records` table,
-//! which must exist), `--prefix` Redis. `--max-connections` sizes the Postgres backend's pool
+//! which must exist), `--prefix` Redis, `--prefix` with `--amqp` RabbitMQ (the backend's name
+//! prefix; the jobs record their runs in Redis under the same prefix). `--max-connections` sizes the Postgres backend's pool
 //! (default 4) and the sink's (the same). The worker runs the jobs of `soak_worker/jobs.rs`
 //! until it is killed, or until SIGTERM or SIGINT, when it shuts down gracefully (running
 //! jobs finish, reserved ones go back to their queue) and exits with status 0.
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use job_core::backend::Backend;
+use job_core::backend::amqp::AmqpBackend;
 use job_core::backend::postgres::PostgresBackend;
 use job_core::backend::redis::RedisBackend;
 use job_core::prelude::*;
@@ -31,8 +34,19 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Which store the worker runs on.
 enum Store {
-    Redis { url: String, prefix: String },
-    Postgres { url: String, schema: String },
+    Redis {
+        url: String,
+        prefix: String,
+    },
+    Postgres {
+        url: String,
+        schema: String,
+    },
+    Amqp {
+        url: String,
+        prefix: String,
+        redis: String,
+    },
 }
 
 struct Config {
@@ -47,6 +61,7 @@ struct Config {
 impl Config {
     fn from_args() -> Result<Self, String> {
         let (mut redis, mut prefix, mut postgres, mut schema) = (None, None, None, None);
+        let mut amqp = None;
         let mut config = Self {
             store: Store::Redis {
                 url: String::new(),
@@ -70,6 +85,7 @@ impl Config {
                 "--redis" => redis = Some(value.clone()),
                 "--prefix" => prefix = Some(value.clone()),
                 "--postgres" => postgres = Some(value.clone()),
+                "--amqp" => amqp = Some(value.clone()),
                 "--schema" => schema = Some(value.clone()),
                 "--concurrency" => config.concurrency = number()? as usize,
                 "--lease-ms" => config.lease = Duration::from_millis(number()?),
@@ -85,15 +101,23 @@ impl Config {
                 other => return Err(format!("unknown flag {other}")),
             }
         }
+        let redis_url = |redis: Option<String>| {
+            redis.unwrap_or_else(|| {
+                std::env::var("JOB_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+            })
+        };
         config.store = match (prefix, schema) {
+            (Some(prefix), None) if postgres.is_none() && amqp.is_some() => Store::Amqp {
+                url: amqp.unwrap_or_default(),
+                prefix,
+                redis: redis_url(redis),
+            },
             (Some(prefix), None) if postgres.is_none() => Store::Redis {
-                url: redis.unwrap_or_else(|| {
-                    std::env::var("JOB_REDIS_URL")
-                        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-                }),
+                url: redis_url(redis),
                 prefix,
             },
-            (None, Some(schema)) if redis.is_none() => Store::Postgres {
+            (None, Some(schema)) if redis.is_none() && amqp.is_none() => Store::Postgres {
                 url: postgres.unwrap_or_else(|| {
                     std::env::var("JOB_POSTGRES_URL")
                         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
@@ -166,6 +190,17 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                     .build()?,
             ),
             format!("Postgres schema {schema}"),
+        ),
+        Store::Amqp { url, prefix, redis } => (
+            jobs::Sink::connect(redis, prefix).await?,
+            Arc::new(
+                AmqpBackend::builder(url)
+                    .prefix(prefix)
+                    .max_recoveries(config.max_recoveries)
+                    .prefetch(u16::try_from(config.concurrency * 2).unwrap_or(u16::MAX))
+                    .build()?,
+            ),
+            format!("RabbitMQ prefix {prefix}"),
         ),
     };
     let rt = JobRuntime::builder()

@@ -17,17 +17,18 @@ pub(crate) async fn stale_lease_holders_change_nothing(s: Store) {
     assert_ne!(fresh, stale, "a new reservation must have a new token");
 
     assert_refused_but(&s, &env, stale.clone(), None, "with a stale token").await;
-    let held = status(&s, env.id).await;
-    assert_eq!((held.state, held.attempts), (JobState::Running, 2));
-    assert_eq!(held.last_error, None);
-    assert_eq!(stats(&s).await, counts(0, 0, 1, 0));
+    if let Some(held) = status_if(&s, env.id).await {
+        assert_eq!((held.state, held.attempts), (JobState::Running, 2));
+        assert_eq!(held.last_error, None);
+    }
+    assert_counts(&s, counts(0, 0, 1, 0)).await;
 
     // A token that was never issued is as stale as an old one.
     assert_refused_but(&s, &env, LeaseToken::random(), None, "with a made-up token").await;
 
     s.b().ack(env.id, fresh.clone()).await.unwrap();
-    assert_eq!(status(&s, env.id).await.state, JobState::Succeeded);
-    assert_eq!(stats(&s).await, counts(0, 0, 0, 0));
+    assert_state(&s, env.id, JobState::Succeeded).await;
+    assert_counts(&s, counts(0, 0, 0, 0)).await;
     assert_lost(
         s.b().ack(env.id, stale.clone()).await,
         env.id,
@@ -102,20 +103,29 @@ pub(crate) async fn release_makes_the_job_reservable_at_once(s: Store) {
     let (got, token) = reserve_one(&s, "rel", LONG_LEASE).await;
     assert_eq!((got.id, got.attempt), (first.id, 1));
     s.b().release(first.id, token.clone()).await.unwrap();
-    let st = status(&s, first.id).await;
-    assert_eq!((st.state, st.attempts), (JobState::Queued, 0));
-    assert_eq!(stats(&s).await, counts(2, 0, 0, 0));
+    if let Some(st) = status_if(&s, first.id).await {
+        assert_eq!((st.state, st.attempts), (JobState::Queued, 0));
+    }
+    assert_counts(&s, counts(2, 0, 0, 0)).await;
 
-    let (again, token) = reserve_one(&s, "rel", LONG_LEASE).await;
+    // Where the backend does not declare order, the released job may come after the other.
+    let (mut again, mut token) = reserve_one(&s, "rel", LONG_LEASE).await;
+    let second_done = !caps(&s).ordered && again.id == second.id;
+    if second_done {
+        s.b().ack(second.id, token.clone()).await.unwrap();
+        (again, token) = reserve_one(&s, "rel", LONG_LEASE).await;
+    }
     assert_eq!(
         again.id, first.id,
         "a released job goes to the front of its queue"
     );
     assert_eq!((again.attempt, again.recoveries), (1, 0));
     assert_eq!(s.b().reap(1).await.unwrap(), Reaped::default());
-    let (next, other) = reserve_one(&s, "rel", LONG_LEASE).await;
-    assert_eq!(next.id, second.id);
-    s.b().ack(second.id, other.clone()).await.unwrap();
+    if !second_done {
+        let (next, other) = reserve_one(&s, "rel", LONG_LEASE).await;
+        assert_eq!(next.id, second.id);
+        s.b().ack(second.id, other.clone()).await.unwrap();
+    }
     // Once more after a failed attempt: the release does not undo that one.
     s.b()
         .retry(first.id, token.clone(), retry_at(SystemTime::now(), "x"))
@@ -125,7 +135,9 @@ pub(crate) async fn release_makes_the_job_reservable_at_once(s: Store) {
     assert_eq!(third.id, first.id);
     assert_eq!(third.attempt, 2);
     s.b().release(first.id, token.clone()).await.unwrap();
-    assert_eq!(status(&s, first.id).await.attempts, 1);
+    if let Some(st) = status_if(&s, first.id).await {
+        assert_eq!(st.attempts, 1);
+    }
     let (fourth, _) = reserve_one(&s, "rel", LONG_LEASE).await;
     assert_eq!(
         (fourth.id, fourth.attempt, fourth.recoveries),
@@ -165,9 +177,9 @@ pub(crate) async fn extend_moves_the_lease_expiry(s: Store) {
     );
     tokio::time::sleep(LEASE).await;
     assert_eq!(s.b().reap(3).await.unwrap(), Reaped::default());
-    assert_eq!(status(&s, kept.id).await.state, JobState::Running);
+    assert_state(&s, kept.id, JobState::Running).await;
     s.b().ack(kept.id, token.clone()).await.unwrap();
-    assert_eq!(status(&s, kept.id).await.state, JobState::Succeeded);
+    assert_state(&s, kept.id, JobState::Succeeded).await;
 }
 
 /// A job whose lease expires goes back to its queue, counted as a recovery apart from its
@@ -185,8 +197,9 @@ pub(crate) async fn expired_leases_are_recovered_then_dead_lettered_as_poison_pi
         if n < MAX {
             assert_eq!(reaped.recovered, [env.id], "{reaped:?}");
             assert!(reaped.dead.is_empty(), "{reaped:?}");
-            let st = status(&s, env.id).await;
-            assert_eq!((st.state, st.attempts), (JobState::Queued, n));
+            if let Some(st) = status_if(&s, env.id).await {
+                assert_eq!((st.state, st.attempts), (JobState::Queued, n));
+            }
         } else {
             assert!(reaped.recovered.is_empty(), "{reaped:?}");
             let [dead] = reaped.dead.as_slice() else {
@@ -194,20 +207,21 @@ pub(crate) async fn expired_leases_are_recovered_then_dead_lettered_as_poison_pi
             };
             assert_eq!((dead.job_id, dead.job.as_str()), (env.id, JOB));
             assert!(dead.error_message().contains("poison pill"), "{dead:?}");
-            let st = status(&s, env.id).await;
-            assert_eq!(st.state, JobState::Dead);
-            assert_eq!(st.last_error, Some(dead.error_message()));
+            if let Some(st) = status_if(&s, env.id).await {
+                assert_eq!(st.state, JobState::Dead);
+                assert_eq!(st.last_error, Some(dead.error_message()));
+            }
             let listed = s.b().dead_letters(10).await.unwrap();
             assert_eq!(listed.len(), 1, "{listed:?}");
             assert_eq!((listed[0].job_id, &listed[0].error), (env.id, &dead.error));
         }
     }
-    assert_eq!(stats(&s).await, counts(0, 0, 1, 1));
+    assert_counts(&s, counts(0, 0, 1, 1)).await;
     s.b().requeue(env.id).await.unwrap();
     let (got, token) = reserve_one(&s, "crash", LONG_LEASE).await;
     assert_eq!((got.id, got.attempt, got.recoveries), (env.id, 1, 0));
     s.b().ack(env.id, token.clone()).await.unwrap();
     // The job whose lease lived was never touched.
-    assert_eq!(status(&s, safe.id).await.state, JobState::Running);
+    assert_state(&s, safe.id, JobState::Running).await;
     s.b().ack(safe.id, safe_token.clone()).await.unwrap();
 }

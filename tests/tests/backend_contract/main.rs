@@ -101,6 +101,19 @@ async fn postgres_store() -> Store {
     }
 }
 
+async fn amqp_store() -> Store {
+    let (amqp, guard) = common::amqp::amqp_backend().await;
+    let a = amqp.clone();
+    Store {
+        backend: amqp,
+        plant: Box::new(move |id, queue, raw| {
+            let (a, queue, raw) = (a.clone(), queue.to_owned(), raw.to_owned());
+            Box::pin(async move { a.insert_raw(id, &queue, &raw).await.unwrap() })
+        }),
+        _guard: Box::new(guard),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The harness
 
@@ -179,4 +192,8 @@ mod redis {
 
 mod postgres {
     contract!(super::postgres_store);
+}
+
+mod amqp {
+    contract!(super::amqp_store);
 }

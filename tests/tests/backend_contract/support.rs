@@ -4,8 +4,8 @@
 pub(crate) use std::time::{Duration, SystemTime};
 
 pub(crate) use job_core::backend::{
-    BackendError, BackendStats, Envelope, LeaseToken, Payload, Reaped, Reservation, Retry,
-    from_unix_ms, unix_ms,
+    BackendError, BackendStats, Capabilities, Envelope, LeaseToken, Payload, Reaped, Reservation,
+    Retry, from_unix_ms, unix_ms,
 };
 pub(crate) use job_core::prelude::*;
 pub(crate) use tokio::time::Instant;
@@ -119,6 +119,40 @@ pub(crate) async fn stats(s: &Store) -> BackendStats {
     s.b().stats().await.unwrap()
 }
 
+/// What the backend declares it can do.
+pub(crate) fn caps(s: &Store) -> Capabilities {
+    s.b().capabilities()
+}
+
+/// The status of `id` where the backend declares status by id; where it does not, asserts
+/// that it answers `Unsupported` and gives `None`.
+pub(crate) async fn status_if(s: &Store, id: JobId) -> Option<JobStatus> {
+    if caps(s).status_by_id {
+        return Some(status(s, id).await);
+    }
+    let r = s.b().status(id).await;
+    assert!(
+        matches!(r, Err(BackendError::Unsupported(_))),
+        "a backend without status by id must answer Unsupported, got {r:?}"
+    );
+    None
+}
+
+/// Asserts the state of `id` (where status by id is declared; else that it is unsupported).
+pub(crate) async fn assert_state(s: &Store, id: JobId, state: JobState) {
+    if let Some(st) = status_if(s, id).await {
+        assert_eq!(st.state, state, "state of {id}");
+    }
+}
+
+/// Asserts the counts where the backend declares exact depth; else only that it counts.
+pub(crate) async fn assert_counts(s: &Store, expected: BackendStats) {
+    let got = stats(s).await;
+    if caps(s).exact_depth {
+        assert_eq!(got, expected);
+    }
+}
+
 pub(crate) fn counts(ready: u64, scheduled: u64, running: u64, dead: u64) -> BackendStats {
     BackendStats {
         ready,
@@ -176,13 +210,19 @@ pub(crate) struct Snapshot {
 }
 
 pub(crate) async fn snapshot(s: &Store, id: JobId) -> Snapshot {
-    let status = s.b().status(id).await.unwrap().map(|mut st| {
+    // Without status by id (or exact counts) the snapshot holds what the backend has.
+    let status = status_if(s, id).await.map(|mut st| {
         st.updated_at = SystemTime::UNIX_EPOCH;
         st
     });
+    let counted = stats(s).await;
     Snapshot {
         status,
-        stats: stats(s).await,
+        stats: if caps(s).exact_depth {
+            counted
+        } else {
+            BackendStats::default()
+        },
         dead: s.b().dead_letters(100).await.unwrap(),
     }
 }

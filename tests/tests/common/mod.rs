@@ -131,11 +131,16 @@ impl Job for Probe {
     type Error = ProbeError;
 
     fn options() -> JobOptions {
-        JobOptions::new().max_attempts(3).backoff(Backoff::new(
-            Duration::from_millis(100),
-            Duration::from_secs(10),
-            0.0,
-        ))
+        // A timeout, as a backend with a longest lease (RabbitMQ's consumer_timeout)
+        // requires of every job.
+        JobOptions::new()
+            .max_attempts(3)
+            .backoff(Backoff::new(
+                Duration::from_millis(100),
+                Duration::from_secs(10),
+                0.0,
+            ))
+            .timeout(Duration::from_secs(600))
     }
 
     fn dependencies(deps: &mut job_core::Dependencies) {
@@ -300,7 +305,7 @@ pub async fn redis_backend() -> (job_core::backend::redis::RedisBackend, RedisCl
     (backend, RedisCleanup { prefix })
 }
 
-fn rand_u64() -> u64 {
+pub(crate) fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -310,4 +315,6 @@ fn rand_u64() -> u64 {
     );
     h.finish()
 }
+pub mod amqp;
+pub mod chaos;
 pub mod pg;

@@ -15,6 +15,10 @@ use job_core::prelude::*;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
+/// Every chaos job's timeout: a backend with a longest lease (RabbitMQ's `consumer_timeout`)
+/// requires one.
+pub(crate) const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The queue every chaos job runs on.
 pub(crate) const QUEUE: &str = "chaos";
 
@@ -147,7 +151,10 @@ impl Job for Soak {
     /// Attempts count crash recoveries too: with up to 10 recoveries in T1, a failed write
     /// of the record must still be retried rather than dead-lettered.
     fn options() -> JobOptions {
-        JobOptions::new().queue(QUEUE).max_attempts(12)
+        JobOptions::new()
+            .queue(QUEUE)
+            .max_attempts(12)
+            .timeout(JOB_TIMEOUT)
     }
 
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
@@ -176,7 +183,7 @@ impl Job for Span {
     type Error = std::io::Error;
 
     fn options() -> JobOptions {
-        JobOptions::new().queue(QUEUE)
+        JobOptions::new().queue(QUEUE).timeout(JOB_TIMEOUT)
     }
 
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
@@ -205,7 +212,7 @@ impl Job for Pill {
     type Error = std::io::Error;
 
     fn options() -> JobOptions {
-        JobOptions::new().queue(QUEUE)
+        JobOptions::new().queue(QUEUE).timeout(JOB_TIMEOUT)
     }
 
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
