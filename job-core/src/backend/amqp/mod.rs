@@ -10,6 +10,7 @@
 //! # impl Job for Resize {
 //! #     const NAME: &'static str = "resize";
 //! #     type Error = std::io::Error;
+//! #     fn options() -> JobOptions { JobOptions::new().timeout(Duration::from_secs(60)) }
 //! #     async fn run(&self, _cx: &JobContext) -> Result<(), Self::Error> { Ok(()) }
 //! # }
 //!
@@ -18,6 +19,8 @@
 //! let backend = AmqpBackend::builder("amqp://guest:guest@127.0.0.1:5672/%2f")
 //!     .prefix("jobs")
 //!     .prefetch(16)
+//!     // The broker's consumer_timeout: every job needs a `timeout` no longer than this.
+//!     .consumer_timeout(Duration::from_secs(30 * 60))
 //!     .build()?;
 //! let runtime = JobRuntime::builder()
 //!     .backend(backend) // the only line that changes
