@@ -446,6 +446,31 @@ impl Backend for AmqpBackend {
         Box::pin(self.do_ack(id, token))
     }
 
+    /// The acks go out together (each `basic.ack` is one frame, with no reply to wait for),
+    /// not one after the other: a success whose ack has not left the process when it is
+    /// killed runs again.
+    fn ack_batch<'a>(
+        &'a self,
+        acks: &'a [(JobId, LeaseToken)],
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        Box::pin(async move {
+            let done = futures_util::future::join_all(
+                acks.iter()
+                    .map(|(id, token)| self.do_ack(*id, token.clone())),
+            )
+            .await;
+            let mut lost = Vec::new();
+            for r in done {
+                match r {
+                    Ok(()) => {}
+                    Err(BackendError::LeaseLost(id)) => lost.push(id),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(lost)
+        })
+    }
+
     fn retry(
         &self,
         id: JobId,
