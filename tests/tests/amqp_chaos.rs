@@ -289,6 +289,14 @@ async fn t1() {
         pids.len(),
         drain_time.as_secs_f64(),
     );
+    let mut worst: Vec<Vec<(u32, u32)>> = per_job
+        .values()
+        .filter(|v| v.len() > 2)
+        .map(|v| v.iter().map(|r| (r.attempt, r.pid)).collect())
+        .collect();
+    worst.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    worst.truncate(5);
+    println!("T1 most repeated jobs (attempt, pid): {worst:?}");
     assert_eq!(kills, T1_KILLS);
     assert!(lost.is_empty(), "{} jobs never ran: {lost:?}", lost.len());
     assert!(dead.is_empty(), "dead letters: {dead:?}");

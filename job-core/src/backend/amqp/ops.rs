@@ -234,7 +234,7 @@ impl AmqpBackend {
             self.consumer(&link, q).await?;
         }
         let deadline = Instant::now() + DELIVERY_WAIT;
-        loop {
+        'reserve: loop {
             self.drain_consumers(&link, &queues);
             self.take(&link, &queues, max, lease, &mut out).await?;
             if out.len() >= max || Instant::now() >= deadline {
@@ -270,7 +270,10 @@ impl AmqpBackend {
                         .hand_out(&link, q, link.generation, got.delivery, lease, &mut out)
                         .await
                     {
-                        return if out.is_empty() { Err(e) } else { Ok(out) };
+                        if out.is_empty() {
+                            return Err(e);
+                        }
+                        break 'reserve;
                     }
                 }
             }
@@ -283,6 +286,16 @@ impl AmqpBackend {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // The leases start when the caller gets them: a long reservation (many `basic.get`s
+        // on a loaded machine) must not let the first ones expire before the caller holds
+        // them and its heartbeat can renew them.
+        let until = Instant::now() + lease;
+        let mut held = lock(&self.held);
+        for r in &out {
+            if let Some(h) = r.token().as_u128().and_then(|t| held.get_mut(&t)) {
+                h.expires = until;
+            }
         }
         Ok(out)
     }
