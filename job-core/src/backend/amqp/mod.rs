@@ -53,9 +53,9 @@
 //!   whose `timeout` is longer, or that has none
 //!   ([`Capabilities::max_attempt_duration`](crate::backend::Capabilities::max_attempt_duration),
 //!   from [`consumer_timeout`](AmqpBackendBuilder::consumer_timeout)). Within that, this
-//!   backend keeps the lease the runtime asks for: a held delivery whose lease is not
-//!   renewed in time (its worker stalled) is given back to the broker by the reaper
-//!   (`basic.nack` with requeue), which counts as a recovery.
+//!   backend keeps the lease the runtime asks for, with slack: a held delivery whose lease
+//!   went unrenewed for twice its length (its worker stalled) is given back to the broker by
+//!   the reaper (`basic.nack` with requeue), which counts as a recovery.
 //! * **Recoveries** are the broker's count: a quorum queue stamps every redelivery with
 //!   `x-delivery-count`, and its `x-delivery-limit` (`max_recoveries - 1`, see
 //!   [`max_recoveries`](AmqpBackendBuilder::max_recoveries)) makes the broker itself **park**

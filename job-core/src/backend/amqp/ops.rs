@@ -27,6 +27,11 @@ use crate::job::{JobId, is_valid_name};
 const DUE_SLACK: Duration = Duration::ZERO;
 /// How long a short reservation waits for deliveries the broker says are on their way.
 const DELIVERY_WAIT: Duration = Duration::from_secs(2);
+/// A held delivery is given back once its lease went unrenewed for this many lease lengths.
+/// The connection is what fences it (a dead holder's deliveries come back from the broker);
+/// this process's own expiry is for a stalled worker, and a heartbeat late on a loaded
+/// machine must not make a running job run twice.
+const LEASE_SLACK: u32 = 2;
 
 pub(super) fn check_name(what: &str, name: &str) -> Result<(), BackendError> {
     if is_valid_name(name) {
@@ -290,7 +295,7 @@ impl AmqpBackend {
         // The leases start when the caller gets them: a long reservation (many `basic.get`s
         // on a loaded machine) must not let the first ones expire before the caller holds
         // them and its heartbeat can renew them.
-        let until = Instant::now() + lease;
+        let until = Instant::now() + lease * LEASE_SLACK;
         let mut held = lock(&self.held);
         for r in &out {
             if let Some(h) = r.token().as_u128().and_then(|t| held.get_mut(&t)) {
@@ -459,7 +464,7 @@ impl AmqpBackend {
                 earlier,
                 body: d.data,
                 queue: queue.to_owned(),
-                expires: Instant::now() + lease,
+                expires: Instant::now() + lease * LEASE_SLACK,
             },
         );
         out.push(reservation);
@@ -697,7 +702,7 @@ impl AmqpBackend {
         let mut lost = Vec::new();
         let mut held = lock(&self.held);
         let settled = lock(&self.settled);
-        let until = Instant::now() + lease;
+        let until = Instant::now() + lease * LEASE_SLACK;
         for (id, token) in leases {
             let Some(n) = held::number(token) else {
                 lost.push(*id);
