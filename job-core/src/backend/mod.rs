@@ -23,6 +23,8 @@
 //! conformance suite in `tests/` against it. Queue and job names reaching a backend have been
 //! checked against `[A-Za-z0-9_.-]{1,64}`.
 
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
