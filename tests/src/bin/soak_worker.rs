@@ -1,17 +1,21 @@
-//! `soak_worker`: a job worker process on `RedisBackend` or `PostgresBackend`, for the crash
-//! and chaos tests in `tests/tests/redis_chaos.rs` and `tests/tests/postgres_chaos.rs`, which
-//! start several, SIGKILL them and start them again.
+//! `soak_worker`: a job worker process on `RedisBackend`, `PostgresBackend` or
+//! `AzureQueueBackend`, for the crash and chaos tests in `tests/tests/redis_chaos.rs`,
+//! `tests/tests/postgres_chaos.rs` and `tests/tests/azure_chaos.rs`, which start several,
+//! SIGKILL them and start them again.
 //!
 //! ```text
 //! soak_worker --prefix P [--redis URL]          (Redis)
 //! soak_worker --schema S [--postgres URL]       (Postgres)
+//! soak_worker --azure-queue CONNECTION_STRING --prefix P   (Azure Queue; records in Redis)
 //!             [--concurrency N] [--lease-ms MS] [--reap-ms MS] [--max-recoveries N]
 //!             [--max-connections N]
 //! ```
 //! On Redis the URL defaults to `JOB_REDIS_URL`, then `redis://127.0.0.1:6379`; on Postgres
 //! to `JOB_POSTGRES_URL`, then `postgres://postgres@127.0.0.1:5432/test`. `--schema` selects
 //! Postgres (the backend's schema; the jobs record their runs in its `chaos_records` table,
-//! which must exist), `--prefix` Redis. `--max-connections` sizes the Postgres backend's pool
+//! which must exist), `--prefix` Redis. With `--azure-queue` the prefix is the Azure queue
+//! prefix, and the jobs record their runs in the Redis at `JOB_REDIS_URL` under that prefix
+//! (the store under test is not where the test reads what ran). `--max-connections` sizes the Postgres backend's pool
 //! (default 4) and the sink's (the same). The worker runs the jobs of `soak_worker/jobs.rs`
 //! until it is killed, or until SIGTERM or SIGINT, when it shuts down gracefully (running
 //! jobs finish, reserved ones go back to their queue) and exits with status 0.
@@ -24,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use job_core::backend::Backend;
+use job_core::backend::azure::AzureQueueBackend;
 use job_core::backend::postgres::PostgresBackend;
 use job_core::backend::redis::RedisBackend;
 use job_core::prelude::*;
@@ -33,6 +38,7 @@ use tokio::signal::unix::{SignalKind, signal};
 enum Store {
     Redis { url: String, prefix: String },
     Postgres { url: String, schema: String },
+    Azure { conn: String, prefix: String },
 }
 
 struct Config {
@@ -47,6 +53,7 @@ struct Config {
 impl Config {
     fn from_args() -> Result<Self, String> {
         let (mut redis, mut prefix, mut postgres, mut schema) = (None, None, None, None);
+        let mut azure = None;
         let mut config = Self {
             store: Store::Redis {
                 url: String::new(),
@@ -71,6 +78,7 @@ impl Config {
                 "--prefix" => prefix = Some(value.clone()),
                 "--postgres" => postgres = Some(value.clone()),
                 "--schema" => schema = Some(value.clone()),
+                "--azure-queue" => azure = Some(value.clone()),
                 "--concurrency" => config.concurrency = number()? as usize,
                 "--lease-ms" => config.lease = Duration::from_millis(number()?),
                 "--reap-ms" => config.reap_interval = Duration::from_millis(number()?),
@@ -86,6 +94,10 @@ impl Config {
             }
         }
         config.store = match (prefix, schema) {
+            (Some(prefix), None) if postgres.is_none() && azure.is_some() => Store::Azure {
+                conn: azure.unwrap_or_default(),
+                prefix,
+            },
             (Some(prefix), None) if postgres.is_none() => Store::Redis {
                 url: redis.unwrap_or_else(|| {
                     std::env::var("JOB_REDIS_URL")
@@ -102,7 +114,7 @@ impl Config {
             },
             _ => {
                 return Err(
-                    "give either --prefix (and optionally --redis) or --schema (and optionally --postgres)"
+                    "give either --prefix (and optionally --redis or --azure-queue) or --schema (and optionally --postgres)"
                         .to_owned(),
                 );
             }
@@ -166,6 +178,21 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                     .build()?,
             ),
             format!("Postgres schema {schema}"),
+        ),
+        Store::Azure { conn, prefix } => (
+            jobs::Sink::connect(
+                &std::env::var("JOB_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+                prefix,
+            )
+            .await?,
+            Arc::new(
+                AzureQueueBackend::builder(conn)
+                    .prefix(prefix)
+                    .max_recoveries(config.max_recoveries)
+                    .build()?,
+            ),
+            format!("Azure queue prefix {prefix}"),
         ),
     };
     let rt = JobRuntime::builder()

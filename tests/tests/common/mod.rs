@@ -311,3 +311,4 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 pub mod pg;
+pub mod azure;
