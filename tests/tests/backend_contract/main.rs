@@ -12,8 +12,9 @@
 //! capacity, delays, order, queues, reservations, wake-ups) and `records.rs` (malformed
 //! records, statuses, counts, dead letters); each asserts what the trait's docs promise.
 //!
-//! Real servers: `JOB_REDIS_URL` (default the local Redis) and `JOB_POSTGRES_URL` (default
-//! the local `test` database); a missing server fails these tests, it never skips them.
+//! Real servers: `JOB_REDIS_URL` (default the local Redis), `JOB_POSTGRES_URL` (default
+//! the local `test` database) and `JOB_AZURE_QUEUE` (a connection string, default Azurite on
+//! 127.0.0.1:10001); a missing server fails these tests, it never skips them.
 //!
 //! Leases are short (300 ms) and every wait polls with a deadline, so a loaded machine makes
 //! the tests slower, never red.
@@ -101,6 +102,20 @@ async fn postgres_store() -> Store {
     }
 }
 
+async fn azure_store() -> Store {
+    let (azure, guard) = common::azure::azure_backend().await;
+    let azure = Arc::new(azure);
+    let a = azure.clone();
+    Store {
+        backend: azure,
+        plant: Box::new(move |id, queue, raw| {
+            let (a, queue, raw) = (a.clone(), queue.to_owned(), raw.to_owned());
+            Box::pin(async move { a.insert_raw(id, &queue, &raw).await.unwrap() })
+        }),
+        _guard: Box::new(guard),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The harness
 
@@ -179,4 +194,8 @@ mod redis {
 
 mod postgres {
     contract!(super::postgres_store);
+}
+
+mod azure {
+    contract!(super::azure_store);
 }
