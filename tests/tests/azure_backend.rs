@@ -11,7 +11,9 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use job_core::backend::azure::MAX_PAYLOAD;
-use job_core::backend::{Backend, BackendError, Envelope, LeaseToken, Payload, Reservation, unix_ms};
+use job_core::backend::{
+    Backend, BackendError, Envelope, LeaseToken, Payload, Reservation, unix_ms,
+};
 use job_core::prelude::*;
 use tokio::time::Instant;
 
@@ -63,7 +65,10 @@ async fn a_lapsed_lease_comes_back_as_a_recovery_and_the_third_goes_to_the_poiso
     // The fourth delivery finds three recoveries: parked, not handed out.
     let deadline = Instant::now() + Duration::from_secs(20);
     while b.poison_count("crash").await.unwrap() == 0 {
-        let got = b.reserve(&["crash".to_owned()], 1, Duration::from_secs(1)).await.unwrap();
+        let got = b
+            .reserve(&["crash".to_owned()], 1, Duration::from_secs(1))
+            .await
+            .unwrap();
         assert!(got.is_empty(), "a poison pill was handed out: {got:?}");
         assert!(Instant::now() < deadline, "never parked");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -76,17 +81,26 @@ async fn a_lapsed_lease_comes_back_as_a_recovery_and_the_third_goes_to_the_poiso
     assert!(dead.error_message().contains("poison pill"), "{dead:?}");
     // Every earlier holder is stale.
     for token in stale {
-        assert!(matches!(b.ack(env.id, token).await, Err(BackendError::LeaseLost(_))));
+        assert!(matches!(
+            b.ack(env.id, token).await,
+            Err(BackendError::LeaseLost(_))
+        ));
     }
-    let listed = b.dead_letters(10).await.unwrap();
-    assert_eq!(listed.iter().map(|d| d.job_id).collect::<Vec<_>>(), [env.id]);
+    let listed = b.peek_dead_letters(10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|d| d.job_id).collect::<Vec<_>>(),
+        [env.id]
+    );
     // Requeued by id: a fresh budget.
     b.requeue(env.id).await.unwrap();
     assert_eq!(b.poison_count("crash").await.unwrap(), 0);
     let (got, token) = reserve_soon(&b, "crash", Duration::from_secs(30)).await;
     assert_eq!((got.id, got.attempt, got.recoveries), (env.id, 1, 0));
     b.ack(env.id, token).await.unwrap();
-    assert!(matches!(b.requeue(env.id).await, Err(BackendError::NotFound(_))));
+    assert!(matches!(
+        b.requeue(env.id).await,
+        Err(BackendError::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -97,7 +111,10 @@ async fn extend_replaces_the_pop_receipt_and_keeps_the_job_hidden() {
     let (_, first) = reserve_soon(&b, "ext", Duration::from_secs(1)).await;
     let mut token = first.clone();
     for _ in 0..3 {
-        let ext = b.extend(&[(env.id, token.clone())], Duration::from_secs(1)).await.unwrap();
+        let ext = b
+            .extend(&[(env.id, token.clone())], Duration::from_secs(1))
+            .await
+            .unwrap();
         assert!(ext.lost.is_empty(), "{ext:?}");
         let [(id, renewed)] = ext.renewed.as_slice() else {
             panic!("one renewed token expected: {ext:?}");
@@ -107,13 +124,25 @@ async fn extend_replaces_the_pop_receipt_and_keeps_the_job_hidden() {
         token = renewed.clone();
         tokio::time::sleep(Duration::from_millis(600)).await;
         // Past the first lease, still hidden from everyone else.
-        let got = b.reserve(&["ext".to_owned()], 1, Duration::from_secs(1)).await.unwrap();
-        assert!(got.is_empty(), "an extended lease was handed out again: {got:?}");
+        let got = b
+            .reserve(&["ext".to_owned()], 1, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            got.is_empty(),
+            "an extended lease was handed out again: {got:?}"
+        );
     }
     // The spent receipt renews nothing and deletes nothing.
-    let ext = b.extend(&[(env.id, first.clone())], Duration::from_secs(1)).await.unwrap();
+    let ext = b
+        .extend(&[(env.id, first.clone())], Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(ext.lost, [env.id]);
-    assert!(matches!(b.ack(env.id, first).await, Err(BackendError::LeaseLost(_))));
+    assert!(matches!(
+        b.ack(env.id, first).await,
+        Err(BackendError::LeaseLost(_))
+    ));
     b.ack(env.id, token).await.unwrap();
 }
 
@@ -136,11 +165,18 @@ async fn retries_and_releases_are_not_recoveries_and_retries_wait() {
     .await
     .unwrap();
     let (got, token) = reserve_soon(&b, "retry", Duration::from_secs(30)).await;
-    assert!(SystemTime::now() + Duration::from_millis(50) >= at, "a retry started early");
+    assert!(
+        SystemTime::now() + Duration::from_millis(50) >= at,
+        "a retry started early"
+    );
     assert_eq!((got.attempt, got.recoveries), (2, 0));
     b.release(env.id, token).await.unwrap();
     let (got, token) = reserve_soon(&b, "retry", Duration::from_secs(30)).await;
-    assert_eq!((got.attempt, got.recoveries), (2, 0), "a release counts nothing");
+    assert_eq!(
+        (got.attempt, got.recoveries),
+        (2, 0),
+        "a release counts nothing"
+    );
     b.ack(env.id, token).await.unwrap();
 }
 
@@ -155,11 +191,21 @@ async fn a_start_time_beyond_the_visibility_timeout_hops_and_is_not_counted() {
         "e": unix_ms(SystemTime::now()), "nb": due, "d": 0
     });
     b.insert_raw(id, "hop", &record.to_string()).await.unwrap();
-    let got = b.reserve(&["hop".to_owned()], 1, Duration::from_secs(30)).await.unwrap();
-    assert!(got.is_empty(), "a job was handed out before its start time: {got:?}");
+    let got = b
+        .reserve(&["hop".to_owned()], 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        got.is_empty(),
+        "a job was handed out before its start time: {got:?}"
+    );
     let (env, token) = reserve_soon(&b, "hop", Duration::from_secs(30)).await;
     assert!(unix_ms(SystemTime::now()) >= due, "started before its time");
-    assert_eq!((env.id, env.attempt, env.recoveries), (id, 1, 0), "the hop counted nothing");
+    assert_eq!(
+        (env.id, env.attempt, env.recoveries),
+        (id, 1, 0),
+        "the hop counted nothing"
+    );
     b.ack(id, token).await.unwrap();
 }
 
@@ -175,8 +221,14 @@ async fn payloads_over_a_message_are_refused_whole_and_the_limit_is_declared() {
     b.ack(got.id, token).await.unwrap();
     let mut over = envelope("big");
     over.payload = Payload::encode(&"x".repeat(MAX_PAYLOAD)).unwrap();
-    assert!(b.enqueue(over, 1_000).await.is_err(), "an oversized payload was stored");
-    let got = b.reserve(&["big".to_owned()], 1, Duration::from_secs(1)).await.unwrap();
+    assert!(
+        b.enqueue(over, 1_000).await.is_err(),
+        "an oversized payload was stored"
+    );
+    let got = b
+        .reserve(&["big".to_owned()], 1, Duration::from_secs(1))
+        .await
+        .unwrap();
     assert!(got.is_empty(), "{got:?}");
 }
 
@@ -186,7 +238,15 @@ async fn what_the_store_cannot_do_is_declared_and_answered_unsupported() {
     let caps = b.capabilities();
     assert!(!caps.status_by_id && !caps.exact_depth && !caps.dead_letter_listing);
     assert!(caps.requeue_by_id);
-    assert!(matches!(b.status(JobId::new()).await, Err(BackendError::Unsupported(_))));
+    assert!(!caps.idempotent_enqueue && !caps.ordered);
+    assert!(matches!(
+        b.status(JobId::new()).await,
+        Err(BackendError::Unsupported(_))
+    ));
+    assert!(matches!(
+        b.dead_letters(10).await,
+        Err(BackendError::Unsupported(_))
+    ));
 }
 
 #[tokio::test]

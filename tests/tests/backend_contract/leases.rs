@@ -17,17 +17,20 @@ pub(crate) async fn stale_lease_holders_change_nothing(s: Store) {
     assert_ne!(fresh, stale, "a new reservation must have a new token");
 
     assert_refused_but(&s, &env, stale.clone(), None, "with a stale token").await;
-    let held = status(&s, env.id).await;
-    assert_eq!((held.state, held.attempts), (JobState::Running, 2));
-    assert_eq!(held.last_error, None);
-    assert_eq!(stats(&s).await, counts(0, 0, 1, 0));
+    if let Some(held) = status_kept(&s, env.id).await {
+        assert_eq!((held.state, held.attempts), (JobState::Running, 2));
+        assert_eq!(held.last_error, None);
+    }
+    assert_stats(&s, counts(0, 0, 1, 0)).await;
 
     // A token that was never issued is as stale as an old one.
     assert_refused_but(&s, &env, LeaseToken::random(), None, "with a made-up token").await;
 
     s.b().ack(env.id, fresh.clone()).await.unwrap();
-    assert_eq!(status(&s, env.id).await.state, JobState::Succeeded);
-    assert_eq!(stats(&s).await, counts(0, 0, 0, 0));
+    if let Some(st) = status_kept(&s, env.id).await {
+        assert_eq!(st.state, JobState::Succeeded);
+    }
+    assert_stats(&s, counts(0, 0, 0, 0)).await;
     assert_lost(
         s.b().ack(env.id, stale.clone()).await,
         env.id,
@@ -102,9 +105,10 @@ pub(crate) async fn release_makes_the_job_reservable_at_once(s: Store) {
     let (got, token) = reserve_one(&s, "rel", LONG_LEASE).await;
     assert_eq!((got.id, got.attempt), (first.id, 1));
     s.b().release(first.id, token.clone()).await.unwrap();
-    let st = status(&s, first.id).await;
-    assert_eq!((st.state, st.attempts), (JobState::Queued, 0));
-    assert_eq!(stats(&s).await, counts(2, 0, 0, 0));
+    if let Some(st) = status_kept(&s, first.id).await {
+        assert_eq!((st.state, st.attempts), (JobState::Queued, 0));
+    }
+    assert_stats(&s, counts(2, 0, 0, 0)).await;
 
     let (again, token) = reserve_one(&s, "rel", LONG_LEASE).await;
     assert_eq!(
@@ -125,7 +129,9 @@ pub(crate) async fn release_makes_the_job_reservable_at_once(s: Store) {
     assert_eq!(third.id, first.id);
     assert_eq!(third.attempt, 2);
     s.b().release(first.id, token.clone()).await.unwrap();
-    assert_eq!(status(&s, first.id).await.attempts, 1);
+    if let Some(st) = status_kept(&s, first.id).await {
+        assert_eq!(st.attempts, 1);
+    }
     let (fourth, _) = reserve_one(&s, "rel", LONG_LEASE).await;
     assert_eq!(
         (fourth.id, fourth.attempt, fourth.recoveries),
@@ -145,13 +151,20 @@ pub(crate) async fn extend_moves_the_lease_expiry(s: Store) {
         [kept.id, left.id]
     );
     let token = got[0].token();
-    let lost = s
+    let extended = s
         .b()
         .extend(&[(kept.id, token.clone())], LONG_LEASE)
         .await
-        .unwrap()
-        .lost;
+        .unwrap();
+    let lost = extended.lost;
     assert!(lost.is_empty(), "{lost:?}");
+    // A store that issues a new token with the renewal (Azure's pop receipt) spends the old.
+    let token = match extended.renewed.as_slice() {
+        [] => token.clone(),
+        [(id, renewed)] if *id == kept.id => renewed.clone(),
+        other => panic!("renewed tokens for jobs not extended: {other:?}"),
+    };
+    let token = &token;
     assert!(s.b().extend(&[], LONG_LEASE).await.unwrap().lost.is_empty());
 
     let reaped = reap_soon(&s, 3).await;
@@ -165,9 +178,13 @@ pub(crate) async fn extend_moves_the_lease_expiry(s: Store) {
     );
     tokio::time::sleep(LEASE).await;
     assert_eq!(s.b().reap(3).await.unwrap(), Reaped::default());
-    assert_eq!(status(&s, kept.id).await.state, JobState::Running);
+    if let Some(st) = status_kept(&s, kept.id).await {
+        assert_eq!(st.state, JobState::Running);
+    }
     s.b().ack(kept.id, token.clone()).await.unwrap();
-    assert_eq!(status(&s, kept.id).await.state, JobState::Succeeded);
+    if let Some(st) = status_kept(&s, kept.id).await {
+        assert_eq!(st.state, JobState::Succeeded);
+    }
 }
 
 /// A job whose lease expires goes back to its queue, counted as a recovery apart from its
@@ -202,7 +219,7 @@ pub(crate) async fn expired_leases_are_recovered_then_dead_lettered_as_poison_pi
             assert_eq!((listed[0].job_id, &listed[0].error), (env.id, &dead.error));
         }
     }
-    assert_eq!(stats(&s).await, counts(0, 0, 1, 1));
+    assert_stats(&s, counts(0, 0, 1, 1)).await;
     s.b().requeue(env.id).await.unwrap();
     let (got, token) = reserve_one(&s, "crash", LONG_LEASE).await;
     assert_eq!((got.id, got.attempt, got.recoveries), (env.id, 1, 0));

@@ -196,6 +196,15 @@ mod postgres {
     contract!(super::postgres_store);
 }
 
+// Limits of the store, not bugs: each is covered in its Azure form by
+// tests/tests/azure_backend.rs.
 mod azure {
-    contract!(super::azure_store);
+    contract!(super::azure_store, known_failures: {
+        repeated_write_backs_succeed_and_change_nothing:
+            "a delete or update repeated with a spent pop receipt cannot be told from a stale holder's: LeaseLost",
+        release_makes_the_job_reservable_at_once:
+            "no FIFO: a released message is visible at once, not at the front",
+        expired_leases_are_recovered_then_dead_lettered_as_poison_pills:
+            "the store re-shows lapsed messages itself; the poison pill is moved at its next delivery, not by reap",
+    });
 }

@@ -4,8 +4,8 @@
 pub(crate) use std::time::{Duration, SystemTime};
 
 pub(crate) use job_core::backend::{
-    BackendError, BackendStats, Envelope, LeaseToken, Payload, Reaped, Reservation, Retry,
-    from_unix_ms, unix_ms,
+    BackendError, BackendStats, Capabilities, Envelope, LeaseToken, Payload, Reaped, Reservation,
+    Retry, from_unix_ms, unix_ms,
 };
 pub(crate) use job_core::prelude::*;
 pub(crate) use tokio::time::Instant;
@@ -119,6 +119,49 @@ pub(crate) async fn stats(s: &Store) -> BackendStats {
     s.b().stats().await.unwrap()
 }
 
+/// Whether the backend declares a capability a check (or part of one) needs. A backend that
+/// does not is not held to that part; the check says so on stderr.
+pub(crate) fn declares(s: &Store, what: &str, declared: impl Fn(&Capabilities) -> bool) -> bool {
+    let yes = declared(&s.b().capabilities());
+    if !yes {
+        eprintln!(
+            "{} does not declare {what}: those assertions do not apply",
+            s.b().name()
+        );
+    }
+    yes
+}
+
+/// The job's status where the backend can look jobs up by id; where it cannot, asserts that
+/// it answers `Unsupported` and returns `None`.
+pub(crate) async fn status_kept(s: &Store, id: JobId) -> Option<JobStatus> {
+    if s.b().capabilities().status_by_id {
+        return Some(status(s, id).await);
+    }
+    let r = s.b().status(id).await;
+    assert!(
+        matches!(r, Err(BackendError::Unsupported(_))),
+        "a backend without status_by_id must answer Unsupported: {r:?}"
+    );
+    None
+}
+
+/// The counts, exactly where the backend declares `exact_depth`; elsewhere the total of
+/// live jobs (ready, scheduled and running, which an approximate count cannot tell apart)
+/// and the dead.
+pub(crate) async fn assert_stats(s: &Store, expected: BackendStats) {
+    let got = stats(s).await;
+    if s.b().capabilities().exact_depth {
+        assert_eq!(got, expected);
+    } else {
+        assert_eq!(
+            (got.depth(), got.dead),
+            (expected.depth(), expected.dead),
+            "approximate counts {got:?}, expected {expected:?}"
+        );
+    }
+}
+
 pub(crate) fn counts(ready: u64, scheduled: u64, running: u64, dead: u64) -> BackendStats {
     BackendStats {
         ready,
@@ -176,14 +219,22 @@ pub(crate) struct Snapshot {
 }
 
 pub(crate) async fn snapshot(s: &Store, id: JobId) -> Snapshot {
-    let status = s.b().status(id).await.unwrap().map(|mut st| {
+    let caps = s.b().capabilities();
+    let status = match caps.status_by_id {
+        true => s.b().status(id).await.unwrap(),
+        false => None,
+    };
+    let status = status.map(|mut st| {
         st.updated_at = SystemTime::UNIX_EPOCH;
         st
     });
     Snapshot {
         status,
         stats: stats(s).await,
-        dead: s.b().dead_letters(100).await.unwrap(),
+        dead: match caps.dead_letter_listing {
+            true => s.b().dead_letters(100).await.unwrap(),
+            false => Vec::new(),
+        },
     }
 }
 

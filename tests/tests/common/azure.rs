@@ -44,7 +44,10 @@ impl Drop for AzureCleanup {
         let (conn, prefix) = (self.conn.clone(), self.prefix.clone());
         // Its own thread and runtime: `Drop` may run inside the test's runtime.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async {
@@ -128,8 +131,11 @@ impl Azurite {
     /// accepts connections.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "azurite is running");
-        let log = std::fs::File::create(self.location.join(format!("azurite-{}.log", Instant::now().elapsed().as_nanos())))
-            .expect("azurite log");
+        let log = std::fs::File::create(self.location.join(format!(
+            "azurite-{}.log",
+            Instant::now().elapsed().as_nanos()
+        )))
+        .expect("azurite log");
         let child = Command::new(azurite_bin())
             .args(["--queueHost", "127.0.0.1", "--queuePort"])
             .arg(self.port.to_string())
@@ -149,7 +155,11 @@ impl Azurite {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "azurite did not listen on {} within 30 s", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "azurite did not listen on {} within 30 s",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

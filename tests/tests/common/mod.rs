@@ -310,5 +310,5 @@ fn rand_u64() -> u64 {
     );
     h.finish()
 }
-pub mod pg;
 pub mod azure;
+pub mod pg;

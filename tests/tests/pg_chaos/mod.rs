@@ -247,7 +247,12 @@ impl Workers {
             "--schema".to_owned(),
             scope.schema.clone(),
         ];
-        Self::with_store(&format!("postgres-chaos-{}", scope.schema), &store, count, settings)
+        Self::with_store(
+            &format!("postgres-chaos-{}", scope.schema),
+            &store,
+            count,
+            settings,
+        )
     }
 
     /// Workers on any store `soak_worker` takes: `store` are its flags (`--azure-queue ..

@@ -53,8 +53,10 @@
 //! recovered `max_recoveries` times (the builder's count, default 3), the backend moves it
 //! to the poison queue instead of handing it out, and the next [`reap`](Backend::reap)
 //! reports it as dead (so the runtime's dead-letter hooks run). The store returns messages
-//! itself, so `reap` finds no expired leases to return: recoveries are noticed and reported
-//! when the message is next received, not when its lease ends.
+//! itself, so `reap` returns nothing to the queue: it reports the leases of this process
+//! that ran out (the store shows those jobs again), and the recoveries a delivery noticed
+//! (a worker elsewhere died); a crash in another process is noticed at the next delivery,
+//! not when its lease ends.
 //!
 //! # What this store cannot do, said in [`capabilities`](Backend::capabilities)
 //! * **No status by id**: a message can only be received or peeked from the front; there is
@@ -73,9 +75,10 @@
 //! * **A repeated write-back is refused, not recognised**: a delete whose reply was lost
 //!   cannot be told from a stale holder's, so it reports `LeaseLost` (the runtime logs it;
 //!   the job is done).
-//! * **Dead letters** are listed from the poison queues by *peek*, which sees at most 32
-//!   messages per queue: [`dead_letters`](Backend::dead_letters) returns up to 32 per poison
-//!   queue, not the whole set, and declares `dead_letter_listing` false. A requeue by id
+//! * **Dead letters** can only be *peeked* from the poison queues, and a peek sees at most 32
+//!   messages per queue: the backend declares `dead_letter_listing` false (the trait's
+//!   [`dead_letters`](Backend::dead_letters) answers `Unsupported`), and
+//!   [`peek_dead_letters`](AzureQueueBackend::peek_dead_letters) gives the partial view. A requeue by id
 //!   receives the poison queue in pages of 32 until it finds the id (at most 1,024 messages
 //!   looked at; those it passes over are made visible again at once).
 //! * **Payloads** up to [`MAX_PAYLOAD`] bytes of JSON (64 KiB per message, base64): larger
@@ -114,8 +117,8 @@ use self::conn::{Fenced, MAX_BATCH, MAX_VISIBILITY, Message, Rest};
 pub use self::decode::MAX_PAYLOAD;
 use self::decode::{MESSAGE_MAX, Stored, StoredDead, azure_queue, poison_queue};
 use super::{
-    Backend, BackendError, BackendStats, BoxFuture, Capabilities, Envelope, Extended,
-    LeaseToken, Reaped, Reservation, Retry, unix_ms,
+    Backend, BackendError, BackendStats, BoxFuture, Capabilities, Envelope, Extended, LeaseToken,
+    Reaped, Reservation, Retry, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
@@ -132,6 +135,8 @@ struct Held {
     dequeue_count: u32,
     /// When its lease ends, by the last reserve or extend (entries long past it are pruned).
     until: Instant,
+    /// Whether a reaper pass already reported the lapse of this lease.
+    lapse_reported: bool,
 }
 
 /// The [`Backend`] contract on Azure Queue Storage. See the [module docs](self) for the
@@ -216,7 +221,9 @@ impl AzureQueueBackend {
         check_name("queue", queue)?;
         self.know(queue);
         let text = decode::encode_raw(id, raw.as_bytes());
-        self.rest.put(&self.azure_queue_name(queue), &text, 0).await?;
+        self.rest
+            .put(&self.azure_queue_name(queue), &text, 0)
+            .await?;
         Ok(())
     }
 
@@ -226,7 +233,10 @@ impl AzureQueueBackend {
     /// # Errors
     /// The store cannot be reached.
     pub async fn delete_all_queues(&self) -> Result<usize, BackendError> {
-        let names = self.rest.list_queues(&format!("{}-", self.settings.prefix)).await?;
+        let names = self
+            .rest
+            .list_queues(&format!("{}-", self.settings.prefix))
+            .await?;
         for name in &names {
             self.rest.delete_queue(name).await?;
         }
@@ -277,7 +287,10 @@ impl AzureQueueBackend {
     async fn count_all(&self) -> Result<u64, BackendError> {
         let mut total = 0;
         for q in self.known_queues() {
-            total += self.rest.approximate_count(&self.azure_queue_name(&q)).await?;
+            total += self
+                .rest
+                .approximate_count(&self.azure_queue_name(&q))
+                .await?;
         }
         Ok(total)
     }
@@ -337,7 +350,9 @@ impl AzureQueueBackend {
                         Ok(Some(r)) => out.push(r),
                         Ok(None) => {}
                         // The message stays where it is and comes back after its timeout.
-                        Err(e) => tracing::warn!(error = %e, queue = %q, "handling a received message failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, queue = %q, "handling a received message failed")
+                        }
                     }
                 }
                 if short {
@@ -391,22 +406,26 @@ impl AzureQueueBackend {
                 .await?;
             return Ok(None);
         }
-        let envelope = stored.envelope(id, m.dequeue_count);
+        let mut envelope = stored.envelope(id, m.dequeue_count);
         if envelope.recoveries >= self.settings.max_recoveries {
             self.poison(aq, &m, &stored, &envelope).await?;
             return Ok(None);
         }
-        if envelope.recoveries > stored.recoveries {
+        let mut held = lock(&self.held);
+        let reported = held.get(&id).is_some_and(|h| h.lapse_reported);
+        if envelope.recoveries > stored.recoveries && !reported {
             lock(&self.recovered).push(id);
         }
-        lock(&self.held).insert(
+        held.insert(
             id,
             Held {
                 stored,
                 dequeue_count: m.dequeue_count,
-                until: Instant::now() + lease,
+                until: Instant::now() + Duration::from_secs(lease_secs(lease)),
+                lapse_reported: false,
             },
         );
+        envelope.lease = Some(token.clone());
         Ok(Some(Reservation::Job { envelope, token }))
     }
 
@@ -447,7 +466,12 @@ impl AzureQueueBackend {
 
     /// Puts a dead-letter record into the poison queue of `aq`, shortening the error chain
     /// (never the payload of a job, which fitted a message already) when it does not fit.
-    async fn put_dead(&self, aq: &str, dead: &DeadLetter, max_attempts: u32) -> Result<(), BackendError> {
+    async fn put_dead(
+        &self,
+        aq: &str,
+        dead: &DeadLetter,
+        max_attempts: u32,
+    ) -> Result<(), BackendError> {
         let mut record = StoredDead {
             job: dead.job.clone(),
             queue: dead.queue.clone(),
@@ -467,18 +491,22 @@ impl AzureQueueBackend {
                 .take(8)
                 .map(|e| e.chars().take(512).collect())
                 .collect();
-            text = decode::encode(dead.job_id, &record)
-                .map_err(|e| BackendError::Corrupt(format!("the dead letter does not encode: {e}")))?;
+            text = decode::encode(dead.job_id, &record).map_err(|e| {
+                BackendError::Corrupt(format!("the dead letter does not encode: {e}"))
+            })?;
         }
         if text.len() > MESSAGE_MAX {
             // Only the raw text of a malformed record can be this large: keep what fits.
             if let serde_json::Value::String(raw) = &record.payload {
                 let keep = raw.chars().take(decode::RECORD_MAX / 4).collect::<String>();
                 record.payload = serde_json::Value::String(keep);
-                record.error.push("(raw record shortened to fit a message)".to_owned());
+                record
+                    .error
+                    .push("(raw record shortened to fit a message)".to_owned());
             }
-            text = decode::encode(dead.job_id, &record)
-                .map_err(|e| BackendError::Corrupt(format!("the dead letter does not encode: {e}")))?;
+            text = decode::encode(dead.job_id, &record).map_err(|e| {
+                BackendError::Corrupt(format!("the dead letter does not encode: {e}"))
+            })?;
         }
         if text.len() > MESSAGE_MAX {
             return Err(BackendError::Corrupt(format!(
@@ -591,7 +619,7 @@ impl AzureQueueBackend {
                 .await;
         let mut out = Extended::default();
         let mut first_error = None;
-        let until = Instant::now() + lease;
+        let until = Instant::now() + Duration::from_secs(visibility);
         for (id, r, head) in results {
             match r {
                 Ok(Fenced::Done(pop)) => {
@@ -601,7 +629,8 @@ impl AzureQueueBackend {
                     out.renewed
                         .push((id, LeaseToken::opaque(format!("{head}{pop}"))));
                 }
-                Ok(Fenced::Gone) => out.lost.push(id),
+                // A token this backend did not issue holds no lease.
+                Ok(Fenced::Gone) | Err(BackendError::LeaseLost(_)) => out.lost.push(id),
                 Err(e) => {
                     tracing::warn!(job_id = %id, error = %e, "renewing a lease failed");
                     first_error.get_or_insert(e);
@@ -627,9 +656,20 @@ impl AzureQueueBackend {
             );
         }
         let now = Instant::now();
-        lock(&self.held).retain(|_, h| h.until + Duration::from_secs(600) > now);
+        let mut recovered = std::mem::take(&mut *lock(&self.recovered));
+        {
+            let mut held = lock(&self.held);
+            held.retain(|_, h| h.until + Duration::from_secs(600) > now);
+            // Leases of this process that ran out: the store shows those jobs again.
+            for (id, h) in held.iter_mut() {
+                if h.until <= now && !h.lapse_reported {
+                    h.lapse_reported = true;
+                    recovered.push(*id);
+                }
+            }
+        }
         Ok(Reaped {
-            recovered: std::mem::take(&mut *lock(&self.recovered)),
+            recovered,
             dead: std::mem::take(&mut *lock(&self.poisoned)),
         })
     }
@@ -654,11 +694,24 @@ impl AzureQueueBackend {
 
     /// The poison queues of this backend's prefix.
     async fn poison_queues(&self) -> Result<Vec<String>, BackendError> {
-        let names = self.rest.list_queues(&format!("{}-", self.settings.prefix)).await?;
-        Ok(names.into_iter().filter(|n| n.ends_with("-poison")).collect())
+        let names = self
+            .rest
+            .list_queues(&format!("{}-", self.settings.prefix))
+            .await?;
+        Ok(names
+            .into_iter()
+            .filter(|n| n.ends_with("-poison"))
+            .collect())
     }
 
-    async fn do_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
+    /// The dead letters the poison queues show, oldest first, at most `limit`: a partial
+    /// view, since a peek sees at most the first 32 messages of each poison queue (which is
+    /// why the backend does not declare `dead_letter_listing`, and the trait's
+    /// [`dead_letters`](Backend::dead_letters) answers `Unsupported`). For tools and tests.
+    ///
+    /// # Errors
+    /// The store cannot be reached.
+    pub async fn peek_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
         let mut out = Vec::new();
         for pq in self.poison_queues().await? {
             for m in self.rest.peek(&pq, MAX_BATCH).await? {
@@ -709,7 +762,9 @@ impl AzureQueueBackend {
             check_name("queue", &envelope.queue)?;
             let text = encode_stored(id, &Stored::from_envelope(&envelope))?;
             self.know(&envelope.queue);
-            self.rest.put(&self.azure_queue_name(&envelope.queue), &text, 0).await?;
+            self.rest
+                .put(&self.azure_queue_name(&envelope.queue), &text, 0)
+                .await?;
             let _ = self.rest.delete(&pq, &m.id, &m.pop).await?;
             self.enqueued.notify_waiters();
             return Ok(());
@@ -733,6 +788,8 @@ impl Backend for AzureQueueBackend {
             dead_letter_listing: false,
             requeue_by_id: true,
             exact_depth: false,
+            idempotent_enqueue: false,
+            ordered: false,
             max_payload: Some(MAX_PAYLOAD),
             ..Capabilities::full()
         }
@@ -741,7 +798,9 @@ impl Backend for AzureQueueBackend {
     fn connect(&self) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             // One request that needs the account and the signature to be right.
-            self.rest.list_queues(&format!("{}-", self.settings.prefix)).await?;
+            self.rest
+                .list_queues(&format!("{}-", self.settings.prefix))
+                .await?;
             Ok(())
         })
     }
@@ -779,7 +838,8 @@ impl Backend for AzureQueueBackend {
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             let next = self.rewritten(id, true);
-            self.rewrite(id, &token, next, Some(unix_ms(retry.at))).await
+            self.rewrite(id, &token, next, Some(unix_ms(retry.at)))
+                .await
         })
     }
 
@@ -821,8 +881,10 @@ impl Backend for AzureQueueBackend {
         Box::pin(self.do_stats())
     }
 
-    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
-        Box::pin(self.do_dead_letters(limit))
+    fn dead_letters(&self, _limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
+        Box::pin(std::future::ready(Err(BackendError::Unsupported(
+            "dead-letter listing: a peek sees only the first 32 messages of a poison queue (AzureQueueBackend::peek_dead_letters gives that partial view)",
+        ))))
     }
 
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
