@@ -164,6 +164,28 @@ impl Azurite {
         }
     }
 
+    /// Stops the process with SIGTERM, as a restart does: Azurite writes its state to the
+    /// data directory and exits (waits up to 15 s, then SIGKILLs). A SIGKILL would lose the
+    /// writes of the last few seconds, which Azurite keeps in memory between saves (the
+    /// emulator's limit, not the service's: Azure acknowledges a write once stored).
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     /// SIGKILLs the process (its data directory stays).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
