@@ -189,6 +189,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             Arc::new(
                 AzureQueueBackend::builder(conn)
                     .prefix(prefix)
+                    // The emulator on a loaded machine answers slowly; a renewal that times
+                    // out may have spent its pop receipt.
+                    .request_timeout(Duration::from_secs(15))
                     .max_recoveries(config.max_recoveries)
                     .build()?,
             ),

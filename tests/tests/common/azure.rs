@@ -107,10 +107,22 @@ pub struct Azurite {
     pub port: u16,
     pub location: PathBuf,
     child: Option<Child>,
+    in_memory: bool,
 }
 
 impl Azurite {
+    /// One that keeps its data in memory only (`--inMemoryPersistence`): no saves to disk
+    /// (each of which stalls Azurite's single thread for as long as its database takes to
+    /// write), for the tests that never restart it.
+    pub async fn start_in_memory() -> Self {
+        Self::start_with(true).await
+    }
+
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(in_memory: bool) -> Self {
         let port = free_port();
         let location = std::env::temp_dir().join(format!("azurite-{}", fresh_prefix()));
         std::fs::create_dir_all(&location).expect("azurite data dir");
@@ -118,6 +130,7 @@ impl Azurite {
             port,
             location,
             child: None,
+            in_memory,
         };
         a.restart().await;
         a
@@ -139,8 +152,11 @@ impl Azurite {
         let child = Command::new(azurite_bin())
             .args(["--queueHost", "127.0.0.1", "--queuePort"])
             .arg(self.port.to_string())
-            .arg("--location")
-            .arg(&self.location)
+            .args(match self.in_memory {
+                // (Azurite refuses a location with in-memory persistence.)
+                true => vec!["--inMemoryPersistence".into()],
+                false => vec![std::ffi::OsString::from("--location"), self.location.clone().into()],
+            })
             .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

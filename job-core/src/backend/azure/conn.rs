@@ -112,7 +112,9 @@ impl Rest {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the 5 s after which Node servers (Azurite) close an idle keep-alive
+            // connection: a pooled connection reused as the server closes it is reset.
+            .pool_idle_timeout(Duration::from_secs(3))
             .build()?;
         Ok(Self {
             http,

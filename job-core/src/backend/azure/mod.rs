@@ -270,11 +270,12 @@ impl AzureQueueBackend {
     async fn room(&self, capacity: u64, adding: u64) -> Result<bool, BackendError> {
         {
             let mut depth = lock(&self.depth);
-            if let Some((at, count)) = depth.as_mut() {
-                if at.elapsed() < Duration::from_secs(1) && *count + adding <= capacity / 2 {
-                    *count += adding;
-                    return Ok(true);
-                }
+            if let Some((at, count)) = depth.as_mut()
+                && at.elapsed() < Duration::from_secs(1)
+                && *count + adding <= capacity / 2
+            {
+                *count += adding;
+                return Ok(true);
             }
         }
         let total = self.count_all().await?;
