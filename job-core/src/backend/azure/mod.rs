@@ -126,7 +126,7 @@ use crate::observe::status::JobStatus;
 
 /// Messages a requeue looks at in the poison queue before it gives up.
 const REQUEUE_SCAN: usize = 1024;
-/// Concurrent requests of one `extend`.
+/// Concurrent requests of one `extend` or `ack_batch`.
 const EXTEND_CONCURRENCY: usize = 16;
 
 /// A job this process holds: what a retry or release must write back as new content.
@@ -604,8 +604,25 @@ impl AzureQueueBackend {
         lease: Duration,
     ) -> Result<Extended, BackendError> {
         let visibility = lease_secs(lease);
+        // Every renewal is a request per job: one whose lease has more than three quarters
+        // of it left is not renewed yet (its token stays); the runtime's heartbeat comes
+        // every third of a lease, so the next one still finds 5/12 of it left.
+        let now = Instant::now();
+        let due: Vec<(JobId, LeaseToken)> = {
+            let held = lock(&self.held);
+            leases
+                .iter()
+                .filter(|(id, _)| {
+                    held.get(id).is_none_or(|h| {
+                        h.until.saturating_duration_since(now)
+                            <= Duration::from_secs(visibility) * 3 / 4
+                    })
+                })
+                .cloned()
+                .collect()
+        };
         let results: Vec<(JobId, Result<Fenced<String>, BackendError>, String)> =
-            futures_util::stream::iter(leases.iter().cloned())
+            futures_util::stream::iter(due)
                 .map(|(id, token)| async move {
                     match parse_token(id, &token) {
                         Ok((aq, mid, pop)) => {
@@ -829,6 +846,42 @@ impl Backend for AzureQueueBackend {
 
     fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move { self.do_ack(id, &token).await })
+    }
+
+    /// One delete per job (the store has no batch delete), `EXTEND_CONCURRENCY` at a time:
+    /// successes wait for their delete, and a worker killed with a backlog runs it again.
+    fn ack_batch<'a>(
+        &'a self,
+        acks: &'a [(JobId, LeaseToken)],
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        Box::pin(async move {
+            let results: Vec<(JobId, Result<(), BackendError>)> =
+                futures_util::stream::iter(acks.iter().cloned())
+                    .map(|(id, token)| async move {
+                        let r = self.do_ack(id, &token).await;
+                        (id, r)
+                    })
+                    .buffer_unordered(EXTEND_CONCURRENCY)
+                    .collect()
+                    .await;
+            let mut lost = Vec::new();
+            let mut failed = None;
+            for (id, r) in results {
+                match r {
+                    Ok(()) => {}
+                    Err(BackendError::LeaseLost(_)) => lost.push(id),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            // A failed delete fails the call, which the runtime repeats: the deletes that
+            // were done then report their receipt spent (lost), harmlessly.
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(lost),
+            }
+        })
     }
 
     fn retry(
