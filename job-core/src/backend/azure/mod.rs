@@ -137,6 +137,8 @@ struct Held {
     until: Instant,
     /// Whether a reaper pass already reported the lapse of this lease.
     lapse_reported: bool,
+    /// The lease's current token (a renewal replaces it).
+    token: LeaseToken,
 }
 
 /// The [`Backend`] contract on Azure Queue Storage. See the [module docs](self) for the
@@ -424,6 +426,7 @@ impl AzureQueueBackend {
                 dequeue_count: m.dequeue_count,
                 until: Instant::now() + Duration::from_secs(lease_secs(lease)),
                 lapse_reported: false,
+                token: token.clone(),
             },
         );
         envelope.lease = Some(token.clone());
@@ -612,10 +615,13 @@ impl AzureQueueBackend {
             let held = lock(&self.held);
             leases
                 .iter()
-                .filter(|(id, _)| {
+                .filter(|(id, token)| {
+                    // Only the current holder's lease is skipped; any other token goes to
+                    // the store, which renews it or finds it stale.
                     held.get(id).is_none_or(|h| {
-                        h.until.saturating_duration_since(now)
-                            <= Duration::from_secs(visibility) * 3 / 4
+                        h.token != *token
+                            || h.until.saturating_duration_since(now)
+                                <= Duration::from_secs(visibility) * 3 / 4
                     })
                 })
                 .cloned()
@@ -641,11 +647,12 @@ impl AzureQueueBackend {
         for (id, r, head) in results {
             match r {
                 Ok(Fenced::Done(pop)) => {
+                    let renewed = LeaseToken::opaque(format!("{head}{pop}"));
                     if let Some(h) = lock(&self.held).get_mut(&id) {
                         h.until = until;
+                        h.token = renewed.clone();
                     }
-                    out.renewed
-                        .push((id, LeaseToken::opaque(format!("{head}{pop}"))));
+                    out.renewed.push((id, renewed));
                 }
                 // A token this backend did not issue holds no lease.
                 Ok(Fenced::Gone) | Err(BackendError::LeaseLost(_)) => out.lost.push(id),
