@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use job_core::backend::amqp::{AmqpBackend, AmqpConfigError};
+use job_core::backend::azure::{AzureConfigError, AzureQueueBackend};
 use job_core::backend::postgres::{PostgresBackend, PostgresConfigError};
 use job_core::backend::redis::{RedisBackend, RedisConfigError};
 use job_core::{DeadLetter, JobRuntime, JobRuntimeBuilder};
@@ -96,6 +97,24 @@ pub struct ServiceArgs {
     /// share their jobs.
     #[arg(long, env = "JOB_AMQP_PREFIX", default_value = "jobs")]
     pub amqp_prefix: String,
+
+    /// Keep jobs in Azure Queue Storage, on the account of this connection string
+    /// (`UseDevelopmentStorage=true` for the Azurite emulator on 127.0.0.1:10001, or
+    /// `DefaultEndpointsProtocol=https;AccountName=..;AccountKey=..`) instead of in memory.
+    /// The store cannot look jobs up by id: `GET /jobs/{id}` answers 501 on it. Prefer the
+    /// environment variable: the string carries the account key.
+    #[arg(
+        long = "azure-queue",
+        env = "JOB_AZURE_QUEUE",
+        hide_env_values = true,
+        conflicts_with_all = ["redis_url", "postgres_url", "amqp_url"]
+    )]
+    pub azure_queue: Option<String>,
+
+    /// Prefix of the Azure queues (`--azure-queue` only): the queue `email` is the Azure
+    /// queue `<prefix>-email`; servers with the same prefix share their jobs.
+    #[arg(long, env = "JOB_AZURE_PREFIX", default_value = "jobs")]
+    pub azure_prefix: String,
 }
 
 /// What [`ServiceArgs::setup`] built: a runtime builder on the chosen store, and the
@@ -123,6 +142,9 @@ pub enum StoreConfigError {
     /// The `--postgres` URL does not parse.
     #[error("invalid --postgres URL: {0}")]
     PostgresUrl(#[source] sqlx::Error),
+    /// `--azure-queue` or `--azure-prefix` is invalid.
+    #[error(transparent)]
+    Azure(#[from] AzureConfigError),
 }
 
 impl ServiceArgs {
@@ -133,7 +155,8 @@ impl ServiceArgs {
 
     /// A runtime builder with these settings, the fake mailer registered as `dyn Mailer`,
     /// a dead-letter hook that logs each dead job, and the backend `--redis`, `--postgres` or
-    /// `--amqp` names (the only lines that differ between the in-memory and the durable setups).
+    /// `--amqp` or `--azure-queue` names (the only lines that differ between the in-memory and
+    /// the durable setups).
     ///
     /// # Errors
     /// An invalid URL, prefix or schema.
@@ -176,6 +199,15 @@ impl ServiceArgs {
                 postgres: None,
             });
         }
+        if let Some(conn) = &self.azure_queue {
+            let backend = AzureQueueBackend::builder(conn.as_str())
+                .prefix(self.azure_prefix.as_str())
+                .build()?;
+            return Ok(Setup {
+                builder: builder.backend(backend),
+                postgres: None,
+            });
+        }
         if let Some(url) = &self.postgres_url {
             let pool = PgPoolOptions::new()
                 .max_connections(10)
@@ -206,11 +238,12 @@ impl ServiceArgs {
             mailer_latency = ?self.mailer_latency,
             admin_routes = if self.admin_token().is_configured() { "enabled" } else { "disabled (JOB_ADMIN_TOKEN unset)" },
             log_json = self.log_json,
-            store = match (&self.redis_url, &self.postgres_url, &self.amqp_url) {
-                (Some(_), _, _) => format!("redis (prefix `{}`)", self.redis_prefix),
-                (None, Some(_), _) => format!("postgres (schema `{}`)", self.postgres_schema),
-                (None, None, Some(_)) => format!("rabbitmq (prefix `{}`)", self.amqp_prefix),
-                (None, None, None) => "in-memory".to_owned(),
+            store = match (&self.redis_url, &self.postgres_url, &self.amqp_url, &self.azure_queue) {
+                (Some(_), _, _, _) => format!("redis (prefix `{}`)", self.redis_prefix),
+                (None, Some(_), _, _) => format!("postgres (schema `{}`)", self.postgres_schema),
+                (None, None, Some(_), _) => format!("rabbitmq (prefix `{}`)", self.amqp_prefix),
+                (None, None, None, Some(_)) => format!("azure-queue (prefix `{}`)", self.azure_prefix),
+                (None, None, None, None) => "in-memory".to_owned(),
             },
             "configuration"
         );

@@ -25,6 +25,8 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -289,6 +291,12 @@ pub struct Capabilities {
     /// whatever the heartbeat does (RabbitMQ's `consumer_timeout`): the runtime refuses to
     /// start with a job whose `timeout` is longer, or that has none.
     pub max_attempt_duration: Option<Duration>,
+    /// Acknowledgements are cheap to batch (one call for many): workers move on while a
+    /// writer acknowledges their successes in batches. Without it (a store that deletes
+    /// messages one request at a time, as Azure Queue Storage does) each worker writes its
+    /// own acknowledgement before it takes its next job, so successes never pile up
+    /// unacknowledged and a crash re-runs no more than the jobs it interrupted.
+    pub batched_acks: bool,
 }
 
 impl Capabilities {
@@ -303,6 +311,7 @@ impl Capabilities {
             ordered: true,
             max_payload: None,
             max_attempt_duration: None,
+            batched_acks: true,
         }
     }
 }

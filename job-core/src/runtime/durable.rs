@@ -880,6 +880,12 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
     let finished = async {
         match outcome {
             Outcome::Ok => {
+                if !d.caps.batched_acks {
+                    // Each ack is its own request: the worker writes it before it moves on.
+                    write_back(inner, d, id, &token, "ack", |t| d.backend.ack(id, t)).await;
+                    d.unhold(id);
+                    return true;
+                }
                 // The acker writes it back (batched with others) and then lets go of the
                 // lease; the worker moves on at once.
                 match d.acks_tx.send((id, token.clone())).await {

@@ -1,11 +1,13 @@
-//! `soak_worker`: a job worker process on `RedisBackend` or `PostgresBackend`, for the crash
-//! and chaos tests in `tests/tests/redis_chaos.rs` and `tests/tests/postgres_chaos.rs`, which
-//! start several, SIGKILL them and start them again.
+//! `soak_worker`: a job worker process on `RedisBackend`, `PostgresBackend` or
+//! `AzureQueueBackend`, for the crash and chaos tests in `tests/tests/redis_chaos.rs`,
+//! `tests/tests/postgres_chaos.rs` and `tests/tests/azure_chaos.rs`, which start several,
+//! SIGKILL them and start them again.
 //!
 //! ```text
 //! soak_worker --prefix P [--redis URL]          (Redis)
 //! soak_worker --schema S [--postgres URL]       (Postgres)
 //! soak_worker --prefix P --amqp URL [--redis URL] (RabbitMQ; records in Redis)
+//! soak_worker --azure-queue CONNECTION_STRING --prefix P   (Azure Queue; records in Redis)
 //!             [--concurrency N] [--lease-ms MS] [--reap-ms MS] [--max-recoveries N]
 //!             [--max-connections N]
 //! ```
@@ -13,7 +15,10 @@
 //! to `JOB_POSTGRES_URL`, then `postgres://postgres@127.0.0.1:5432/test`. `--schema` selects
 //! Postgres (the backend's schema; the jobs record their runs in its `chaos_records` table,
 //! which must exist), `--prefix` Redis, `--prefix` with `--amqp` RabbitMQ (the backend's name
-//! prefix; the jobs record their runs in Redis under the same prefix). `--max-connections` sizes the Postgres backend's pool
+//! prefix; the jobs record their runs in Redis under the same prefix). With `--azure-queue`
+//! the prefix is the Azure queue prefix, and the jobs record their runs in the Redis at
+//! `JOB_REDIS_URL` under that prefix (the store under test is not where the test reads what
+//! ran). `--max-connections` sizes the Postgres backend's pool
 //! (default 4) and the sink's (the same). The worker runs the jobs of `soak_worker/jobs.rs`
 //! until it is killed, or until SIGTERM or SIGINT, when it shuts down gracefully (running
 //! jobs finish, reserved ones go back to their queue) and exits with status 0.
@@ -27,6 +32,7 @@ use std::time::Duration;
 
 use job_core::backend::Backend;
 use job_core::backend::amqp::AmqpBackend;
+use job_core::backend::azure::AzureQueueBackend;
 use job_core::backend::postgres::PostgresBackend;
 use job_core::backend::redis::RedisBackend;
 use job_core::prelude::*;
@@ -47,6 +53,10 @@ enum Store {
         prefix: String,
         redis: String,
     },
+    Azure {
+        conn: String,
+        prefix: String,
+    },
 }
 
 struct Config {
@@ -62,6 +72,7 @@ impl Config {
     fn from_args() -> Result<Self, String> {
         let (mut redis, mut prefix, mut postgres, mut schema) = (None, None, None, None);
         let mut amqp = None;
+        let mut azure = None;
         let mut config = Self {
             store: Store::Redis {
                 url: String::new(),
@@ -87,6 +98,7 @@ impl Config {
                 "--postgres" => postgres = Some(value.clone()),
                 "--amqp" => amqp = Some(value.clone()),
                 "--schema" => schema = Some(value.clone()),
+                "--azure-queue" => azure = Some(value.clone()),
                 "--concurrency" => config.concurrency = number()? as usize,
                 "--lease-ms" => config.lease = Duration::from_millis(number()?),
                 "--reap-ms" => config.reap_interval = Duration::from_millis(number()?),
@@ -113,20 +125,27 @@ impl Config {
                 prefix,
                 redis: redis_url(redis),
             },
+            (Some(prefix), None) if postgres.is_none() && azure.is_some() => Store::Azure {
+                conn: azure.unwrap_or_default(),
+                prefix,
+            },
             (Some(prefix), None) if postgres.is_none() => Store::Redis {
                 url: redis_url(redis),
                 prefix,
             },
-            (None, Some(schema)) if redis.is_none() && amqp.is_none() => Store::Postgres {
-                url: postgres.unwrap_or_else(|| {
-                    std::env::var("JOB_POSTGRES_URL")
-                        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-                }),
-                schema,
-            },
+            (None, Some(schema)) if redis.is_none() && amqp.is_none() && azure.is_none() => {
+                Store::Postgres {
+                    url: postgres.unwrap_or_else(|| {
+                        std::env::var("JOB_POSTGRES_URL").unwrap_or_else(|_| {
+                            "postgres://postgres@127.0.0.1:5432/test".to_owned()
+                        })
+                    }),
+                    schema,
+                }
+            }
             _ => {
                 return Err(
-                    "give either --prefix (and optionally --redis) or --schema (and optionally --postgres)"
+                    "give either --prefix (and optionally --redis or --azure-queue) or --schema (and optionally --postgres)"
                         .to_owned(),
                 );
             }
@@ -201,6 +220,24 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
                     .build()?,
             ),
             format!("RabbitMQ prefix {prefix}"),
+        ),
+        Store::Azure { conn, prefix } => (
+            jobs::Sink::connect(
+                &std::env::var("JOB_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+                prefix,
+            )
+            .await?,
+            Arc::new(
+                AzureQueueBackend::builder(conn)
+                    .prefix(prefix)
+                    // The emulator on a loaded machine answers slowly; a renewal that times
+                    // out may have spent its pop receipt.
+                    .request_timeout(Duration::from_secs(15))
+                    .max_recoveries(config.max_recoveries)
+                    .build()?,
+            ),
+            format!("Azure queue prefix {prefix}"),
         ),
     };
     let rt = JobRuntime::builder()

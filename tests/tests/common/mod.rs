@@ -316,5 +316,6 @@ pub(crate) fn rand_u64() -> u64 {
     h.finish()
 }
 pub mod amqp;
+pub mod azure;
 pub mod chaos;
 pub mod pg;

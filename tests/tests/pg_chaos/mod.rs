@@ -241,14 +241,31 @@ pub struct Workers {
 
 impl Workers {
     pub fn start(scope: &Scope, count: usize, settings: &[(&str, u64)]) -> Self {
-        let logs = std::env::temp_dir().join(format!("postgres-chaos-{}", scope.schema));
-        std::fs::create_dir_all(&logs).expect("log dir");
-        let mut args = vec![
+        let store = [
             "--postgres".to_owned(),
             scope.url.clone(),
             "--schema".to_owned(),
             scope.schema.clone(),
         ];
+        Self::with_store(
+            &format!("postgres-chaos-{}", scope.schema),
+            &store,
+            count,
+            settings,
+        )
+    }
+
+    /// Workers on any store `soak_worker` takes: `store` are its flags (`--azure-queue ..
+    /// --prefix ..`), `name` names the log directory.
+    pub fn with_store(
+        name: &str,
+        store: &[String],
+        count: usize,
+        settings: &[(&str, u64)],
+    ) -> Self {
+        let logs = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let mut args = store.to_vec();
         for (flag, value) in settings {
             args.push(format!("--{flag}"));
             args.push(value.to_string());

@@ -410,6 +410,7 @@ impl Backend for AmqpBackend {
             ordered: false,
             max_payload: Some(self.settings.max_message_size.saturating_sub(HEADER_ROOM)),
             max_attempt_duration: Some(self.settings.consumer_timeout),
+            batched_acks: true,
         }
     }
 
