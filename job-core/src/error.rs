@@ -367,6 +367,28 @@ pub enum QueryError {
     Backend(#[source] crate::backend::BackendError),
 }
 
+/// Why [`Client::wait`](crate::Client::wait) returned without the job's final status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The job had not finished when the timeout ran out; its status then.
+    #[error("job {} had not finished when the wait timed out (it is {})", .0.job_id, .0.state.as_str())]
+    TimedOut(Box<crate::JobStatus>),
+    /// No status is kept for this id: no such job, or it finished longer ago than the status
+    /// retention.
+    #[error("no job with id {0} is known (never enqueued, or its status expired)")]
+    NotFound(JobId),
+    /// The backend cannot look a job up by id, so it cannot be waited for by id.
+    #[error("waiting for a job by id is not supported by the {backend} backend")]
+    Unsupported {
+        /// The backend's name ("amqp").
+        backend: &'static str,
+    },
+    /// The store failed or could not be reached.
+    #[error("reading the job's status failed")]
+    Query(#[source] QueryError),
+}
+
 /// Why a dead job could not be requeued.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -51,7 +51,7 @@ pub use context::{Dependencies, JobContext};
 pub use dead_letter::{DeadLetter, HookOutcome};
 pub use error::{
     BoxError, Classify, EnqueueError, EnqueueManyError, ErrorClass, Permanent, QueryError,
-    RequeueError, StartError,
+    RequeueError, StartError, WaitError,
 };
 pub use job::{Job, JobId, JobOptions, is_valid_name};
 pub use observe::health::{Health, HealthStatus, HealthThresholds};

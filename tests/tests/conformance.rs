@@ -2,20 +2,22 @@
 //! every store — the typed in-memory default, `MemoryBackend` (the backend contract in
 //! memory), `RedisBackend` on a real server (`JOB_REDIS_URL`, default the local one) and
 //! `PostgresBackend` on a real server (`JOB_POSTGRES_URL`, default the local `test`
-//! database) and `AmqpBackend` on a real broker (`JOB_AMQP_URL`, default the local RabbitMQ);
-//! a missing server fails these tests, it never skips them. Where a backend does not declare
-//! status by id, the checks assert that the runtime answers `Unsupported` and follow the job
-//! by what it did instead (the recorder, the dead letters).
+//! database), `AmqpBackend` on a real broker (`JOB_AMQP_URL`, default the local RabbitMQ) and
+//! `AzureQueueBackend` on Azurite (`JOB_AZURE_QUEUE`, default 127.0.0.1:10001); a missing
+//! server fails these tests, it never skips them. Where a backend does not declare status by
+//! id or dead-letter listing, the checks assert that the runtime answers `Unsupported` and
+//! follow the job by what it did instead (the recorder, the dead-letter hook).
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Behavior, Probe, Recorder, eventually, wait_state};
 use job_core::JobRuntimeBuilder;
 use job_core::backend::amqp::AmqpBackend;
+use job_core::backend::azure::AzureQueueBackend;
 use job_core::backend::memory::MemoryBackend;
 use job_core::backend::postgres::PostgresBackend;
 use job_core::backend::redis::RedisBackend;
@@ -37,6 +39,8 @@ enum Store {
     Postgres,
     /// `AmqpBackend` on `JOB_AMQP_URL`, under a fresh name prefix.
     Amqp,
+    /// `AzureQueueBackend` on `JOB_AZURE_QUEUE`, under a fresh queue prefix.
+    Azure,
 }
 
 struct Setup {
@@ -45,6 +49,10 @@ struct Setup {
     redis: Option<Arc<RedisBackend>>,
     postgres: Option<Arc<PostgresBackend>>,
     amqp: Option<Arc<AmqpBackend>>,
+    azure: Option<Arc<AzureQueueBackend>>,
+    /// Every dead letter the runtimes built by `builder` reported to their hook.
+    hooked: Arc<Mutex<Vec<DeadLetter>>>,
+    _azure_cleanup: Option<common::azure::AzureCleanup>,
     _amqp_cleanup: Option<common::amqp::AmqpCleanup>,
     _cleanup: Option<common::RedisCleanup>,
     _pg_cleanup: Option<common::pg::PgCleanup>,
@@ -58,6 +66,9 @@ impl Setup {
             redis: None,
             postgres: None,
             amqp: None,
+            azure: None,
+            hooked: Arc::default(),
+            _azure_cleanup: None,
             _amqp_cleanup: None,
             _cleanup: None,
             _pg_cleanup: None,
@@ -88,6 +99,13 @@ impl Setup {
                 setup.backend = Some(a.clone());
                 setup.amqp = Some(a);
                 setup._amqp_cleanup = Some(cleanup);
+            }
+            Store::Azure => {
+                let (a, cleanup) = common::azure::azure_backend().await;
+                let a = Arc::new(a);
+                setup.backend = Some(a.clone());
+                setup.azure = Some(a);
+                setup._azure_cleanup = Some(cleanup);
             }
         }
         setup
@@ -121,12 +139,58 @@ impl Setup {
         None
     }
 
+    /// Whether the store can list its dead letters.
+    fn has_listing(&self) -> bool {
+        self.backend
+            .as_ref()
+            .is_none_or(|b| b.capabilities().dead_letter_listing)
+    }
+
+    /// How many dead letters the hook has been given.
+    fn hooked(&self) -> usize {
+        self.hooked.lock().unwrap().len()
+    }
+
+    /// The dead letter of job `id`: looked up by id where the store lists dead letters;
+    /// where it does not, asserts that the runtime answers `Unsupported` and takes the
+    /// record the dead-letter hook was given.
+    async fn dead_letter_of(&self, rt: &JobRuntime, id: JobId) -> DeadLetter {
+        let deadline = Instant::now() + LONG;
+        if !self.has_listing() {
+            let r = rt.client().dead_letter(id).await;
+            assert!(
+                matches!(r, Err(job_core::QueryError::Unsupported { .. })),
+                "dead-letter lookup without the capability: {r:?}"
+            );
+        }
+        loop {
+            let found = if self.has_listing() {
+                rt.client().dead_letter(id).await.unwrap()
+            } else {
+                let hooked = self.hooked.lock().unwrap();
+                hooked.iter().rev().find(|d| d.job_id == id).cloned()
+            };
+            if let Some(dead) = found {
+                return dead;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} was never dead-lettered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn durable(&self) -> bool {
         self.backend.is_some()
     }
 
     fn builder(&self, rec: &Arc<Recorder>) -> JobRuntimeBuilder {
-        let b = common::builder(rec);
+        let hooked = self.hooked.clone();
+        let b = common::builder(rec).on_dead_letter(move |d: DeadLetter| {
+            hooked.lock().unwrap().push(d);
+            std::future::ready(())
+        });
         match &self.backend {
             None => b,
             Some(backend) => b
@@ -148,6 +212,9 @@ impl Setup {
             p.insert_raw(id, queue, raw).await.unwrap();
         }
         if let Some(a) = &self.amqp {
+            a.insert_raw(id, queue, raw).await.unwrap();
+        }
+        if let Some(a) = &self.azure {
             a.insert_raw(id, queue, raw).await.unwrap();
         }
     }
@@ -239,14 +306,7 @@ async fn exhausted_retries_dead_letter(store: Store) {
         assert_eq!(status.attempts, 3);
         assert_eq!(status.last_error.as_deref(), Some("transient failure 3"));
     } else {
-        let deadline = Instant::now() + LONG;
-        let dead = loop {
-            if let Some(dead) = rt.client().dead_letter(id).await.unwrap() {
-                break dead;
-            }
-            assert!(Instant::now() < deadline, "never dead-lettered");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let dead = s.dead_letter_of(&rt, id).await;
         assert_eq!(dead.attempts, 3);
         assert_eq!(dead.error_message(), "transient failure 3");
     }
@@ -258,34 +318,14 @@ async fn exhausted_retries_dead_letter(store: Store) {
 async fn dead_letters_are_listed_and_requeued(store: Store) {
     let s = Setup::new(store).await;
     let rec = Recorder::new();
-    let hooked = Arc::new(AtomicUsize::new(0));
-    let rt = s
-        .builder(&rec)
-        .on_dead_letter({
-            let hooked = hooked.clone();
-            move |_d: DeadLetter| {
-                let hooked = hooked.clone();
-                async move {
-                    hooked.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        })
-        .start()
-        .unwrap();
+    let rt = s.builder(&rec).start().unwrap();
     let id = rt
         .client()
         .enqueue(Probe::new(5, Behavior::Permanent))
         .await
         .unwrap();
-    s.reached(&rt, id, JobState::Dead, || true).await;
-    let deadline = Instant::now() + LONG;
-    let dead = loop {
-        if let Some(dead) = rt.client().dead_letter(id).await.unwrap() {
-            break dead;
-        }
-        assert!(Instant::now() < deadline, "never listed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    s.reached(&rt, id, JobState::Dead, || s.hooked() == 1).await;
+    let dead = s.dead_letter_of(&rt, id).await;
     assert_eq!(dead.job, "probe");
     assert_eq!(dead.attempts, 1);
     assert_eq!(dead.error, ["permanent failure"]);
@@ -293,18 +333,28 @@ async fn dead_letters_are_listed_and_requeued(store: Store) {
         dead.payload,
         serde_json::json!({"key": 5, "behavior": "Permanent"})
     );
-    eventually(LONG, "hook called", || hooked.load(Ordering::SeqCst) == 1).await;
+    eventually(LONG, "hook called", || s.hooked() == 1).await;
 
-    assert_eq!(rt.requeue(id).await.unwrap(), id);
+    // Without listing, the hook (called before the store's write) is what said it died:
+    // the store may take a moment longer to have the dead letter.
+    let deadline = Instant::now() + LONG;
+    let requeued = loop {
+        match rt.requeue(id).await {
+            Err(job_core::RequeueError::NotFound(_))
+                if !s.has_listing() && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(requeued, id);
     eventually(LONG, "ran again", || rec.attempts_of(5).len() == 2).await;
-    if let Some(status) = s.reached(&rt, id, JobState::Dead, || true).await {
+    if let Some(status) = s.reached(&rt, id, JobState::Dead, || s.hooked() == 2).await {
         assert_eq!(status.attempts, 1, "a fresh budget");
     }
     assert_eq!(rec.attempts_of(5)[1].attempt, 1);
-    eventually(LONG, "hook called again", || {
-        hooked.load(Ordering::SeqCst) == 2
-    })
-    .await;
+    eventually(LONG, "hook called again", || s.hooked() == 2).await;
     assert!(matches!(
         rt.requeue(JobId::new()).await,
         Err(job_core::RequeueError::NotFound(_))
@@ -451,11 +501,12 @@ async fn bad_payloads_are_dead_lettered_and_the_worker_goes_on(store: Store) {
         .await;
 
     let mut dead = Vec::new();
-    let deadline = Instant::now() + LONG;
-    while dead.len() < 3 {
-        assert!(Instant::now() < deadline, "dead letters: {dead:?}");
-        dead = rt.dead_letters().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for id in [raw, unknown_id, undecodable_id] {
+        dead.push(s.dead_letter_of(&rt, id).await);
+    }
+    if s.has_listing() {
+        let listed = rt.dead_letters().await.unwrap();
+        assert_eq!(listed.len(), 3, "{listed:?}");
     }
     let reason = |id: JobId| {
         dead.iter()
@@ -471,6 +522,66 @@ async fn bad_payloads_are_dead_lettered_and_the_worker_goes_on(store: Store) {
     assert!(
         reason(undecodable_id).starts_with("payload does not decode as job `probe`"),
         "{dead:?}"
+    );
+    rt.shutdown().await;
+}
+
+/// `Client::wait` returns the final status once the job finished (through its retries),
+/// the status at the deadline when it has not, and `NotFound` for an unknown id; on a
+/// backend without status by id it answers `Unsupported`.
+async fn wait_returns_the_final_status(store: Store) {
+    let s = Setup::new(store).await;
+    let rec = Recorder::new();
+    let rt = s.builder(&rec).start().unwrap();
+    let client = rt.client();
+    let gated = client.enqueue(Probe::new(1, Behavior::Gate)).await.unwrap();
+    if !s.has_status() {
+        let r = client.wait(gated, Duration::from_secs(1)).await;
+        assert!(
+            matches!(r, Err(job_core::WaitError::Unsupported { .. })),
+            "{r:?}"
+        );
+        rec.open(1);
+        rt.shutdown().await;
+        return;
+    }
+    let r = client.wait(gated, Duration::from_millis(300)).await;
+    match r {
+        Err(job_core::WaitError::TimedOut(st)) => {
+            assert!(!st.state.is_finished(), "{st:?}");
+            assert_eq!(st.job_id, gated);
+        }
+        other => panic!("a gated job's wait must time out: {other:?}"),
+    }
+    // Opened while the wait is on: it returns with the job's final status.
+    let opener = {
+        let rec = rec.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            rec.open(1);
+        })
+    };
+    let done = client.wait(gated, LONG).await.unwrap();
+    assert_eq!((done.state, done.attempts), (JobState::Succeeded, 1));
+    opener.await.unwrap();
+
+    // Through two retries to its death.
+    let doomed = client
+        .enqueue(Probe::new(2, Behavior::FailTimes(9)))
+        .await
+        .unwrap();
+    let dead = client.wait(doomed, LONG).await.unwrap();
+    assert_eq!((dead.state, dead.attempts), (JobState::Dead, 3));
+    assert_eq!(rec.attempts_of(2).len(), 3);
+    // A finished job answers at once.
+    let again = client.wait(gated, Duration::ZERO).await.unwrap();
+    assert_eq!(again.state, JobState::Succeeded);
+
+    let unknown = JobId::new();
+    let r = client.wait(unknown, Duration::from_millis(50)).await;
+    assert!(
+        matches!(r, Err(job_core::WaitError::NotFound(x)) if x == unknown),
+        "{r:?}"
     );
     rt.shutdown().await;
 }
@@ -497,6 +608,7 @@ macro_rules! conformance {
             status_follows_the_job,
             shutdown_accounts_for_every_job,
             bad_payloads_are_dead_lettered_and_the_worker_goes_on,
+            wait_returns_the_final_status,
         );
     };
 }
@@ -519,4 +631,8 @@ mod postgres {
 
 mod amqp {
     conformance!(Amqp);
+}
+
+mod azure {
+    conformance!(Azure);
 }

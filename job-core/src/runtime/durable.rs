@@ -44,6 +44,8 @@ pub(crate) struct Durable {
     /// Jobs reserved by this process and not yet written back: id -> lease (the token of the
     /// reservation, or of the last renewal where the store issues a new one on each).
     pub(crate) held: Mutex<HashMap<JobId, LeaseToken>>,
+    /// Signalled each time this process lets go of a job (see `unhold`).
+    pub(crate) finished: super::wait::Finished,
     /// Held for writing while the heartbeat renews leases, for reading by every write-back:
     /// a write-back never runs with a token that a renewal in flight is about to replace
     /// (on Azure, a delete would otherwise race its own update and lose).
@@ -245,6 +247,7 @@ impl Durable {
             max_recoveries: config.max_recoveries,
             reap_interval: config.reap_interval,
             held: Mutex::new(HashMap::new()),
+            finished: super::wait::Finished::default(),
             renewing: tokio::sync::RwLock::new(()),
             slots: Arc::new(Semaphore::new(slots)),
             concurrency,
@@ -391,11 +394,14 @@ impl Durable {
         }
     }
 
+    /// Lets go of `id` once its outcome is written back (or given up on), and wakes the
+    /// callers of `Client::wait`, who read its status again.
     fn unhold(&self, id: JobId) {
         self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
+        self.finished.signal();
     }
 
     fn held_now(&self) -> Vec<(JobId, LeaseToken)> {

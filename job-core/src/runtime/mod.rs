@@ -22,6 +22,7 @@ pub(crate) mod shutdown;
 mod timer;
 #[cfg(feature = "postgres")]
 mod transactional;
+mod wait;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +38,7 @@ pub use shutdown::ShutdownReport;
 
 use crate::context::{DataMap, ScopedFactory};
 use crate::dead_letter::{DeadLetter, DeadLetterHook, DeadLetterStore};
-use crate::error::{EnqueueError, QueryError, RequeueError};
+use crate::error::{EnqueueError, QueryError, RequeueError, WaitError};
 use crate::job::{Job, JobId};
 use crate::observe::health::{Health, HealthThresholds};
 use crate::observe::metrics::{Counters, Stats};
@@ -90,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) report: tokio::sync::OnceCell<ShutdownReport>,
     /// Set with a durable backend.
     pub(crate) durable: Option<durable::Durable>,
+    /// Signalled when a job run in memory finished (a durable store's has its own).
+    pub(crate) finished: wait::Finished,
     /// Cancelled once every worker has stopped (ends the lease heartbeat).
     pub(crate) workers_done: CancellationToken,
     /// Per in-memory worker: jobs it finished whose capacity permits it has not yet given
@@ -324,6 +327,44 @@ impl Client {
             None => self.inner.requeue(id),
             Some(d) => durable::requeue(d, id).await,
         }
+    }
+
+    /// Waits until job `id` has finished (succeeded or dead) and returns its final status,
+    /// or gives up after `timeout`.
+    ///
+    /// In memory the wait polls nothing: it sleeps until a worker signals that a job ended.
+    /// On a durable store the job may finish in another process, so the status is read again
+    /// at a growing interval (5 ms, doubling, at most 250 ms), and at once when a job this
+    /// process runs is written back. A job retrying is not finished: the wait goes on
+    /// through its retries.
+    ///
+    /// ```
+    /// # use job_core::prelude::*;
+    /// #[job]
+    /// async fn greet(name: String) -> Result<(), std::io::Error> {
+    ///     println!("hello, {name}");
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runtime = JobRuntime::builder().start()?;
+    /// let client = runtime.client();
+    /// let id = client.enqueue(Greet { name: "Ada".into() }).await?;
+    /// let done = client.wait(id, std::time::Duration::from_secs(5)).await?;
+    /// assert_eq!(done.state, JobState::Succeeded);
+    /// runtime.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`WaitError::TimedOut`] with the status at the deadline; [`WaitError::NotFound`] for
+    /// an id with no status (never enqueued, or finished longer ago than the retention);
+    /// [`WaitError::Unsupported`] on a backend without status by id;
+    /// [`WaitError::Query`] when the store fails.
+    pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<JobStatus, WaitError> {
+        wait::wait(self, id, timeout).await
     }
 
     /// True once shutdown has begun.

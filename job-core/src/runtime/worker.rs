@@ -106,6 +106,7 @@ impl JobRuntime {
             tally: shutdown::Tally::default(),
             report: tokio::sync::OnceCell::new(),
             durable,
+            finished: super::wait::Finished::default(),
             workers_done: CancellationToken::new(),
             unreleased: (0..concurrency)
                 .map(|_| super::Unreleased::default())
@@ -447,6 +448,7 @@ async fn run_attempt(
     let finished = match outcome {
         Outcome::Ok => {
             inner.status.succeeded(worker, id, attempt, ended);
+            inner.finished.signal();
             true
         }
         Outcome::Failed(failure) => {
@@ -481,6 +483,7 @@ async fn run_attempt(
                     inner
                         .status
                         .failed(worker, env.id, attempt, JobState::Dead, &message);
+                    inner.finished.signal();
                     let payload = env.job.to_json().unwrap_or_else(|e| {
                         serde_json::Value::String(format!("<payload did not serialize: {e}>"))
                     });

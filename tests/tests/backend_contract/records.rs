@@ -45,9 +45,10 @@ pub(crate) async fn malformed_records_are_reserved_as_malformed(s: Store) {
         SystemTime::now(),
     );
     s.b().dead_letter(bad, token.clone(), dead).await.unwrap();
-    let listed = s.b().dead_letters(10).await.unwrap();
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!((listed[0].job_id, &listed[0].error), (bad, &vec![reason]));
+    if let Some(listed) = listed(&s, 10).await {
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!((listed[0].job_id, &listed[0].error), (bad, &vec![reason]));
+    }
     let st = if caps(&s).status_by_id {
         s.b().status(bad).await.unwrap()
     } else {
@@ -235,6 +236,9 @@ pub(crate) async fn stats_count_every_state(s: Store) {
 /// queue with a fresh attempt budget (the next reservation is attempt 1); an id that is not
 /// a dead letter is `NotFound` and changes nothing.
 pub(crate) async fn dead_letters_are_listed_oldest_first_and_requeued(s: Store) {
+    if !caps(&s).dead_letter_listing {
+        return dead_letters_unlisted_are_requeued(s).await;
+    }
     let mut dead = Vec::new();
     for n in 0..3 {
         let env = enqueued(&s, "dl", n).await;
@@ -307,4 +311,39 @@ pub(crate) async fn dead_letters_are_listed_oldest_first_and_requeued(s: Store) 
     assert_eq!(back.0.payload, dead[1].payload);
     s.b().ack(ids[1], back.1).await.unwrap();
     assert_state(&s, ids[1], JobState::Succeeded).await;
+}
+
+/// Where the backend declares no dead-letter listing: listing answers `Unsupported`, and
+/// where it declares requeue by id, a dead letter goes back to its queue with a fresh
+/// attempt budget and an unknown id is `NotFound`.
+async fn dead_letters_unlisted_are_requeued(s: Store) {
+    let env = enqueued(&s, "dl", 1).await;
+    let (got, token) = reserve_one(&s, "dl", LONG_LEASE).await;
+    s.b()
+        .dead_letter(env.id, token.clone(), record(&got, "failure"))
+        .await
+        .unwrap();
+    assert_eq!(listed(&s, 10).await, None);
+    if !caps(&s).requeue_by_id {
+        let r = s.b().requeue(env.id).await;
+        assert!(matches!(r, Err(BackendError::Unsupported(_))), "{r:?}");
+        return;
+    }
+    let unknown = JobId::new();
+    let r = s.b().requeue(unknown).await;
+    assert!(
+        matches!(r, Err(BackendError::NotFound(x)) if x == unknown),
+        "{r:?}"
+    );
+    s.b().requeue(env.id).await.unwrap();
+    let r = s.b().requeue(env.id).await;
+    assert!(
+        matches!(r, Err(BackendError::NotFound(_))),
+        "requeued twice: {r:?}"
+    );
+    let (back, token) = reserve_soon(&s, "dl", LONG_LEASE).await;
+    assert_eq!(back.id, env.id);
+    assert_eq!((back.attempt, back.recoveries), (1, 0));
+    assert_eq!(back.payload, env.payload);
+    s.b().ack(env.id, token).await.unwrap();
 }

@@ -167,6 +167,20 @@ pub(crate) async fn dead_ids(s: &Store) -> Vec<JobId> {
     dead.iter().map(|d| d.job_id).collect()
 }
 
+/// The dead letters (at most `limit`) where the backend declares listing; where it does
+/// not, asserts that it answers `Unsupported` and gives `None`.
+pub(crate) async fn listed(s: &Store, limit: usize) -> Option<Vec<DeadLetter>> {
+    let r = s.b().dead_letters(limit).await;
+    if caps(s).dead_letter_listing {
+        return Some(r.unwrap());
+    }
+    assert!(
+        matches!(r, Err(BackendError::Unsupported(_))),
+        "a backend without dead-letter listing must answer Unsupported, got {r:?}"
+    );
+    None
+}
+
 pub(crate) fn retry_at(at: SystemTime, error: &str) -> Retry {
     Retry {
         at,
@@ -223,7 +237,7 @@ pub(crate) async fn snapshot(s: &Store, id: JobId) -> Snapshot {
         } else {
             BackendStats::default()
         },
-        dead: s.b().dead_letters(100).await.unwrap(),
+        dead: listed(s, 100).await.unwrap_or_default(),
     }
 }
 

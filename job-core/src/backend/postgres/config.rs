@@ -162,13 +162,11 @@ impl PostgresBackendBuilder {
                 let options = (**options)
                     .clone()
                     .application_name("job-core")
-                    // Keep one plan per statement: batch statements take arrays, for which
-                    // Postgres would otherwise plan again on every call (a custom plan for
-                    // the actual lengths always looks cheaper than the generic one).
-                    .options([
-                        ("statement_timeout", timeout_ms.as_str()),
-                        ("plan_cache_mode", "force_generic_plan"),
-                    ]);
+                    // Not `plan_cache_mode = force_generic_plan`: the generic plans of the
+                    // batch insert and the reserve cost 4x their throughput (BENCHMARKS.md,
+                    // session 7); the single enqueue has a statement with plain parameters,
+                    // which Postgres caches a generic plan for by itself.
+                    .options([("statement_timeout", timeout_ms.as_str())]);
                 // No ping before each use: a statement on a connection that died fails,
                 // and the runtime retries it; the ping was a round trip per statement.
                 PgPoolOptions::new()

@@ -1,0 +1,104 @@
+//! Waiting for one job to finish: [`Client::wait`](super::Client::wait).
+//!
+//! Workers signal [`Finished`] each time a job they ran lets go (in memory: once its status
+//! says how it ended; on a durable store: once the outcome is written back). A waiter checks
+//! the status, and sleeps until the next signal: in memory that is the whole story (no
+//! polling: the status cannot change without a signal). A durable store's job may finish in
+//! another process, which sends no signal here, so a waiter there also reads the status
+//! again at a growing interval ([`DURABLE_RECHECK_MAX`] at most).
+
+use std::sync::atomic::{AtomicUsize, Ordering, fence};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::{QueryError, WaitError};
+use crate::job::JobId;
+use crate::observe::status::JobStatus;
+
+use super::Client;
+
+/// The longest a waiter on a durable store sleeps between two reads of the status.
+pub(crate) const DURABLE_RECHECK_MAX: Duration = Duration::from_millis(250);
+/// Its first sleep (doubled after each read that finds the job still live).
+const DURABLE_RECHECK_MIN: Duration = Duration::from_millis(5);
+
+/// Wakes the tasks waiting for jobs to finish. Costs one atomic load per signal while
+/// nobody waits.
+#[derive(Debug, Default)]
+pub(crate) struct Finished {
+    waiters: AtomicUsize,
+    notify: Notify,
+}
+
+impl Finished {
+    /// A job may have finished: its status already says so.
+    pub(crate) fn signal(&self) {
+        // Pairs with the fence in `Waiting::new`: either this load sees the waiter, or the
+        // waiter's status read (after its fence) sees the change made before this one.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// A registered waiter; unregisters when dropped (also when its future is).
+struct Waiting<'a>(&'a Finished);
+
+impl<'a> Waiting<'a> {
+    fn new(f: &'a Finished) -> Self {
+        f.waiters.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        Self(f)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) async fn wait(
+    client: &Client,
+    id: JobId,
+    timeout: Duration,
+) -> Result<JobStatus, WaitError> {
+    let deadline = Instant::now() + timeout;
+    let durable = client.inner.durable.as_ref();
+    let finished = durable.map_or(&client.inner.finished, |d| &d.finished);
+    let _waiting = Waiting::new(finished);
+    let mut recheck = DURABLE_RECHECK_MIN;
+    loop {
+        // Registered before the status is read: a signal after the read wakes this one.
+        let signalled = finished.notify.notified();
+        let status = match client.status(id).await {
+            Ok(Some(status)) => status,
+            Ok(None) => return Err(WaitError::NotFound(id)),
+            Err(QueryError::Unsupported { backend, .. }) => {
+                return Err(WaitError::Unsupported { backend });
+            }
+            Err(e) => return Err(WaitError::Query(e)),
+        };
+        if status.state.is_finished() {
+            return Ok(status);
+        }
+        let wake = if durable.is_some() {
+            let at = (Instant::now() + recheck).min(deadline);
+            recheck = (recheck * 2).min(DURABLE_RECHECK_MAX);
+            at
+        } else {
+            deadline
+        };
+        tokio::select! {
+            () = signalled => {}
+            () = tokio::time::sleep_until(wake) => {
+                if wake >= deadline {
+                    return Err(WaitError::TimedOut(Box::new(status)));
+                }
+            }
+        }
+    }
+}
