@@ -154,6 +154,9 @@ fn a_flaky_recipient_is_retried_then_succeeds() {
 
     let done = wait_for_state(&server, &id, "succeeded");
     assert_eq!(done["attempts"], 2);
+    // Not the current error of a job that succeeded; kept as its latest failure.
+    assert_eq!(done["last_error"], Value::Null);
+    assert_eq!(done["last_failure"], "SMTP timed out");
 
     let counters = counters(&server);
     assert_eq!(counters["failed"], 1);

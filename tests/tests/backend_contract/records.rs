@@ -74,8 +74,8 @@ pub(crate) async fn status_follows_every_state(s: Store) {
     let env = enqueued(&s, "life", 1).await;
     let st = status(&s, env.id).await;
     assert_eq!(
-        (st.state, st.attempts, st.last_error),
-        (JobState::Queued, 0, None)
+        (st.state, st.attempts, st.last_error, st.last_failure),
+        (JobState::Queued, 0, None, None)
     );
     assert_eq!((st.job.as_ref(), st.queue.as_ref()), (JOB, "life"));
 
@@ -97,6 +97,7 @@ pub(crate) async fn status_follows_every_state(s: Store) {
     let st = status(&s, env.id).await;
     assert_eq!((st.state, st.attempts), (JobState::Retrying, 1));
     assert_eq!(st.last_error.as_deref(), Some("smtp timed out"));
+    assert_eq!(st.last_failure.as_deref(), Some("smtp timed out"));
 
     let (got, token) = reserve_soon(&s, "life", LONG_LEASE).await;
     assert_eq!((got.id, got.attempt), (env.id, 2));
@@ -106,6 +107,9 @@ pub(crate) async fn status_follows_every_state(s: Store) {
     s.b().ack(env.id, token.clone()).await.unwrap();
     let st = status(&s, env.id).await;
     assert_eq!((st.state, st.attempts), (JobState::Succeeded, 2));
+    // Succeeded after a retry: no current error, the failure kept as the latest one.
+    assert_eq!(st.last_error, None, "a succeeded job has no current error");
+    assert_eq!(st.last_failure.as_deref(), Some("smtp timed out"));
 
     let doomed = enqueued(&s, "life", 3).await;
     let (got, token) = reserve_one(&s, "life", LONG_LEASE).await;
@@ -117,6 +121,7 @@ pub(crate) async fn status_follows_every_state(s: Store) {
     let st = status(&s, doomed.id).await;
     assert_eq!((st.state, st.attempts), (JobState::Dead, 1));
     assert_eq!(st.last_error, Some(dead.error_message()));
+    assert_eq!(st.last_failure, Some(dead.error_message()));
 }
 
 /// A status's `updated_at` is when the job last changed: it stands still while nothing
