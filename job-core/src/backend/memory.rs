@@ -535,6 +535,14 @@ impl Backend for MemoryBackend {
         ready_now(Ok(st.dead.iter().take(limit).cloned().collect()))
     }
 
+    fn find_dead_letter(
+        &self,
+        id: JobId,
+    ) -> BoxFuture<'_, Result<Option<DeadLetter>, BackendError>> {
+        let st = self.lock();
+        ready_now(Ok(st.dead.iter().find(|d| d.job_id == id).cloned()))
+    }
+
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut st = self.lock();
         let Some(pos) = st.dead.iter().position(|d| d.job_id == id) else {

@@ -348,18 +348,22 @@ impl Client {
         }
     }
 
-    /// One dead letter by job id (`Ok(None)`: none kept with that id).
+    /// One dead letter by job id (`Ok(None)`: none kept with that id). On a durable backend
+    /// the store looks it up by id ([`Backend::find_dead_letter`](crate::backend::Backend::find_dead_letter)),
+    /// without listing the others.
     ///
     /// # Errors
     /// As [`dead_letters`](Self::dead_letters).
     pub async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetter>, QueryError> {
         match self.durable() {
             None => Ok(self.inner.dead.get(id)),
-            Some(_) => Ok(self
-                .dead_letters()
-                .await?
-                .into_iter()
-                .find(|d| d.job_id == id)),
+            Some(d) => {
+                d.supports(d.caps.dead_letter_listing, "listing dead letters")?;
+                d.backend
+                    .find_dead_letter(id)
+                    .await
+                    .map_err(QueryError::Backend)
+            }
         }
     }
 

@@ -313,3 +313,39 @@ pub(crate) async fn dead_letters_are_listed_oldest_first_and_requeued(s: Store) 
     s.b().ack(ids[1], back.1).await.unwrap();
     assert_state(&s, ids[1], JobState::Succeeded).await;
 }
+
+/// `find_dead_letter` finds a dead letter by its job's id, as the listing has it; an unknown
+/// id, or the id of a job that is not dead, is `Ok(None)`. A backend that cannot list its
+/// dead letters answers `Unsupported`.
+pub(crate) async fn dead_letters_are_found_by_id(s: Store) {
+    if !caps(&s).dead_letter_listing {
+        let r = s.b().find_dead_letter(JobId::new()).await;
+        assert!(matches!(r, Err(BackendError::Unsupported(_))), "{r:?}");
+        return;
+    }
+    let mut dead = Vec::new();
+    for n in 0..2 {
+        let env = enqueued(&s, "dl-find", n).await;
+        let (got, token) = reserve_one(&s, "dl-find", LONG_LEASE).await;
+        s.b()
+            .dead_letter(env.id, token.clone(), record(&got, &format!("failure {n}")))
+            .await
+            .unwrap();
+        dead.push(got);
+    }
+    let listed = s.b().dead_letters(10).await.unwrap();
+    for got in &dead {
+        let found = s
+            .b()
+            .find_dead_letter(got.id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("dead letter {} not found by id", got.id));
+        assert_eq!(found.job_id, got.id);
+        let in_list = listed.iter().find(|d| d.job_id == got.id);
+        assert_eq!(Some(&found), in_list, "as the listing has it");
+    }
+    assert_eq!(s.b().find_dead_letter(JobId::new()).await.unwrap(), None);
+    let live = enqueued(&s, "dl-find", 9).await;
+    assert_eq!(s.b().find_dead_letter(live.id).await.unwrap(), None);
+}
