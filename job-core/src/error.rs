@@ -156,7 +156,8 @@ impl std::error::Error for Permanent {
 /// ([`into_inner`](EnqueueError::into_inner)), so nothing is lost.
 #[non_exhaustive]
 pub enum EnqueueError<J> {
-    /// The runtime is at capacity (only from `try_enqueue`; `enqueue` waits).
+    /// The runtime is at capacity (only from `try_enqueue` and `enqueue_if_room`; `enqueue`
+    /// waits).
     QueueFull(J),
     /// The runtime is shutting down and takes no new work.
     ShuttingDown(J),
@@ -182,8 +183,8 @@ pub enum EnqueueError<J> {
         message: String,
     },
     /// `try_enqueue` on a runtime with a durable backend: storing a job there means network
-    /// I/O, which `try_enqueue` never waits for. Use `enqueue` (it waits only while the
-    /// backend is full).
+    /// I/O, which `try_enqueue` never waits for. Use `enqueue_if_room` (the store's round
+    /// trip, no wait for room) or `enqueue` (it waits while the backend is full).
     WouldBlock(J),
     /// The job could not be serialized (its `Serialize` impl failed).
     Serialize {
@@ -261,7 +262,7 @@ impl<J> fmt::Display for EnqueueError<J> {
             Self::Serialize { message, .. } => write!(f, "job payload does not serialize: {message}"),
             Self::Backend { message, .. } => write!(f, "job backend failed to store the job: {message}"),
             Self::WouldBlock(_) => f.write_str(
-                "try_enqueue cannot store a job on a durable backend without waiting: use enqueue",
+                "try_enqueue cannot store a job on a durable backend without waiting: use enqueue_if_room or enqueue",
             ),
             Self::Unsupported { message, .. } => write!(f, "not supported: {message}"),
         }

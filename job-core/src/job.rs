@@ -98,6 +98,21 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         }
     }
 
+    /// Enqueues this job on the ambient runtime without waiting for room, on every backend
+    /// (a durable store's round trip, but no wait while it is full).
+    ///
+    /// # Errors
+    /// See [`Client::enqueue_if_room`]; [`EnqueueError::NoRuntime`] when no runtime is
+    /// running.
+    fn enqueue_if_room(self) -> impl Future<Output = Result<JobId, EnqueueError<Self>>> + Send {
+        async move {
+            match Client::ambient() {
+                Some(client) => client.enqueue_if_room(self).await,
+                None => Err(EnqueueError::NoRuntime(self)),
+            }
+        }
+    }
+
     /// Enqueues this job on the ambient runtime to start no earlier than `delay` from now.
     ///
     /// # Errors

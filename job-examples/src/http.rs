@@ -215,17 +215,13 @@ async fn send_email(
     let job = request
         .validate()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
-    let id = match state.client.try_enqueue(job) {
-        Ok(id) => id,
-        // A durable backend means network I/O: wait for it, briefly.
-        Err(EnqueueError::WouldBlock(job)) => {
-            match tokio::time::timeout(ENQUEUE_WAIT, state.client.enqueue(job)).await {
-                Ok(result) => result.map_err(|e| enqueue_failed(&e))?,
-                Err(_) => return Err(ApiError::queue_full()),
-            }
-        }
-        Err(e) => return Err(enqueue_failed(&e)),
-    };
+    // Without waiting for room on any backend: a full store answers 503 at once, and on a
+    // durable one the 202 comes only after the store has the job.
+    let id = state
+        .client
+        .enqueue_if_room(job)
+        .await
+        .map_err(|e| enqueue_failed(&e))?;
     tracing::info!(job_id = %id, "email job enqueued");
     Ok(accepted(id))
 }
@@ -291,9 +287,6 @@ fn database_failed(e: sqlx::Error) -> ApiError {
         format!("database unavailable: {e}"),
     )
 }
-
-/// How long `POST /send-email` waits for a durable backend before answering 503.
-const ENQUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn enqueue_failed<J: Job>(e: &EnqueueError<J>) -> ApiError {
     match e {

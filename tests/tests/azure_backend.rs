@@ -253,6 +253,11 @@ async fn what_the_store_cannot_do_is_declared_and_answered_unsupported() {
         b.dead_letters(10).await,
         Err(BackendError::Unsupported(_))
     ));
+    // The trait's default lookup scans the listing, so it is unsupported too.
+    assert!(matches!(
+        b.find_dead_letter(JobId::new()).await,
+        Err(BackendError::Unsupported(_))
+    ));
 }
 
 #[tokio::test]

@@ -154,6 +154,9 @@ fn a_flaky_recipient_is_retried_then_succeeds() {
 
     let done = wait_for_state(&server, &id, "succeeded");
     assert_eq!(done["attempts"], 2);
+    // Not the current error of a job that succeeded; kept as its latest failure.
+    assert_eq!(done["last_error"], Value::Null);
+    assert_eq!(done["last_failure"], "SMTP timed out");
 
     let counters = counters(&server);
     assert_eq!(counters["failed"], 1);
@@ -521,4 +524,56 @@ fn on_redis_jobs_survive_a_restart() {
         let status = wait_for_state(&second, id, "succeeded");
         assert_eq!(status["job"], "send_email");
     }
+}
+
+/// On Redis, a full store answers `POST /send-email` with 503 at once (the route enqueues
+/// without waiting for room), and a 202 means the store has the job.
+#[test]
+fn on_redis_a_full_store_answers_503_at_once() {
+    let url =
+        std::env::var("JOB_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let hostport = url.trim_start_matches("redis://").trim_end_matches('/');
+    assert!(
+        std::net::TcpStream::connect(hostport).is_ok(),
+        "Redis is not reachable at {url}; start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no"
+    );
+    let prefix = format!("email-full-{}", std::process::id());
+    let _cleanup = common::RedisCleanup {
+        prefix: prefix.clone(),
+    };
+    let server = Service::start(
+        BIN,
+        &[
+            "--redis",
+            &url,
+            "--redis-prefix",
+            &prefix,
+            "--capacity",
+            "2",
+            "--concurrency",
+            "1",
+            "--mailer-latency",
+            "5s",
+            "--shutdown-timeout",
+            "100ms",
+        ],
+    );
+    let ids: Vec<String> = (0..2)
+        .map(|i| enqueue(&server, &format!("user{i}@example.com"), "fills"))
+        .collect();
+    for id in &ids {
+        assert!(
+            server.get(&format!("/jobs/{id}")).status == 200,
+            "job {id} is stored"
+        );
+    }
+    let started = std::time::Instant::now();
+    let full = server.post_json("/send-email", &email("ada@example.com", "one too many"));
+    let took = started.elapsed();
+    assert_eq!(full.status, 503, "{}", full.body);
+    assert_eq!(full.header("retry-after"), Some("1"));
+    assert!(
+        took < Duration::from_secs(1),
+        "a full store must be answered at once, not waited for: took {took:?}"
+    );
 }

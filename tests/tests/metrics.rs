@@ -132,4 +132,65 @@ async fn counters_gauge_and_histogram_are_labelled_by_job_and_queue() {
         "jobs_recovered_total: {recovered:?}"
     );
     rt.shutdown().await;
+
+    // The depth gauge while jobs wait, so that an untouched gauge (0) cannot pass. The
+    // debugging recorder's snapshot resets each gauge it reads (a swap to 0), so every
+    // check reads the gauge once, where its value tells: in memory, where the gauge moves
+    // by increments per job and queue, while three jobs wait...
+    let gauge = |labelled: bool| -> f64 {
+        let snap = snapshotter.snapshot().into_vec();
+        let value = if labelled {
+            find(&snap, MetricKind::Gauge, "jobs_queue_depth")
+        } else {
+            snap.iter()
+                .find(|(k, ..)| {
+                    k.kind() == MetricKind::Gauge
+                        && k.key().name() == "jobs_queue_depth"
+                        && k.key().labels().next().is_none()
+                })
+                .map(|(.., v)| v)
+        };
+        match value {
+            Some(DebugValue::Gauge(g)) => g.into_inner(),
+            other => panic!("jobs_queue_depth (labelled: {labelled}): {other:?}"),
+        }
+    };
+    let rec = Recorder::new();
+    let rt = builder(&rec).concurrency(1).start().unwrap();
+    for key in 10..13 {
+        rt.client()
+            .enqueue(Probe::new(key, Behavior::SleepMs(300)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(gauge(true), 3.0, "three jobs admitted and not finished");
+    eventually(Duration::from_secs(20), "the jobs succeed", || {
+        rt.stats().succeeded == 3
+    })
+    .await;
+    rt.shutdown().await;
+
+    // ...and on Redis, where the runtime sets it from the store's stats every 500 ms (one
+    // series without labels): 3 while the jobs wait, 0 once they are done.
+    let (redis, _cleanup) = common::redis_backend().await;
+    let rec = Recorder::new();
+    let rt = builder(&rec).backend(redis).concurrency(1).start().unwrap();
+    for key in 20..23 {
+        rt.client()
+            .enqueue(Probe::new(key, Behavior::SleepMs(1500)))
+            .await
+            .unwrap();
+    }
+    eventually(Duration::from_secs(10), "the store's depth, 3", || {
+        gauge(false) == 3.0
+    })
+    .await;
+    eventually(Duration::from_secs(20), "the jobs succeed", || {
+        rt.stats().succeeded == 3 && rt.stats().depth == 0
+    })
+    .await;
+    // Set again by the next refresh after the store's depth read 0.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(gauge(false), 0.0, "the store's depth back to 0");
+    rt.shutdown().await;
 }

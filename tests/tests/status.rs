@@ -35,6 +35,11 @@ async fn queued_running_retrying_succeeded() {
     assert_eq!(retrying.last_error.as_deref(), Some("transient failure 1"));
     let done = wait_state(&rt, id, JobState::Succeeded, LONG).await;
     assert_eq!(done.attempts, 2);
+    assert_eq!(
+        done.last_error, None,
+        "a succeeded job has no current error"
+    );
+    assert_eq!(done.last_failure.as_deref(), Some("transient failure 1"));
     assert!(done.updated_at >= done.enqueued_at);
     let json = serde_json::to_value(&done).unwrap();
     assert_eq!(json["state"], "succeeded");

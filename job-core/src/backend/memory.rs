@@ -504,16 +504,16 @@ impl Backend for MemoryBackend {
                 Body::Envelope(e) => (e.job.clone(), e.queue.clone(), e.attempt, e.enqueued_at),
                 Body::Raw { queue, .. } => (String::new(), queue.clone(), 0, s.updated_ms),
             };
-            JobStatus {
-                job_id: id,
-                job: job.into(),
-                queue: queue.into(),
-                state: s.state,
+            JobStatus::from_failure(
+                id,
+                job,
+                queue,
+                s.state,
                 attempts,
-                last_error: s.last_error.clone(),
-                enqueued_at: from_unix_ms(enqueued),
-                updated_at: from_unix_ms(s.updated_ms),
-            }
+                s.last_error.clone(),
+                from_unix_ms(enqueued),
+                from_unix_ms(s.updated_ms),
+            )
         });
         ready_now(Ok(status))
     }
@@ -533,6 +533,14 @@ impl Backend for MemoryBackend {
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
         let st = self.lock();
         ready_now(Ok(st.dead.iter().take(limit).cloned().collect()))
+    }
+
+    fn find_dead_letter(
+        &self,
+        id: JobId,
+    ) -> BoxFuture<'_, Result<Option<DeadLetter>, BackendError>> {
+        let st = self.lock();
+        ready_now(Ok(st.dead.iter().find(|d| d.job_id == id).cloned()))
     }
 
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {

@@ -575,6 +575,23 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Dead letters kept, oldest first, at most `limit`.
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>>;
 
+    /// The dead letter of job `id`, if one is kept (`Ok(None)` otherwise). The runtime asks
+    /// only a backend that declares
+    /// [`dead_letter_listing`](Capabilities::dead_letter_listing). The default scans
+    /// [`dead_letters`](Self::dead_letters)`(10_000)`, so it answers as that does (an
+    /// `Unsupported` listing makes this `Unsupported` too) and misses a dead letter beyond
+    /// the oldest 10,000; a store that can look a record up by id should do so (the Redis,
+    /// Postgres and memory backends do).
+    fn find_dead_letter(
+        &self,
+        id: JobId,
+    ) -> BoxFuture<'_, Result<Option<DeadLetter>, BackendError>> {
+        Box::pin(async move {
+            let all = self.dead_letters(10_000).await?;
+            Ok(all.into_iter().find(|d| d.job_id == id))
+        })
+    }
+
     /// Moves a dead job back to its queue with a fresh attempt budget.
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>>;
 }
@@ -680,6 +697,12 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
         (**self).dead_letters(limit)
+    }
+    fn find_dead_letter(
+        &self,
+        id: JobId,
+    ) -> BoxFuture<'_, Result<Option<DeadLetter>, BackendError>> {
+        (**self).find_dead_letter(id)
     }
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
         (**self).requeue(id)

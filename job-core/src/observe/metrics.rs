@@ -3,8 +3,16 @@
 //! Names (labelled `job` and `queue`): `jobs_enqueued_total`, `jobs_started_total`,
 //! `jobs_succeeded_total`, `jobs_failed_total` (failed attempts), `jobs_retried_total`,
 //! `jobs_dead_lettered_total`, `jobs_queue_depth` (admitted and not finished) and the
-//! histogram `job_duration_seconds` (one observation per attempt). On durable backends also,
-//! unlabelled: `jobs_lease_lost_total` (outcomes refused because this process had lost the
+//! histogram `job_duration_seconds` (one observation per attempt).
+//!
+//! `jobs_queue_depth` in memory moves with every admission and end, per job and queue. On a
+//! durable backend it is one series without labels: the store's depth (ready, scheduled
+//! and running jobs of every queue the store holds, other processes' included), as
+//! [`BackendStats::depth`](crate::backend::BackendStats::depth) reports it, set every 500 ms
+//! when the runtime refreshes the depth its health reads; the per-job series stay at 0
+//! there, so a sum over the series is right on either. (Backend stats are not per queue.)
+//!
+//! On durable backends also, unlabelled: `jobs_lease_lost_total` (outcomes refused because this process had lost the
 //! job's lease) and `jobs_recovered_total` (jobs this process's reaper returned to their
 //! queue after their worker stopped renewing the lease).
 //!

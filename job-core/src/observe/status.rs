@@ -65,8 +65,15 @@ pub struct JobStatus {
     pub state: JobState,
     /// Attempts started so far.
     pub attempts: u32,
-    /// The last failure, as `error: source: source`.
+    /// The job's current error, as `error: source: source`: the failure of its latest failed
+    /// attempt while it is retrying, running again after it, or dead; `None` before any
+    /// attempt failed and once the job succeeded (an old failure is not the current error
+    /// of a job that then succeeded: see [`last_failure`](Self::last_failure)).
     pub last_error: Option<String>,
+    /// The error of the latest failed attempt, kept through a later success (`None` when no
+    /// attempt has failed). This is the latest entry of the job's attempt history; a full
+    /// per-attempt history comes with the dashboard.
+    pub last_failure: Option<String>,
     /// When it was enqueued.
     #[serde(with = "system_time_rfc3339")]
     pub enqueued_at: SystemTime,
@@ -77,6 +84,22 @@ pub struct JobStatus {
 
 impl JobStatus {
     /// A status; for backends written outside this crate (the struct is non-exhaustive).
+    ///
+    /// `last_error` is the current error (pass `None` for a succeeded job);
+    /// [`last_failure`](Self::last_failure) starts equal to it: a backend that keeps the
+    /// failure of a job that then succeeded sets it with
+    /// [`with_last_failure`](Self::with_last_failure).
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use job_core::{JobId, JobState, JobStatus};
+    ///
+    /// let now = SystemTime::now();
+    /// let st = JobStatus::new(JobId::new(), "send_email", "email", JobState::Succeeded, 2, None, now, now)
+    ///     .with_last_failure(Some("SMTP timed out".to_owned()));
+    /// assert_eq!(st.last_error, None);
+    /// assert_eq!(st.last_failure.as_deref(), Some("SMTP timed out"));
+    /// ```
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         job_id: JobId,
@@ -94,10 +117,45 @@ impl JobStatus {
             queue: queue.into(),
             state,
             attempts,
+            last_failure: last_error.clone(),
             last_error,
             enqueued_at,
             updated_at,
         }
+    }
+
+    /// The same status with `last_failure` (the error of the latest failed attempt).
+    #[must_use]
+    pub fn with_last_failure(mut self, last_failure: Option<String>) -> Self {
+        self.last_failure = last_failure;
+        self
+    }
+
+    /// A status from what a store keeps: the latest failure, from which the current error
+    /// follows (none once the job succeeded).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_failure(
+        job_id: JobId,
+        job: impl Into<Cow<'static, str>>,
+        queue: impl Into<Cow<'static, str>>,
+        state: JobState,
+        attempts: u32,
+        failure: Option<String>,
+        enqueued_at: SystemTime,
+        updated_at: SystemTime,
+    ) -> Self {
+        let current = failure.clone().filter(|_| state != JobState::Succeeded);
+        Self::new(
+            job_id,
+            job,
+            queue,
+            state,
+            attempts,
+            current,
+            enqueued_at,
+            updated_at,
+        )
+        .with_last_failure(failure)
     }
 }
 
@@ -116,6 +174,7 @@ struct Record {
     attempts: u32,
     enqueued_ms: u64,
     updated_ms: u64,
+    /// The latest failure (kept through a success; the current error follows from `state`).
     last_error: Option<Box<str>>,
 }
 
@@ -441,16 +500,16 @@ impl StatusStore {
             }
             _ => (r.state, r.attempts, r.updated_ms),
         };
-        Some(JobStatus {
-            job_id: id,
-            job: Cow::Borrowed(job),
-            queue: Cow::Borrowed(queue),
+        Some(JobStatus::from_failure(
+            id,
+            Cow::Borrowed(job),
+            Cow::Borrowed(queue),
             state,
             attempts,
-            last_error: r.last_error.as_deref().map(str::to_owned),
-            enqueued_at: from_ms(r.enqueued_ms),
-            updated_at: from_ms(updated_ms),
-        })
+            r.last_error.as_deref().map(str::to_owned),
+            from_ms(r.enqueued_ms),
+            from_ms(updated_ms),
+        ))
     }
 
     /// Ids of the jobs whose attempt started and has not ended (used at shutdown, for the
@@ -528,6 +587,9 @@ mod tests {
         s.succeeded(1, id, 2, Instant::now());
         let st = s.get(id).unwrap();
         assert_eq!((st.state, st.attempts), (JobState::Succeeded, 2));
+        // Succeeded: no current error; the failure stays as the latest in the history.
+        assert_eq!(st.last_error, None);
+        assert_eq!(st.last_failure.as_deref(), Some("boom"));
         assert!(st.updated_at >= st.enqueued_at);
         tokio::time::advance(Duration::from_secs(61)).await;
         s.prune();

@@ -70,6 +70,9 @@ pub(crate) struct Durable {
     pub(crate) work_rx: async_channel::Receiver<(Reservation, OwnedSemaphorePermit)>,
     /// Last depth the backend reported.
     pub(crate) depth: AtomicU64,
+    /// `jobs_queue_depth` without labels: the store's depth, set with `depth` (see
+    /// [`crate::observe::metrics`]).
+    depth_gauge: metrics::Gauge,
     /// False while the backend is failing.
     pub(crate) reachable: AtomicBool,
     /// What the backend can do, read once at start.
@@ -259,6 +262,7 @@ impl Durable {
             work_tx,
             work_rx,
             depth: AtomicU64::new(0),
+            depth_gauge: metrics::gauge!("jobs_queue_depth"),
             reachable: AtomicBool::new(true),
             caps,
         }
@@ -1065,7 +1069,8 @@ async fn reaper(inner: Arc<Inner>) {
     }
 }
 
-/// Refreshes the depth used by health and stats.
+/// Refreshes the depth used by health and stats, and the `jobs_queue_depth` gauge, every
+/// 500 ms from the backend's `stats()`.
 async fn refresh(inner: Arc<Inner>) {
     let Some(d) = inner.durable.as_ref() else {
         return;
@@ -1075,6 +1080,8 @@ async fn refresh(inner: Arc<Inner>) {
             Ok(s) => {
                 d.mark(true);
                 d.depth.store(s.depth(), Ordering::Relaxed);
+                // The store counts all its queues together, so the gauge has no labels.
+                d.depth_gauge.set(s.depth() as f64);
             }
             Err(_) => d.mark(false),
         }

@@ -188,10 +188,14 @@ impl Client {
         self.inner.admit(job, kind, None)
     }
 
-    /// Enqueues a job without waiting.
+    /// Enqueues a job without waiting, in memory. A durable backend's store is a network
+    /// round trip, which this synchronous call cannot make: there it answers
+    /// [`EnqueueError::WouldBlock`]; use [`enqueue_if_room`](Self::enqueue_if_room), which
+    /// does not wait for room on any backend.
     ///
     /// # Errors
-    /// [`EnqueueError::QueueFull`] with the job when the runtime is at capacity; otherwise as
+    /// [`EnqueueError::QueueFull`] with the job when the runtime is at capacity;
+    /// [`EnqueueError::WouldBlock`] on a durable backend; otherwise as
     /// [`enqueue`](Self::enqueue).
     pub fn try_enqueue<J: Job>(&self, job: J) -> Result<JobId, EnqueueError<J>> {
         let kind = match self.inner.check::<J>(&job) {
@@ -207,6 +211,55 @@ impl Client {
             Err(TryAcquireError::Closed) => return Err(EnqueueError::ShuttingDown(job)),
         }
         self.inner.admit(job, kind, None)
+    }
+
+    /// Enqueues a job without waiting for room, on every backend: in memory it is
+    /// [`try_enqueue`](Self::try_enqueue); on a durable backend it makes the store's round
+    /// trip (shared with concurrent enqueues, as [`enqueue`](Self::enqueue) does) and answers
+    /// [`EnqueueError::QueueFull`] at once when the store holds `capacity` jobs, instead of
+    /// waiting for room. `Ok` means the store has the job: durability is the same as
+    /// `enqueue`'s.
+    ///
+    /// This is the call for request handlers that must answer quickly ("503, retry later"
+    /// rather than a request that hangs while the queue is full).
+    ///
+    /// # Errors
+    /// [`EnqueueError::QueueFull`] with the job when the runtime (or its store) is at
+    /// capacity; [`EnqueueError::Backend`] when the store cannot be reached; otherwise as
+    /// [`enqueue`](Self::enqueue).
+    ///
+    /// # Cancel safety
+    /// As [`enqueue`](Self::enqueue).
+    ///
+    /// # Examples
+    /// ```
+    /// # use job_core::prelude::*;
+    /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    /// # struct Ping;
+    /// # impl Job for Ping {
+    /// #     const NAME: &'static str = "ping";
+    /// #     type Error = std::io::Error;
+    /// #     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runtime = JobRuntime::builder().register::<Ping>().capacity(1).start()?;
+    /// let client = runtime.client();
+    /// client.enqueue_if_room(Ping).await?;
+    /// // Full: answered at once, with the job given back.
+    /// assert!(client.enqueue_if_room(Ping).await.unwrap_err().is_full());
+    /// # runtime.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_if_room<J: Job>(&self, job: J) -> Result<JobId, EnqueueError<J>> {
+        let Some(d) = self.durable() else {
+            return self.try_enqueue(job);
+        };
+        let kind = match self.inner.check::<J>(&job) {
+            Ok(kind) => kind,
+            Err(e) => return Err(e.with(job)),
+        };
+        durable::enqueue(&self.inner, d, job, kind, None, false).await
     }
 
     /// Enqueues a job to start no earlier than `delay` from now. The job holds its place in
@@ -298,18 +351,22 @@ impl Client {
         }
     }
 
-    /// One dead letter by job id (`Ok(None)`: none kept with that id).
+    /// One dead letter by job id (`Ok(None)`: none kept with that id). On a durable backend
+    /// the store looks it up by id ([`Backend::find_dead_letter`](crate::backend::Backend::find_dead_letter)),
+    /// without listing the others.
     ///
     /// # Errors
     /// As [`dead_letters`](Self::dead_letters).
     pub async fn dead_letter(&self, id: JobId) -> Result<Option<DeadLetter>, QueryError> {
         match self.durable() {
             None => Ok(self.inner.dead.get(id)),
-            Some(_) => Ok(self
-                .dead_letters()
-                .await?
-                .into_iter()
-                .find(|d| d.job_id == id)),
+            Some(d) => {
+                d.supports(d.caps.dead_letter_listing, "listing dead letters")?;
+                d.backend
+                    .find_dead_letter(id)
+                    .await
+                    .map_err(QueryError::Backend)
+            }
         }
     }
 

@@ -180,6 +180,7 @@ macro_rules! contract {
             status_follows_every_state,
             stats_count_every_state,
             dead_letters_are_listed_oldest_first_and_requeued,
+            dead_letters_are_found_by_id,
             extend_moves_the_lease_expiry,
             expired_leases_are_recovered_then_dead_lettered_as_poison_pills,
             status_time_moves_only_with_the_job,

@@ -75,8 +75,8 @@ pub(crate) async fn status_follows_every_state(s: Store) {
     let env = enqueued(&s, "life", 1).await;
     let st = status(&s, env.id).await;
     assert_eq!(
-        (st.state, st.attempts, st.last_error),
-        (JobState::Queued, 0, None)
+        (st.state, st.attempts, st.last_error, st.last_failure),
+        (JobState::Queued, 0, None, None)
     );
     assert_eq!((st.job.as_ref(), st.queue.as_ref()), (JOB, "life"));
 
@@ -98,6 +98,7 @@ pub(crate) async fn status_follows_every_state(s: Store) {
     let st = status(&s, env.id).await;
     assert_eq!((st.state, st.attempts), (JobState::Retrying, 1));
     assert_eq!(st.last_error.as_deref(), Some("smtp timed out"));
+    assert_eq!(st.last_failure.as_deref(), Some("smtp timed out"));
 
     let (got, token) = reserve_soon(&s, "life", LONG_LEASE).await;
     assert_eq!((got.id, got.attempt), (env.id, 2));
@@ -107,6 +108,9 @@ pub(crate) async fn status_follows_every_state(s: Store) {
     s.b().ack(env.id, token.clone()).await.unwrap();
     let st = status(&s, env.id).await;
     assert_eq!((st.state, st.attempts), (JobState::Succeeded, 2));
+    // Succeeded after a retry: no current error, the failure kept as the latest one.
+    assert_eq!(st.last_error, None, "a succeeded job has no current error");
+    assert_eq!(st.last_failure.as_deref(), Some("smtp timed out"));
 
     let doomed = enqueued(&s, "life", 3).await;
     let (got, token) = reserve_one(&s, "life", LONG_LEASE).await;
@@ -118,6 +122,7 @@ pub(crate) async fn status_follows_every_state(s: Store) {
     let st = status(&s, doomed.id).await;
     assert_eq!((st.state, st.attempts), (JobState::Dead, 1));
     assert_eq!(st.last_error, Some(dead.error_message()));
+    assert_eq!(st.last_failure, Some(dead.error_message()));
 }
 
 /// A status's `updated_at` is when the job last changed: it stands still while nothing
@@ -346,4 +351,40 @@ async fn dead_letters_unlisted_are_requeued(s: Store) {
     assert_eq!((back.attempt, back.recoveries), (1, 0));
     assert_eq!(back.payload, env.payload);
     s.b().ack(env.id, token).await.unwrap();
+}
+
+/// `find_dead_letter` finds a dead letter by its job's id, as the listing has it; an unknown
+/// id, or the id of a job that is not dead, is `Ok(None)`. A backend that cannot list its
+/// dead letters answers `Unsupported`.
+pub(crate) async fn dead_letters_are_found_by_id(s: Store) {
+    if !caps(&s).dead_letter_listing {
+        let r = s.b().find_dead_letter(JobId::new()).await;
+        assert!(matches!(r, Err(BackendError::Unsupported(_))), "{r:?}");
+        return;
+    }
+    let mut dead = Vec::new();
+    for n in 0..2 {
+        let env = enqueued(&s, "dl-find", n).await;
+        let (got, token) = reserve_one(&s, "dl-find", LONG_LEASE).await;
+        s.b()
+            .dead_letter(env.id, token.clone(), record(&got, &format!("failure {n}")))
+            .await
+            .unwrap();
+        dead.push(got);
+    }
+    let listed = s.b().dead_letters(10).await.unwrap();
+    for got in &dead {
+        let found = s
+            .b()
+            .find_dead_letter(got.id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("dead letter {} not found by id", got.id));
+        assert_eq!(found.job_id, got.id);
+        let in_list = listed.iter().find(|d| d.job_id == got.id);
+        assert_eq!(Some(&found), in_list, "as the listing has it");
+    }
+    assert_eq!(s.b().find_dead_letter(JobId::new()).await.unwrap(), None);
+    let live = enqueued(&s, "dl-find", 9).await;
+    assert_eq!(s.b().find_dead_letter(live.id).await.unwrap(), None);
 }

@@ -40,6 +40,7 @@ pub(super) struct Sql {
     pub(super) stats: Arc<str>,
     pub(super) status: Arc<str>,
     pub(super) dead_letters: Arc<str>,
+    pub(super) find_dead_letter: Arc<str>,
     pub(super) insert_raw: Arc<str>,
 }
 
@@ -63,6 +64,7 @@ impl Sql {
             stats: s(include_str!("sql/stats.sql")),
             status: s(include_str!("sql/status.sql")),
             dead_letters: s(include_str!("sql/dead_letters.sql")),
+            find_dead_letter: s(include_str!("sql/find_dead_letter.sql")),
             insert_raw: s(include_str!("sql/insert_raw.sql")),
         }
     }

@@ -190,7 +190,9 @@ pub(super) fn status(id: JobId, row: &PgRow) -> Result<JobStatus, BackendError> 
     let updated = ms(get_at(row, 6)?);
     let enqueued = ms(get_at(row, 5)?);
     let now = crate::backend::unix_ms(SystemTime::now());
-    Ok(JobStatus::new(
+    // `last_error` is the latest failure, which an ack leaves in place: the current error
+    // follows from the state.
+    Ok(JobStatus::from_failure(
         id,
         job.unwrap_or_default(),
         get_at::<String>(row, 1)?,

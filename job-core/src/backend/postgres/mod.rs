@@ -673,6 +673,14 @@ impl PostgresBackend {
         rows.iter().map(decode::dead_row).collect()
     }
 
+    /// One indexed lookup (the primary key) instead of a scan of every dead letter.
+    async fn do_find_dead_letter(&self, id: JobId) -> Result<Option<DeadLetter>, BackendError> {
+        self.ensure_schema().await?;
+        let q = sqlx::query(sql(&self.sql.find_dead_letter)).bind(id.as_uuid());
+        let row: Option<PgRow> = bounded(self.limit(), q.fetch_optional(&self.pool)).await?;
+        row.as_ref().map(decode::dead_row).transpose()
+    }
+
     async fn do_requeue(&self, id: JobId) -> Result<(), BackendError> {
         self.ensure_schema().await?;
         let q = sqlx::query(sql(&self.sql.requeue))
@@ -848,6 +856,13 @@ impl Backend for PostgresBackend {
 
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
         Box::pin(self.do_dead_letters(limit))
+    }
+
+    fn find_dead_letter(
+        &self,
+        id: JobId,
+    ) -> BoxFuture<'_, Result<Option<DeadLetter>, BackendError>> {
+        Box::pin(self.do_find_dead_letter(id))
     }
 
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {

@@ -227,16 +227,18 @@ pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatu
             "job {id} has neither an enqueue nor an update time"
         )));
     };
-    Ok(Some(JobStatus {
-        job_id: id,
-        job: text(1).unwrap_or_default().into(),
-        queue: text(2).unwrap_or_default().into(),
+    // `err` is the latest failure, which an ack leaves in place (no extra write on the
+    // hottest path): the current error follows from the state.
+    Ok(Some(JobStatus::from_failure(
+        id,
+        text(1).unwrap_or_default(),
+        text(2).unwrap_or_default(),
         state,
         attempts,
-        last_error: text(4),
-        enqueued_at: from_unix_ms(enqueued),
-        updated_at: from_unix_ms(updated),
-    }))
+        text(4),
+        from_unix_ms(enqueued),
+        from_unix_ms(updated),
+    )))
 }
 
 #[cfg(test)]

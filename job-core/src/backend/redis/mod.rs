@@ -553,6 +553,17 @@ impl RedisBackend {
         let rows: Vec<Vec<Vec<u8>>> = self.run_script(inv).await?;
         rows.iter().map(|row| dead_letter_from_row(row)).collect()
     }
+
+    /// One script call: the dead row of `id`, if the dead-letter set has it.
+    async fn do_find_dead_letter(&self, id: JobId) -> Result<Option<DeadLetter>, BackendError> {
+        let mut inv = self.invocation(&self.scripts.find_dead_letter);
+        inv.arg(id.to_string());
+        let row: Vec<Vec<u8>> = self.run_script(inv).await?;
+        if row.is_empty() {
+            return Ok(None);
+        }
+        dead_letter_from_row(&row).map(Some)
+    }
 }
 
 impl Backend for RedisBackend {
@@ -692,6 +703,13 @@ impl Backend for RedisBackend {
 
     fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
         Box::pin(self.do_dead_letters(limit))
+    }
+
+    fn find_dead_letter(
+        &self,
+        id: JobId,
+    ) -> BoxFuture<'_, Result<Option<DeadLetter>, BackendError>> {
+        Box::pin(self.do_find_dead_letter(id))
     }
 
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {

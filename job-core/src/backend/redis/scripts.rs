@@ -19,6 +19,7 @@ pub(super) struct Scripts {
     pub(super) requeue: Script,
     pub(super) stats: Script,
     pub(super) dead_letters: Script,
+    pub(super) find_dead_letter: Script,
     pub(super) insert_raw: Script,
     pub(super) sweep: Script,
 }
@@ -38,12 +39,13 @@ impl Scripts {
             requeue: s(include_str!("scripts/requeue.lua")),
             stats: s(include_str!("scripts/stats.lua")),
             dead_letters: s(include_str!("scripts/dead_letters.lua")),
+            find_dead_letter: s(include_str!("scripts/find_dead_letter.lua")),
             insert_raw: s(include_str!("scripts/insert_raw.lua")),
             sweep: s(include_str!("scripts/sweep.lua")),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 13] {
+    pub(super) fn all(&self) -> [&Script; 14] {
         [
             &self.enqueue,
             &self.reserve,
@@ -56,6 +58,7 @@ impl Scripts {
             &self.requeue,
             &self.stats,
             &self.dead_letters,
+            &self.find_dead_letter,
             &self.insert_raw,
             &self.sweep,
         ]
