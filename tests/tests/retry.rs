@@ -60,7 +60,11 @@ async fn a_transient_failure_then_success_succeeds() {
     let status = wait_state(&rt, id, JobState::Succeeded, LONG).await;
     assert_eq!(status.attempts, 3);
     assert_eq!(
-        status.last_error.as_deref(),
+        status.last_error, None,
+        "a succeeded job has no current error"
+    );
+    assert_eq!(
+        status.last_failure.as_deref(),
         Some("transient failure 2"),
         "the last failure is kept"
     );
