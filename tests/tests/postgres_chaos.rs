@@ -209,10 +209,14 @@ async fn t1() {
     // successes still waiting for their batched acknowledgement: one batch in flight at a
     // time, in which no more than `concurrency` jobs of T1_SLEEP_MS finish within a round
     // trip. Prefetched jobs that never started are not duplicates. One kill can cost more
-    // than `concurrency` (up to 12 seen at 8: the successes of the ack batch in flight are
-    // redone too), so the bound is twice kills x concurrency, as in redis_chaos.rs; in
-    // seven runs on 2 cores the totals were 104-163 of the 160 that kills x concurrency
-    // would allow, and the figures line says whether that tighter bound held.
+    // than `concurrency`: the successes of the ack batch in flight, and of the one filling
+    // behind it, are redone too, and how many those are depends on how long a round trip
+    // takes (up to 12 seen at 8 on a quiet machine, 18 once in CI with the binary's other
+    // tests loading both cores). So no bound per kill is asserted (the figures line prints
+    // the worst), and the total is bounded by twice kills x concurrency, as in
+    // redis_chaos.rs; in seven runs on 2 cores the totals were 104-163 of the 160 that
+    // kills x concurrency would allow, 184 in that CI run, and the figures line says
+    // whether that tighter bound held.
     let bound = kills * T1_CONCURRENCY as usize * 2;
     let pids: HashSet<u32> = runs.iter().map(|r| r.pid).collect();
     eprintln!(
@@ -247,10 +251,6 @@ async fn t1() {
     assert!(
         redone_from_live.is_empty(),
         "executions on workers that were never killed ran again (id, attempt, pid): {redone_from_live:?}"
-    );
-    assert!(
-        most_redone <= 2 * T1_CONCURRENCY as usize,
-        "one kill cost {most_redone} executions, more than concurrency x 2"
     );
     assert_eq!(rows, i64::from(T1_JOBS), "one row per job");
     assert_eq!(not_succeeded, 0, "every row succeeded");
