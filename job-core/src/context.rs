@@ -111,8 +111,13 @@ impl JobContext {
         self.queue
     }
 
-    /// The token cancelled when shutdown's drain window has run out. Long jobs should check
-    /// it at safe points (or `select!` on [`cancelled`](Self::cancelled)) and return.
+    /// The token that fires when the attempt is asked to stop: shutdown's drain window has
+    /// run out, the job was cancelled by id ([`Client::cancel`](crate::Client::cancel)), or
+    /// its `timeout` has passed. Long jobs should check it at safe points (or `select!` on
+    /// [`cancelled`](Self::cancelled)) and return; an attempt still running the
+    /// [`cancel_grace`](crate::JobRuntimeBuilder::cancel_grace) after its token fired is
+    /// dropped. What it returns after a cancel by id or a timeout does not change the
+    /// outcome (cancelled; timed out, and retried if attempts remain).
     pub fn cancellation_token(&self) -> &CancellationToken {
         &self.cancel
     }

@@ -390,6 +390,47 @@ pub enum WaitError {
     Query(#[source] QueryError),
 }
 
+/// What [`Client::cancel`](crate::Client::cancel) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cancellation {
+    /// The job was waiting (queued, scheduled or retrying): it is now `cancelled` and will
+    /// not run.
+    Removed,
+    /// The job was running: its attempt's token has fired (at once when this process runs
+    /// it; at the next lease renewal of the process that does, on a durable store), and when
+    /// the attempt returns, or the grace period after the token ends, the job is
+    /// `cancelled`, whatever the attempt returned.
+    Requested,
+}
+
+/// Why a job could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CancelError {
+    /// The job had already finished (succeeded, dead, or cancelled): nothing was changed.
+    #[error("job {id} has already finished (it is {})", .state.as_str())]
+    Finished {
+        /// The job's id.
+        id: JobId,
+        /// How it finished.
+        state: crate::JobState,
+    },
+    /// No job with this id is known (never enqueued, or finished longer ago than the
+    /// status retention).
+    #[error("no job with id {0} is known (never enqueued, or its status expired)")]
+    NotFound(JobId),
+    /// The backend cannot cancel a job by id (a broker cannot find one message in a queue).
+    #[error("cancel by id is not supported by the {backend} backend")]
+    Unsupported {
+        /// The backend's name ("amqp").
+        backend: &'static str,
+    },
+    /// The store failed or could not be reached: the job may or may not be cancelled.
+    #[error("job backend failed")]
+    Backend(#[source] crate::backend::BackendError),
+}
+
 /// Why a dead job could not be requeued.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

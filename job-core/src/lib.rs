@@ -50,8 +50,8 @@ pub mod schedule;
 pub use context::{Dependencies, JobContext};
 pub use dead_letter::{DeadLetter, HookOutcome};
 pub use error::{
-    BoxError, Classify, EnqueueError, EnqueueManyError, ErrorClass, Permanent, QueryError,
-    RequeueError, StartError, WaitError,
+    BoxError, CancelError, Cancellation, Classify, EnqueueError, EnqueueManyError, ErrorClass,
+    Permanent, QueryError, RequeueError, StartError, WaitError,
 };
 pub use job::{Job, JobId, JobOptions, is_valid_name};
 pub use observe::health::{Health, HealthStatus, HealthThresholds};

@@ -9,7 +9,10 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use job_core::{Client, EnqueueError, HealthStatus, Job, JobId, QueryError, RequeueError};
+use job_core::{
+    CancelError, Cancellation, Client, EnqueueError, HealthStatus, Job, JobId, QueryError,
+    RequeueError,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -54,14 +57,15 @@ impl AppState {
 }
 
 /// The routes every example serves: `/health/live`, `/health/ready`, `/metrics`,
-/// `/jobs/status`, `/jobs/{id}`, and the admin `/dead-letters` routes.
+/// `/jobs/status`, `GET /jobs/{id}`, and the admin routes: `DELETE /jobs/{id}` (cancel) and
+/// `/dead-letters`.
 pub fn ops_router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/jobs/status", get(runtime_status))
-        .route("/jobs/{id}", get(job_status))
+        .route("/jobs/{id}", get(job_status).delete(cancel_job))
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/{id}/requeue", post(requeue))
         .fallback(not_found)
@@ -357,6 +361,7 @@ async fn runtime_status(State(state): State<AppState>) -> Response {
             "failed": s.failed,
             "retried": s.retried,
             "dead_lettered": s.dead_lettered,
+            "cancelled": s.cancelled,
         },
     }))
     .into_response()
@@ -449,6 +454,49 @@ async fn requeue(
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
         }
         Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e)),
+    }
+}
+
+/// `DELETE /jobs/{id}` (admin): cancels a job. 202 `{"job_id", "cancel"}` with `cancel`
+/// `"removed"` (it was waiting) or `"requested"` (it was running: its token fired, and it
+/// ends cancelled when the attempt returns); 409 for a job already finished (with its
+/// `state`); 404 for an unknown id; 501 where the backend cannot cancel by id.
+async fn cancel_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let id = parse_id(&raw)?;
+    match state.client.cancel(id).await {
+        Ok(how) => {
+            let how = match how {
+                Cancellation::Removed => "removed",
+                _ => "requested",
+            };
+            tracing::info!(job_id = %id, cancel = how, "job cancelled by admin");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "job_id": id.to_string(), "cancel": how })),
+            )
+                .into_response())
+        }
+        Err(CancelError::Finished { state: done, .. }) => Ok((
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": format!("job {id} has already finished"),
+                "state": done,
+            })),
+        )
+            .into_response()),
+        Err(e @ CancelError::NotFound(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, e)),
+        Err(e @ CancelError::Unsupported { .. }) => {
+            Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, e))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "job store unavailable");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))
+        }
     }
 }
 

@@ -139,6 +139,13 @@ impl Setup {
         None
     }
 
+    /// Whether the store can cancel a job by id.
+    fn can_cancel(&self) -> bool {
+        self.backend
+            .as_ref()
+            .is_none_or(|b| b.capabilities().cancel_by_id)
+    }
+
     /// Whether the store can list its dead letters.
     fn has_listing(&self) -> bool {
         self.backend
@@ -586,6 +593,182 @@ async fn wait_returns_the_final_status(store: Store) {
     rt.shutdown().await;
 }
 
+/// Cancel by id: a queued and a scheduled job are removed and never run; a running job that
+/// honours its token ends `cancelled`, not retried (although it returned a transient error);
+/// one that ignores its token is dropped after the cancel grace, and the worker goes on;
+/// finished jobs answer `Finished`, unknown ids `NotFound`; a backend without the
+/// capability answers `Unsupported`.
+async fn cancel_by_id(store: Store) {
+    use job_core::{CancelError, Cancellation};
+    let s = Setup::new(store).await;
+    let rec = Recorder::new();
+    let rt = s
+        .builder(&rec)
+        .concurrency(1)
+        .cancel_grace(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let client = rt.client();
+    if !s.can_cancel() {
+        let id = client
+            .enqueue(Probe::new(1, Behavior::Succeed))
+            .await
+            .unwrap();
+        let r = client.cancel(id).await;
+        assert!(matches!(r, Err(CancelError::Unsupported { .. })), "{r:?}");
+        rt.shutdown().await;
+        return;
+    }
+    // One worker: a running job that honours its token, and two waiting behind it.
+    let running = client
+        .enqueue(Probe::new(1, Behavior::SleepUnlessCancelledMs(60_000)))
+        .await
+        .unwrap();
+    eventually(LONG, "the first job runs", || rec.attempts_of(1).len() == 1).await;
+    let queued = client
+        .enqueue(Probe::new(2, Behavior::Succeed))
+        .await
+        .unwrap();
+    let scheduled = client
+        .enqueue_in(Probe::new(3, Behavior::Succeed), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(client.cancel(queued).await.unwrap(), Cancellation::Removed);
+    assert_eq!(
+        client.cancel(scheduled).await.unwrap(),
+        Cancellation::Removed
+    );
+    for id in [queued, scheduled] {
+        let st = client.status(id).await.unwrap().expect("status kept");
+        assert_eq!(st.state, JobState::Cancelled, "{st:?}");
+    }
+    let started = Instant::now();
+    assert_eq!(
+        client.cancel(running).await.unwrap(),
+        Cancellation::Requested
+    );
+    let done = client.wait(running, LONG).await.unwrap();
+    assert_eq!(
+        (done.state, done.attempts),
+        (JobState::Cancelled, 1),
+        "{done:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a job that honours its token stops at once: {:?}",
+        started.elapsed()
+    );
+
+    // A job that ignores its token is dropped once the grace has passed.
+    let stubborn = client
+        .enqueue(Probe::new(4, Behavior::SleepMs(60_000)))
+        .await
+        .unwrap();
+    eventually(LONG, "the stubborn job runs", || {
+        rec.attempts_of(4).len() == 1
+    })
+    .await;
+    assert_eq!(
+        client.cancel(stubborn).await.unwrap(),
+        Cancellation::Requested
+    );
+    let done = client.wait(stubborn, LONG).await.unwrap();
+    assert_eq!(done.state, JobState::Cancelled, "{done:?}");
+    // The worker goes on with the next job.
+    let after = client
+        .enqueue(Probe::new(5, Behavior::Succeed))
+        .await
+        .unwrap();
+    let ok = client.wait(after, LONG).await.unwrap();
+    assert_eq!(ok.state, JobState::Succeeded);
+
+    // Nothing cancelled ran (again); finished jobs stay as they finished.
+    assert!(rec.attempts_of(2).is_empty() && rec.attempts_of(3).is_empty());
+    assert_eq!(
+        rec.attempts_of(1).len(),
+        1,
+        "a cancelled job is not retried"
+    );
+    assert_eq!(rec.attempts_of(4).len(), 1);
+    let r = client.cancel(after).await;
+    assert!(
+        matches!(
+            r,
+            Err(CancelError::Finished {
+                state: JobState::Succeeded,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = client.cancel(running).await;
+    assert!(
+        matches!(
+            r,
+            Err(CancelError::Finished {
+                state: JobState::Cancelled,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let unknown = JobId::new();
+    let r = client.cancel(unknown).await;
+    assert!(
+        matches!(r, Err(CancelError::NotFound(x)) if x == unknown),
+        "{r:?}"
+    );
+    assert_eq!(client.stats().cancelled, 4);
+    let report = rt.shutdown().await;
+    assert_eq!(report.cancelled, 0, "{report:?}");
+}
+
+/// On a durable store, a cancel sent from one process reaches the job running in another
+/// at that process's next lease renewal; a job reserved there and not started is dropped.
+async fn a_cancel_reaches_another_process(store: Store) {
+    use job_core::Cancellation;
+    let s = Setup::new(store).await;
+    if !s.durable() || !s.can_cancel() {
+        return;
+    }
+    let rec = Recorder::new();
+    // The worker process: short leases, so a renewal comes every 200 ms.
+    let worker = s
+        .builder(&rec)
+        .concurrency(1)
+        .lease(Duration::from_millis(600))
+        .prefetch(4)
+        .start()
+        .unwrap();
+    // The process that cancels: its runtime serves no queue the jobs are in.
+    let other = s.builder(&rec).queues(["nothing-here"]).start().unwrap();
+    let running = other
+        .client()
+        .enqueue(Probe::new(1, Behavior::SleepUnlessCancelledMs(60_000)))
+        .await
+        .unwrap();
+    eventually(LONG, "the job runs in the worker process", || {
+        rec.attempts_of(1).len() == 1
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(
+        other.client().cancel(running).await.unwrap(),
+        Cancellation::Requested
+    );
+    let done = other.client().wait(running, LONG).await.unwrap();
+    assert_eq!(done.state, JobState::Cancelled, "{done:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "seen at the next renewal: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rec.attempts_of(1).len(), 1, "not retried");
+    assert_eq!(worker.client().stats().cancelled, 1);
+    other.shutdown().await;
+    worker.shutdown().await;
+}
+
 macro_rules! suite {
     ($store:ident: $($name:ident),* $(,)?) => {
         $(
@@ -609,6 +792,8 @@ macro_rules! conformance {
             shutdown_accounts_for_every_job,
             bad_payloads_are_dead_lettered_and_the_worker_goes_on,
             wait_returns_the_final_status,
+            cancel_by_id,
+            a_cancel_reaches_another_process,
         );
     };
 }

@@ -258,6 +258,67 @@ fn a_bounce_is_dead_lettered_and_requeued_only_with_the_admin_token() {
 }
 
 #[test]
+fn a_running_job_cancelled_by_an_admin_never_sends_its_email() {
+    const TOKEN: &str = "test-admin-token-77c1";
+    // The mailer takes 5 s and does not look at the job's token: the cancel's grace (1 s)
+    // ends the attempt long before the email would go out.
+    let server = Service::start_with_env(
+        BIN,
+        &["--mailer-latency", "5s"],
+        &[("JOB_ADMIN_TOKEN", TOKEN)],
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    let sent_at = std::time::Instant::now();
+    let id = enqueue(&server, "ada@example.com", "a slow one");
+    wait_for_state(&server, &id, "running");
+    let path = format!("/jobs/{id}");
+
+    // Only with the admin token.
+    let refused = server.request("DELETE", &path, &[("Authorization", "Bearer nope")], None);
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    let cancelled = server.request("DELETE", &path, &auth, None);
+    assert_eq!(cancelled.status, 202, "{}", cancelled.body);
+    assert_eq!(cancelled.json()["cancel"], "requested");
+    assert_eq!(cancelled.json()["job_id"], id);
+    let done = wait_for_state(&server, &id, "cancelled");
+    assert_eq!(done["attempts"], 1);
+
+    // Finished: 409 with its state; unknown: 404; not an id: 400.
+    let again = server.request("DELETE", &path, &auth, None);
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(again.json()["state"], "cancelled");
+    let unknown = server.request(
+        "DELETE",
+        "/jobs/01890a5d-ac96-774b-bcce-b302099a8057",
+        &auth,
+        None,
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let malformed = server.request("DELETE", "/jobs/xyz", &auth, None);
+    assert_eq!(malformed.status, 400, "{}", malformed.body);
+
+    // Past the mailer's 5 s: the email was never sent, and the job was not retried.
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(sent_at.elapsed()));
+    assert!(
+        !server.logs().iter().any(|l| l.contains("email sent")),
+        "{:#?}",
+        server.logs()
+    );
+    let c = counters(&server);
+    assert_eq!(
+        (c["started"].clone(), c["retried"].clone()),
+        (json!(1), json!(0))
+    );
+    assert_eq!(
+        server.get(&path).json()["state"],
+        "cancelled",
+        "still cancelled"
+    );
+    assert_eq!(metric(&server, "jobs_cancelled_total"), Some(1.0));
+}
+
+#[test]
 fn admin_routes_are_forbidden_when_no_token_is_configured() {
     let server = Service::start(BIN, FAST);
     let id = enqueue(&server, "bounce@example.com", "nobody home");

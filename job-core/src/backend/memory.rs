@@ -15,8 +15,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    Backend, BackendError, BackendStats, BoxFuture, Envelope, Extended, LeaseToken, Payload,
-    Reaped, Reservation, Retry, from_unix_ms, unix_ms,
+    Backend, BackendError, BackendStats, BoxFuture, CancelOutcome, Envelope, Extended, LeaseToken,
+    Payload, Reaped, Reservation, Retry, from_unix_ms, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::JobId;
@@ -38,6 +38,8 @@ struct Stored {
     /// other write-back with it is refused as a lost lease (the Redis backend's `d` field,
     /// the Postgres backend's `done_token`).
     done: Option<(LeaseToken, Outcome)>,
+    /// A cancel was requested while the job was reserved (see [`CancelOutcome::Requested`]).
+    cancel_requested: bool,
 }
 
 /// A write-back that ends a lease.
@@ -47,6 +49,7 @@ enum Outcome {
     Retry,
     DeadLetter,
     Release,
+    Cancel,
 }
 
 /// What a write-back's token is to the job.
@@ -125,6 +128,7 @@ impl MemoryBackend {
                 updated_ms: unix_ms(SystemTime::now()),
                 lease: None,
                 done: None,
+                cancel_requested: false,
             },
         );
         st.ready.entry(queue.to_owned()).or_default().push_back(id);
@@ -244,6 +248,7 @@ impl Backend for MemoryBackend {
                 updated_ms: now_ms,
                 lease: None,
                 done: None,
+                cancel_requested: false,
             },
         );
         match delayed {
@@ -335,6 +340,13 @@ impl Backend for MemoryBackend {
         let mut st = self.lock();
         let at = unix_ms(retry.at);
         let result = Self::fence(&mut st, id, token, Outcome::Retry).map(|f| match f {
+            Fence::Held(s) if s.cancel_requested => {
+                s.lease = None;
+                s.state = JobState::Cancelled;
+                s.last_error = Some(retry.error);
+                s.updated_ms = unix_ms(SystemTime::now());
+                false
+            }
             Fence::Held(s) => {
                 s.lease = None;
                 s.state = JobState::Retrying;
@@ -350,6 +362,12 @@ impl Backend for MemoryBackend {
         });
         if matches!(result, Ok(true)) {
             st.scheduled.insert((at, id));
+        } else if st
+            .jobs
+            .get(&id)
+            .is_some_and(|s| s.state == JobState::Cancelled)
+        {
+            self.retire(&mut st, id);
         }
         drop(st);
         self.wake();
@@ -387,22 +405,36 @@ impl Backend for MemoryBackend {
     ) -> BoxFuture<'a, Result<Extended, BackendError>> {
         let mut st = self.lock();
         let expiry = Instant::now() + lease;
-        let mut lost = Vec::new();
+        let (mut lost, mut cancelled) = (Vec::new(), Vec::new());
         for (id, token) in leases {
             match Self::held(&mut st, *id, token.clone()) {
-                Ok(s) => s.lease = Some((token.clone(), expiry)),
+                Ok(s) => {
+                    s.lease = Some((token.clone(), expiry));
+                    if s.cancel_requested {
+                        cancelled.push(*id);
+                    }
+                }
                 Err(_) => lost.push(*id),
             }
         }
         ready_now(Ok(Extended {
             lost,
             renewed: Vec::new(),
+            cancelled,
         }))
     }
 
     fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut st = self.lock();
+        let mut cancelled = false;
         let result = Self::fence(&mut st, id, token, Outcome::Release).map(|f| match f {
+            Fence::Held(s) if s.cancel_requested => {
+                s.lease = None;
+                s.state = JobState::Cancelled;
+                s.updated_ms = unix_ms(SystemTime::now());
+                cancelled = true;
+                None
+            }
             Fence::Held(s) => {
                 s.lease = None;
                 s.state = JobState::Queued;
@@ -421,6 +453,9 @@ impl Backend for MemoryBackend {
         });
         if let Ok(Some(queue)) = &result {
             st.ready.entry(queue.clone()).or_default().push_front(id);
+        }
+        if cancelled {
+            self.retire(&mut st, id);
         }
         let result = result.map(drop);
         drop(st);
@@ -445,6 +480,12 @@ impl Backend for MemoryBackend {
             };
             s.lease = None;
             s.updated_ms = now_ms;
+            if s.cancel_requested {
+                // Its holder died after the cancel: it ends cancelled, not recovered.
+                s.state = JobState::Cancelled;
+                self.retire(&mut st, id);
+                continue;
+            }
             let (queue, poison) = match &mut s.body {
                 Body::Envelope(env) => {
                     env.lease = None;
@@ -543,6 +584,53 @@ impl Backend for MemoryBackend {
         ready_now(Ok(st.dead.iter().find(|d| d.job_id == id).cloned()))
     }
 
+    fn cancel(&self, id: JobId) -> BoxFuture<'_, Result<CancelOutcome, BackendError>> {
+        let mut st = self.lock();
+        let Some(s) = st.jobs.get_mut(&id) else {
+            return ready_now(Err(BackendError::NotFound(id)));
+        };
+        if s.state.is_finished() {
+            return ready_now(Ok(CancelOutcome::Finished(s.state)));
+        }
+        if s.lease.is_some() {
+            s.cancel_requested = true;
+            return ready_now(Ok(CancelOutcome::Requested));
+        }
+        s.state = JobState::Cancelled;
+        s.updated_ms = unix_ms(SystemTime::now());
+        let queue = match &s.body {
+            Body::Envelope(e) => e.queue.clone(),
+            Body::Raw { queue, .. } => queue.clone(),
+        };
+        if let Some(q) = st.ready.get_mut(&queue) {
+            q.retain(|j| *j != id);
+        }
+        st.scheduled.retain(|(_, j)| *j != id);
+        self.retire(&mut st, id);
+        ready_now(Ok(CancelOutcome::Removed))
+    }
+
+    fn finish_cancelled(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut st = self.lock();
+        let result = Self::fence(&mut st, id, token, Outcome::Cancel).map(|f| match f {
+            Fence::Held(s) => {
+                s.lease = None;
+                s.state = JobState::Cancelled;
+                s.updated_ms = unix_ms(SystemTime::now());
+                true
+            }
+            Fence::Repeated => false,
+        });
+        if matches!(result, Ok(true)) {
+            self.retire(&mut st, id);
+        }
+        ready_now(result.map(drop))
+    }
+
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut st = self.lock();
         let Some(pos) = st.dead.iter().position(|d| d.job_id == id) else {
@@ -583,6 +671,7 @@ impl Backend for MemoryBackend {
                 updated_ms: now_ms,
                 lease: None,
                 done: None,
+                cancel_requested: false,
             },
         );
         st.ready.entry(queue).or_default().push_back(id);

@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::dead_letter::DeadLetter;
 use crate::job::JobId;
-use crate::observe::status::JobStatus;
+use crate::observe::status::{JobState, JobStatus};
 
 /// A boxed, sendable future, as backend methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -244,6 +244,26 @@ pub struct Extended {
     /// Jobs whose store issued a new token with the renewal: the old one is spent, and every
     /// later write-back must use this one. Empty for backends whose token stays the same.
     pub renewed: Vec<(JobId, LeaseToken)>,
+    /// Jobs renewed whose cancel was requested ([`Backend::cancel`] answered
+    /// [`CancelOutcome::Requested`]): the runtime fires their attempts' tokens and, when they
+    /// return, writes them back with [`Backend::finish_cancelled`].
+    pub cancelled: Vec<JobId>,
+}
+
+/// What [`Backend::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was waiting (ready, scheduled or retrying): it is cancelled now and will not
+    /// be reserved.
+    Removed,
+    /// The job is reserved: the request is recorded with it, the holder learns it from its
+    /// next [`extend`](Backend::extend) and ends the job with
+    /// [`finish_cancelled`](Backend::finish_cancelled). Until then a `retry` or `release` of
+    /// it, or the reaper finding its lease expired, ends it cancelled instead; an `ack` or a
+    /// `dead_letter` ends it as usual (the attempt finished before it saw the cancel).
+    Requested,
+    /// The job had already finished in this state: nothing changed.
+    Finished(JobState),
 }
 
 /// What a backend can do, so that the runtime answers
@@ -297,6 +317,10 @@ pub struct Capabilities {
     /// own acknowledgement before it takes its next job, so successes never pile up
     /// unacknowledged and a crash re-runs no more than the jobs it interrupted.
     pub batched_acks: bool,
+    /// [`Backend::cancel`] finds a job by id and cancels it, and [`Backend::extend`] reports
+    /// the cancels requested for held jobs. Without it [`Client::cancel`](crate::Client::cancel)
+    /// answers [`Unsupported`](crate::CancelError::Unsupported).
+    pub cancel_by_id: bool,
 }
 
 impl Capabilities {
@@ -312,6 +336,7 @@ impl Capabilities {
             max_payload: None,
             max_attempt_duration: None,
             batched_acks: true,
+            cancel_by_id: true,
         }
     }
 }
@@ -594,6 +619,30 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Moves a dead job back to its queue with a fresh attempt budget.
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Cancels job `id` (see [`CancelOutcome`] for what each answer means);
+    /// [`BackendError::NotFound`] for an id the store does not know. A cancelled job keeps
+    /// a status (state [`JobState::Cancelled`]) for the status retention. The runtime calls
+    /// it only when [`cancel_by_id`](Capabilities::cancel_by_id) is declared; the default
+    /// answers [`BackendError::Unsupported`].
+    fn cancel(&self, id: JobId) -> BoxFuture<'_, Result<CancelOutcome, BackendError>> {
+        let _ = id;
+        Box::pin(async { Err(BackendError::Unsupported("cancel by id")) })
+    }
+
+    /// The attempt of a reserved job whose cancel was requested has ended: the job is
+    /// finished, cancelled. Fenced like every write-back (a stale holder gets
+    /// [`BackendError::LeaseLost`]); also used for a reserved job whose cancel this process
+    /// learnt before the attempt started. The default answers
+    /// [`BackendError::Unsupported`].
+    fn finish_cancelled(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let _ = (id, token);
+        Box::pin(async { Err(BackendError::Unsupported("cancel by id")) })
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -706,6 +755,16 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
         (**self).requeue(id)
+    }
+    fn cancel(&self, id: JobId) -> BoxFuture<'_, Result<CancelOutcome, BackendError>> {
+        (**self).cancel(id)
+    }
+    fn finish_cancelled(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        (**self).finish_cancelled(id, token)
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Names (labelled `job` and `queue`): `jobs_enqueued_total`, `jobs_started_total`,
 //! `jobs_succeeded_total`, `jobs_failed_total` (failed attempts), `jobs_retried_total`,
-//! `jobs_dead_lettered_total`, `jobs_queue_depth` (admitted and not finished) and the
+//! `jobs_dead_lettered_total`, `jobs_cancelled_total` (jobs cancelled by id), `jobs_queue_depth` (admitted and not finished) and the
 //! histogram `job_duration_seconds` (one observation per attempt).
 //!
 //! `jobs_queue_depth` in memory moves with every admission and end, per job and queue. On a
@@ -32,6 +32,7 @@ pub(crate) struct JobMetrics {
     pub(crate) failed: Counter,
     pub(crate) retried: Counter,
     pub(crate) dead_lettered: Counter,
+    pub(crate) cancelled: Counter,
     pub(crate) depth: Gauge,
     pub(crate) duration: Histogram,
 }
@@ -60,6 +61,11 @@ pub(crate) fn describe() {
         "jobs_dead_lettered_total",
         Unit::Count,
         "Jobs dead-lettered"
+    );
+    metrics::describe_counter!(
+        "jobs_cancelled_total",
+        Unit::Count,
+        "Jobs cancelled by id (removed while waiting, or stopped while running)"
     );
     metrics::describe_gauge!(
         "jobs_queue_depth",
@@ -93,6 +99,7 @@ impl JobMetrics {
             failed: metrics::counter!("jobs_failed_total", &labels),
             retried: metrics::counter!("jobs_retried_total", &labels),
             dead_lettered: metrics::counter!("jobs_dead_lettered_total", &labels),
+            cancelled: metrics::counter!("jobs_cancelled_total", &labels),
             depth: metrics::gauge!("jobs_queue_depth", &labels),
             duration: metrics::histogram!("job_duration_seconds", &labels),
         }
@@ -112,6 +119,10 @@ pub(crate) struct Counters {
     pub(crate) dead_lettered: Padded,
     pub(crate) lease_lost: Padded,
     pub(crate) recovered: Padded,
+    /// Jobs cancelled by id.
+    pub(crate) cancelled: Padded,
+    /// Attempts that a cancel by id ended (so that `in_flight` does not count them).
+    pub(crate) attempts_cancelled: Padded,
 }
 
 /// An `AtomicU64` alone on a 128-byte line (two 64-byte lines: adjacent-line prefetch).
@@ -139,6 +150,12 @@ impl Counters {
         metrics::counter!("jobs_recovered_total").increment(n);
     }
 
+    /// A job of kind `entry` was cancelled by id: counted here and as a metric.
+    pub(crate) fn cancelled(&self, entry: &crate::registry::Registered) {
+        Self::bump(&self.cancelled);
+        entry.metrics.cancelled.increment(1);
+    }
+
     pub(crate) fn bump(counter: &Padded) {
         counter.0.fetch_add(1, Ordering::Relaxed);
     }
@@ -149,7 +166,7 @@ impl Counters {
 
     /// Attempts running now: started and not yet ended.
     pub(crate) fn in_flight(&self) -> usize {
-        let ended = self.succeeded.load() + self.failed.load();
+        let ended = self.succeeded.load() + self.failed.load() + self.attempts_cancelled.load();
         usize::try_from(self.started.load().saturating_sub(ended)).unwrap_or(usize::MAX)
     }
 }
@@ -177,6 +194,9 @@ pub struct Stats {
     /// Jobs this process's reaper returned to their queue because their worker stopped
     /// renewing the lease (crashed, or hung without its heartbeat).
     pub recovered: u64,
+    /// Jobs cancelled by id ([`Client::cancel`](crate::Client::cancel)): by this process's
+    /// cancel while they waited, or by its workers when a cancel stopped their attempt.
+    pub cancelled: u64,
     /// Jobs admitted and not finished: ready, scheduled, waiting to retry, or running.
     pub depth: usize,
     /// The most jobs the runtime holds at once.

@@ -30,12 +30,16 @@ pub enum JobState {
     Succeeded,
     /// Dead-lettered: out of attempts, a permanent error, or a panic.
     Dead,
+    /// Cancelled by id ([`Client::cancel`](crate::Client::cancel)) before it finished: it
+    /// will not run (again). Kept for the retention time, like a succeeded job.
+    Cancelled,
 }
 
 impl JobState {
-    /// True for `Succeeded` and `Dead`.
+    /// True for `Succeeded`, `Dead` and `Cancelled`: the job will not run again (unless a
+    /// dead one is requeued).
     pub fn is_finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Dead)
+        matches!(self, Self::Succeeded | Self::Dead | Self::Cancelled)
     }
 
     /// The lowercase name used in JSON.
@@ -47,6 +51,7 @@ impl JobState {
             Self::Retrying => "retrying",
             Self::Succeeded => "succeeded",
             Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -417,6 +422,57 @@ impl StatusStore {
         self.clear_board(worker);
     }
 
+    /// A cancel found `id` waiting (queued, scheduled or retrying): it is cancelled now.
+    /// Returns the state the cancel found, the record left as it was when that is not a
+    /// waiting one (finished, or running); `None` when no record is kept.
+    pub(crate) fn cancel_waiting(&self, id: JobId) -> Option<JobState> {
+        let mono = self.clock.mono_ms(Instant::now());
+        let now = self.clock.unix_ms_of_mono(mono);
+        let mut shard = self.shard(&id);
+        let r = shard.live.get(&id)?;
+        if r.state.is_finished() {
+            return Some(r.state);
+        }
+        if self.on_board(id, r.attempts).is_some() {
+            return Some(JobState::Running);
+        }
+        let was = r.state;
+        if let Some(r) = shard.live.get_mut(&id) {
+            r.state = JobState::Cancelled;
+            r.updated_ms = now.max(r.enqueued_ms);
+        }
+        self.retire(&mut shard, id, mono);
+        Some(was)
+    }
+
+    /// `id` is cancelled: its attempt `attempt.1`, run by worker `attempt.0`, ended by a
+    /// cancel, or (`None`) a worker dropped it before it started. A finished record is
+    /// left alone.
+    pub(crate) fn cancelled(&self, attempt: Option<(usize, u32)>, id: JobId) {
+        let mono = self.clock.mono_ms(Instant::now());
+        let now = self.clock.unix_ms_of_mono(mono);
+        {
+            let mut shard = self.shard(&id);
+            let changed = match shard.live.get_mut(&id) {
+                Some(r) if !r.state.is_finished() => {
+                    r.state = JobState::Cancelled;
+                    if let Some((_, n)) = attempt {
+                        r.attempts = n;
+                    }
+                    r.updated_ms = now.max(r.enqueued_ms);
+                    true
+                }
+                _ => false,
+            };
+            if changed {
+                self.retire(&mut shard, id, mono);
+            }
+        }
+        if let Some((worker, _)) = attempt {
+            self.clear_board(worker);
+        }
+    }
+
     /// After the record says how the attempt ended, so that a reader never sees neither.
     /// Before the caller publishes the end anywhere else (the dead-letter store, from which
     /// a job can be requeued), so that a requeued job's record never meets a stale board.
@@ -434,6 +490,11 @@ impl StatusStore {
             Some((on, attempt, at)) if on == id && attempt > ended => Some((attempt, at)),
             _ => None,
         })
+    }
+
+    /// The registered kind of `id`, while a record is kept.
+    pub(crate) fn kind_of(&self, id: JobId) -> Option<u16> {
+        self.shard(&id).live.get(&id).map(|r| r.kind)
     }
 
     /// Drops a record (a job handed back to its caller).

@@ -189,7 +189,9 @@ impl JobRuntimeBuilder {
     }
 
     /// How long attempts get to return after their tokens fire before they are dropped
-    /// (default 1 s).
+    /// (default 1 s): at shutdown, after a cancel by id, and after a job's `timeout` (the
+    /// token fires at the timeout; the attempt counts as timed out whatever it returns in
+    /// the grace).
     pub fn cancel_grace(mut self, grace: Duration) -> Self {
         self.cancel_grace = grace;
         self

@@ -400,11 +400,12 @@ impl Durable {
 
     /// Lets go of `id` once its outcome is written back (or given up on), and wakes the
     /// callers of `Client::wait`, who read its status again.
-    fn unhold(&self, id: JobId) {
+    fn unhold(&self, inner: &Inner, id: JobId) {
         self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
+        inner.attempts.forget(id);
         self.finished.signal();
     }
 
@@ -417,7 +418,29 @@ impl Durable {
             .collect()
     }
 
-    fn mark(&self, ok: bool) {
+    /// Whether this process holds `id` (reserved, running, or waiting for its write-back).
+    pub(crate) fn is_held(&self, id: JobId) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&id)
+    }
+
+    /// A cancel was requested for `id`: if a worker here runs it, its token fires now; if
+    /// it is reserved here and not started, the worker that takes it drops it.
+    pub(crate) fn reach(&self, inner: &Inner, id: JobId) {
+        if !self.is_held(id) {
+            return;
+        }
+        inner.attempts.hold_back(id);
+        // Checked again after: a job let go in between (`unhold` forgets it first) would
+        // leave its id in the set for good.
+        if inner.attempts.request(id) || !self.is_held(id) {
+            inner.attempts.forget(id);
+        }
+    }
+
+    pub(crate) fn mark(&self, ok: bool) {
         let was = self.reachable.swap(ok, Ordering::AcqRel);
         if was && !ok {
             tracing::error!(
@@ -595,7 +618,7 @@ pub(crate) fn launch(inner: &Arc<Inner>, concurrency: usize) -> Vec<tokio::task:
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(acker);
     (0..concurrency)
-        .map(|_| inner.workers.spawn(worker(inner.clone())))
+        .map(|i| inner.workers.spawn(worker(inner.clone(), i)))
         .collect()
 }
 
@@ -707,11 +730,11 @@ fn close(d: &Durable) {
     d.work_tx.close();
 }
 
-async fn worker(inner: Arc<Inner>) {
+async fn worker(inner: Arc<Inner>, index: usize) {
     let Some(d) = inner.durable.as_ref() else {
         return;
     };
-    let mut cx = JobContext::for_worker(inner.job_cancel.clone(), inner.data.clone());
+    let mut cx = JobContext::for_worker(inner.attempts.token(index), inner.data.clone());
     loop {
         if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
             break;
@@ -728,7 +751,7 @@ async fn worker(inner: Arc<Inner>) {
             // The buffer ran dry: the fetcher may be waiting for a worthwhile batch.
             d.freed.notify_one();
         }
-        run(&inner, d, &mut cx, reservation).await;
+        run(&inner, d, index, &mut cx, reservation).await;
         drop(permit);
         d.freed.notify_one();
     }
@@ -797,7 +820,7 @@ async fn write_back<F, Fut>(
 
 async fn release(inner: &Inner, d: &Durable, id: JobId, token: &LeaseToken) {
     write_back(inner, d, id, token, "release", |t| d.backend.release(id, t)).await;
-    d.unhold(id);
+    d.unhold(inner, id);
 }
 
 async fn bury(
@@ -821,7 +844,13 @@ async fn bury(
     .await;
 }
 
-async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reservation) {
+async fn run(
+    inner: &Inner,
+    d: &Durable,
+    worker: usize,
+    cx: &mut JobContext,
+    reservation: Reservation,
+) {
     let (envelope, token) = match reservation {
         Reservation::Job { envelope, token } => (envelope, token),
         Reservation::Malformed {
@@ -844,7 +873,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                 died_at: now,
             };
             bury(inner, d, id, &token, None, dead).await;
-            d.unhold(id);
+            d.unhold(inner, id);
             return;
         }
     };
@@ -866,7 +895,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
         );
         tracing::error!(job_id = %id, job = %envelope.job, "{reason}; dead-lettered");
         bury(inner, d, id, &token, None, dead_record(vec![reason])).await;
-        d.unhold(id);
+        d.unhold(inner, id);
         return;
     };
     let kind = entry.kind;
@@ -876,7 +905,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
             let reason = format!("payload does not decode as job `{}`: {e}", envelope.job);
             tracing::error!(job_id = %id, "{reason}; dead-lettered");
             bury(inner, d, id, &token, Some(kind), dead_record(vec![reason])).await;
-            d.unhold(id);
+            d.unhold(inner, id);
             return;
         }
     };
@@ -885,7 +914,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
     prepare(cx, id, attempt, max_attempts, inner, kind);
     let span = job_span(id, entry.ty.name, entry.ty.options.queue, attempt);
     let started = std::time::Instant::now();
-    let outcome = execute(inner, cx, kind, job.as_ref(), &span).await;
+    let outcome = execute(inner, worker, cx, kind, job.as_ref(), &span).await;
     d.ran_for(started.elapsed());
     let finished = async {
         match outcome {
@@ -893,7 +922,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                 if !d.caps.batched_acks {
                     // Each ack is its own request: the worker writes it before it moves on.
                     write_back(inner, d, id, &token, "ack", |t| d.backend.ack(id, t)).await;
-                    d.unhold(id);
+                    d.unhold(inner, id);
                     return true;
                 }
                 // The acker writes it back (batched with others) and then lets go of the
@@ -905,6 +934,18 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                     }
                 }
             }
+            Outcome::Cancelled { started } => {
+                if started {
+                    tracing::info!("attempt ended by a cancel; the job is cancelled");
+                } else {
+                    tracing::info!("job cancelled before it started");
+                }
+                inner.counters.cancelled(entry);
+                write_back(inner, d, id, &token, "cancel", |t| {
+                    d.backend.finish_cancelled(id, t)
+                })
+                .await;
+            }
             Outcome::Failed(failure) => {
                 let message = failure.message();
                 match decide(inner, &failure, attempt, max_attempts, kind) {
@@ -912,7 +953,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                         tracing::warn!(error = %message, "attempt interrupted by shutdown; job returned to its queue");
                         inner.tally.cancelled(id);
                         write_back(inner, d, id, &token, "release", |t| d.backend.release(id, t)).await;
-                        d.unhold(id);
+                        d.unhold(inner, id);
                         return false;
                     }
                     Decision::Retry(delay) => {
@@ -927,7 +968,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                             d.backend.retry(id, t, retry.clone())
                         })
                         .await;
-                        d.unhold(id);
+                        d.unhold(inner, id);
                         return false;
                     }
                     Decision::Dead(reason) => {
@@ -937,7 +978,7 @@ async fn run(inner: &Inner, d: &Durable, cx: &mut JobContext, reservation: Reser
                 }
             }
         }
-        d.unhold(id);
+        d.unhold(inner, id);
         true
     }
     .instrument(span)
@@ -969,7 +1010,7 @@ async fn acker(inner: Arc<Inner>) {
         }
         ack_batch(&inner, d, &mut batch).await;
         for (id, _) in batch.drain(..) {
-            d.unhold(id);
+            d.unhold(&inner, id);
         }
     }
 }
@@ -1024,6 +1065,11 @@ async fn heartbeat(inner: Arc<Inner>) {
                 }
                 for id in extended.lost {
                     tracing::warn!(job_id = %id, "lease lost while the job was running; it may run again elsewhere");
+                }
+                for id in extended.cancelled {
+                    // Reserved ahead of the workers: dropped when a worker takes it;
+                    // running: its token fires now.
+                    d.reach(&inner, id);
                 }
             }
             Err(e) => {

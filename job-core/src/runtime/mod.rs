@@ -16,6 +16,7 @@
 
 mod batch;
 mod builder;
+mod cancel;
 pub(crate) mod durable;
 mod ready;
 pub(crate) mod shutdown;
@@ -38,7 +39,7 @@ pub use shutdown::ShutdownReport;
 
 use crate::context::{DataMap, ScopedFactory};
 use crate::dead_letter::{DeadLetter, DeadLetterHook, DeadLetterStore};
-use crate::error::{EnqueueError, QueryError, RequeueError, WaitError};
+use crate::error::{CancelError, Cancellation, EnqueueError, QueryError, RequeueError, WaitError};
 use crate::job::{Job, JobId};
 use crate::observe::health::{Health, HealthThresholds};
 use crate::observe::metrics::{Counters, Stats};
@@ -80,8 +81,10 @@ pub(crate) struct Inner {
     pub(crate) stopping: AtomicBool,
     /// Workers stop taking jobs.
     pub(crate) stop_fetch: CancellationToken,
-    /// Running attempts are asked to stop (their `JobContext` token).
+    /// Running attempts are asked to stop (their `JobContext` token is a child of it).
     pub(crate) job_cancel: CancellationToken,
+    /// Per worker, the attempt it runs and its token: how a cancel by id reaches it.
+    pub(crate) attempts: cancel::Attempts,
     /// The timer and the schedules stop.
     pub(crate) stop_background: CancellationToken,
     pub(crate) workers: TaskTracker,
@@ -424,6 +427,65 @@ impl Client {
         wait::wait(self, id, timeout).await
     }
 
+    /// Cancels job `id`. A job still waiting (queued, scheduled, or retrying) is taken out
+    /// of line and ends `cancelled` ([`Cancellation::Removed`]); a running job's
+    /// [`JobContext`](crate::JobContext) token fires, and when the attempt returns it ends
+    /// `cancelled` ([`Cancellation::Requested`]): not retried, not dead-lettered, and not a
+    /// success even if it returns `Ok` after its token fired. An attempt that does not
+    /// return within the [`cancel_grace`](JobRuntimeBuilder::cancel_grace) after its token
+    /// fired is dropped.
+    ///
+    /// On a durable store the cancel is recorded in the store, so it reaches a job running
+    /// in another process too: that process sees it when it next renews the job's lease
+    /// (within a third of the [`lease`](JobRuntimeBuilder::lease)). A job that process
+    /// finishes before it sees the cancel ends as it ended (succeeded, or dead); a retry or
+    /// a crash after the cancel ends it `cancelled`.
+    ///
+    /// ```
+    /// # use job_core::prelude::*;
+    /// # use job_core::Cancellation;
+    /// #[job]
+    /// async fn export(rows: u32, cx: &JobContext) -> Result<(), std::io::Error> {
+    ///     for _ in 0..rows {
+    ///         if cx.is_cancelled() {
+    ///             return Ok(()); // stop at a safe point
+    ///         }
+    ///         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    ///     }
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runtime = JobRuntime::builder().concurrency(1).start()?;
+    /// let client = runtime.client();
+    /// let running = client.enqueue(Export { rows: 1_000 }).await?;
+    /// let queued = client.enqueue(Export { rows: 1 }).await?;
+    /// // Wait until the first job runs (the second waits behind it: one worker).
+    /// while client.status(running).await?.map(|s| s.state) != Some(JobState::Running) {
+    ///     tokio::task::yield_now().await;
+    /// }
+    /// assert_eq!(client.cancel(queued).await?, Cancellation::Removed);
+    /// assert_eq!(client.cancel(running).await?, Cancellation::Requested);
+    /// let done = client.wait(running, std::time::Duration::from_secs(5)).await?;
+    /// assert_eq!(done.state, JobState::Cancelled);
+    /// // Finished jobs stay as they finished.
+    /// assert!(client.cancel(running).await.is_err());
+    /// runtime.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`CancelError::Finished`] for a job that already finished (nothing changes);
+    /// [`CancelError::NotFound`] for an unknown id; [`CancelError::Unsupported`] on a
+    /// backend that cannot cancel by id (see
+    /// [`Capabilities::cancel_by_id`](crate::backend::Capabilities::cancel_by_id));
+    /// [`CancelError::Backend`] when the store fails.
+    pub async fn cancel(&self, id: JobId) -> Result<Cancellation, CancelError> {
+        cancel::cancel(self, id).await
+    }
+
     /// True once shutdown has begun.
     pub fn is_stopping(&self) -> bool {
         self.inner.stopping.load(Ordering::Acquire)
@@ -575,6 +637,7 @@ impl Inner {
             dead_lettered: c.dead_lettered.load(),
             lease_lost: c.lease_lost.load(),
             recovered: c.recovered.load(),
+            cancelled: c.cancelled.load(),
             depth: self.depth(),
             capacity: self.capacity,
             in_flight: c.in_flight(),
@@ -683,6 +746,14 @@ impl JobRuntime {
     /// See [`Client::dead_letters`].
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueryError> {
         self.client.dead_letters().await
+    }
+
+    /// Cancels a job by id. See [`Client::cancel`].
+    ///
+    /// # Errors
+    /// See [`Client::cancel`].
+    pub async fn cancel(&self, id: JobId) -> Result<Cancellation, CancelError> {
+        self.client.cancel(id).await
     }
 
     /// Requeues a dead job by id. See [`Client::requeue`].

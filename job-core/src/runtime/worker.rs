@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::builder::JobRuntimeBuilder;
+use super::cancel::Start;
 use super::ready::Empty;
 use super::{Client, Envelope, Inner, JobRuntime, shutdown, timer};
 use crate::context::JobContext;
@@ -76,7 +77,9 @@ impl JobRuntime {
             .collect();
         scoped.clear();
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
+        let job_cancel = CancellationToken::new();
         let inner = Arc::new(Inner {
+            attempts: super::cancel::Attempts::new(concurrency, &job_cancel),
             registry,
             scoped: scoped_per_kind,
             data: Arc::new(data),
@@ -98,7 +101,7 @@ impl JobRuntime {
             drain_queue,
             stopping: AtomicBool::new(false),
             stop_fetch: CancellationToken::new(),
-            job_cancel: CancellationToken::new(),
+            job_cancel,
             stop_background: CancellationToken::new(),
             workers: TaskTracker::new(),
             background: TaskTracker::new(),
@@ -191,7 +194,7 @@ impl Drop for Held<'_> {
 }
 
 async fn worker(inner: Arc<Inner>, index: usize) {
-    let mut cx = JobContext::for_worker(inner.job_cancel.clone(), inner.data.clone());
+    let mut cx = JobContext::for_worker(inner.attempts.token(index), inner.data.clone());
     let Some(slot) = inner.unreleased.get(index) else {
         return;
     };
@@ -274,6 +277,11 @@ async fn try_pop_spinning(inner: &Inner) -> Result<super::Envelope, Empty> {
 pub(crate) enum Outcome {
     Ok,
     Failed(Failure),
+    /// Cancelled by id: before it started, or while it ran (whatever it returned).
+    Cancelled {
+        /// Whether an attempt ran (and counts as started).
+        started: bool,
+    },
 }
 
 /// What happens to a job after a failed attempt.
@@ -332,30 +340,49 @@ pub(crate) fn prepare(
     cx.queue = ty.options.queue;
 }
 
-/// Runs one attempt in isolation: scoped values, panic capture, timeout, metrics. The
-/// caller enters `span` to log the outcome.
+/// Runs one attempt in isolation: scoped values, panic capture, timeout, cancel by id,
+/// metrics. `worker` is the index of the worker running it (its cancel slot). The caller
+/// enters `span` to log the outcome.
 pub(crate) async fn execute(
     inner: &Inner,
+    worker: usize,
     cx: &mut JobContext,
     kind: u16,
     job: &dyn crate::registry::ErasedJob,
     span: &tracing::Span,
 ) -> Outcome {
-    execute_from(inner, cx, kind, job, span, Instant::now())
+    execute_from(inner, worker, cx, kind, job, span, Instant::now(), || {})
         .await
         .0
 }
 
 /// As [`execute`], for an attempt that started at `started`; also gives the instant it
 /// ended and how long it took (the clock is read once at each end of the attempt).
+///
+/// A job cancelled before it started is not run: [`Outcome::Cancelled`], with nothing
+/// counted as started. Otherwise `on_start` runs first (the in-memory status marks the
+/// attempt running there: after the cancel slot holds the job, so that a cancel reading
+/// "running" always finds the slot, or finds it already emptied by the attempt's end).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn execute_from(
     inner: &Inner,
+    worker: usize,
     cx: &mut JobContext,
     kind: u16,
     job: &dyn crate::registry::ErasedJob,
     span: &tracing::Span,
     started: Instant,
+    on_start: impl FnOnce(),
 ) -> (Outcome, Instant, Duration) {
+    if let Start::Cancelled = inner.attempts.start(worker, cx.id, cx) {
+        inner.attempts.end(worker);
+        return (
+            Outcome::Cancelled { started: false },
+            started,
+            Duration::ZERO,
+        );
+    }
+    on_start();
     let entry = inner.registry.kind(kind);
     let ty = &entry.ty;
     Counters::bump(&inner.counters.started);
@@ -364,15 +391,30 @@ pub(crate) async fn execute_from(
         if let Some(failure) = build_scoped(inner, cx, kind).await {
             return Outcome::Failed(failure);
         }
+        let token = cx.cancel.clone();
         let fut = AssertUnwindSafe(job.run(cx)).catch_unwind();
         let result = match ty.options.timeout {
-            None => Ok(fut.await),
-            Some(limit) => tokio::time::timeout(limit, fut).await.map_err(|_| limit),
+            None => Ok(stoppable(inner, &token, fut).await),
+            Some(limit) => {
+                let mut fut = std::pin::pin!(stoppable(inner, &token, fut));
+                match tokio::time::timeout(limit, &mut fut).await {
+                    Ok(result) => Ok(result),
+                    Err(_) => {
+                        // Out of time: the token fires first, and the attempt gets the grace
+                        // period to stop at a safe point before it is dropped. What it
+                        // returns then does not matter: it timed out.
+                        inner.attempts.interrupt(worker);
+                        let _ = tokio::time::timeout(inner.cancel_grace, &mut fut).await;
+                        Err(limit)
+                    }
+                }
+            }
         };
         match result {
-            Ok(Ok(Ok(()))) => Outcome::Ok,
-            Ok(Ok(Err(failure))) => Outcome::Failed(failure),
-            Ok(Err(panic)) => {
+            Ok(None) => Outcome::Cancelled { started: true },
+            Ok(Some(Ok(Ok(())))) => Outcome::Ok,
+            Ok(Some(Ok(Err(failure)))) => Outcome::Failed(failure),
+            Ok(Some(Err(panic))) => {
                 let class = if inner.retry_panics {
                     ErrorClass::Transient
                 } else {
@@ -391,6 +433,12 @@ pub(crate) async fn execute_from(
     }
     .instrument(span.clone())
     .await;
+    // A cancel by id that reached the attempt decides its end, whatever it returned.
+    let outcome = if inner.attempts.end(worker) && !inner.job_cancel.is_cancelled() {
+        Outcome::Cancelled { started: true }
+    } else {
+        outcome
+    };
     // Scoped values not taken by the job are dropped with the attempt.
     cx.scoped
         .get_mut()
@@ -408,8 +456,41 @@ pub(crate) async fn execute_from(
             Counters::bump(&inner.counters.failed);
             entry.metrics.failed.increment(1);
         }
+        Outcome::Cancelled { .. } => Counters::bump(&inner.counters.attempts_cancelled),
     }
     (outcome, ended, took)
+}
+
+/// Runs an attempt's future; when a cancel by id fires its token, gives it the grace period
+/// to return and then drops it (`None`). A token fired by shutdown is left to shutdown,
+/// which has its own window. The future is polled once before anything else: a quick job
+/// ends there, without the attempt ever waiting on its token.
+async fn stoppable<F: std::future::Future>(
+    inner: &Inner,
+    token: &CancellationToken,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    if let Some(out) = first {
+        return Some(out);
+    }
+    tokio::select! {
+        biased;
+        out = &mut fut => return Some(out),
+        () = token.cancelled() => {}
+    }
+    if inner.job_cancel.is_cancelled() {
+        // Shutdown: the attempt runs on until shutdown's own grace ends it.
+        return Some(fut.await);
+    }
+    tokio::time::timeout(inner.cancel_grace, fut).await.ok()
 }
 
 pub(crate) fn job_span(id: crate::JobId, job: &str, queue: &str, attempt: u32) -> tracing::Span {
@@ -438,10 +519,18 @@ async fn run_attempt(
         env.kind,
     );
     let started = Instant::now();
-    inner.status.running(worker, env.id, attempt, started);
     let span = job_span(env.id, ty.name, ty.options.queue, attempt);
-    let (outcome, ended, took) =
-        execute_from(inner, cx, env.kind, env.job.as_ref(), &span, started).await;
+    let (outcome, ended, took) = execute_from(
+        inner,
+        worker,
+        cx,
+        env.kind,
+        env.job.as_ref(),
+        &span,
+        started,
+        || inner.status.running(worker, env.id, attempt, started),
+    )
+    .await;
 
     let _enter = span.enter();
     let (id, kind) = (env.id, env.kind);
@@ -449,6 +538,16 @@ async fn run_attempt(
         Outcome::Ok => {
             inner.status.succeeded(worker, id, attempt, ended);
             inner.finished.signal();
+            true
+        }
+        Outcome::Cancelled { started } => {
+            if started {
+                tracing::info!("attempt ended by a cancel; the job is cancelled");
+                inner.status.cancelled(Some((worker, attempt)), id);
+                inner.counters.cancelled(entry);
+                inner.finished.signal();
+            }
+            // Else the cancel took it out of the queue: it recorded and counted that.
             true
         }
         Outcome::Failed(failure) => {

@@ -10,7 +10,8 @@
 //! `mod mine { contract!(super::my_store); }`. The checks live in `leases.rs` (fencing,
 //! repeated and spent write-backs, release, extend, expiry), `enqueue.rs` (stored ids,
 //! capacity, delays, order, queues, reservations, wake-ups) and `records.rs` (malformed
-//! records, statuses, counts, dead letters); each asserts what the trait's docs promise.
+//! records, statuses, counts, dead letters) and `cancel.rs` (cancel by id); each asserts
+//! what the trait's docs promise.
 //!
 //! Real servers: `JOB_REDIS_URL` (default the local Redis), `JOB_POSTGRES_URL` (default
 //! the local `test` database), `JOB_AMQP_URL` (default the local RabbitMQ) and
@@ -20,6 +21,7 @@
 //! Leases are short (300 ms) and every wait polls with a deadline, so a loaded machine makes
 //! the tests slower, never red.
 
+mod cancel;
 #[path = "../common/mod.rs"]
 mod common;
 mod enqueue;
@@ -37,6 +39,7 @@ use job_core::backend::memory::MemoryBackend;
 use job_core::backend::{Backend, BoxFuture};
 use job_core::prelude::*;
 
+use self::cancel::*;
 use self::enqueue::*;
 use self::leases::*;
 use self::records::*;
@@ -187,6 +190,7 @@ macro_rules! contract {
             reserve_hands_back_the_envelope_as_stored,
             reserve_fills_max_when_enough_are_ready,
             wait_for_work_wakes_on_enqueue,
+            cancels_end_jobs_as_the_trait_says,
         );
     };
     (@checks $factory:path; $($check:ident),* $(,)?) => {

@@ -411,6 +411,9 @@ impl Backend for AmqpBackend {
             max_payload: Some(self.settings.max_message_size.saturating_sub(HEADER_ROOM)),
             max_attempt_duration: Some(self.settings.consumer_timeout),
             batched_acks: true,
+            // A message in a queue cannot be found by id, nor a delivery on another
+            // consumer's channel told to stop.
+            cancel_by_id: false,
         }
     }
 

@@ -718,6 +718,7 @@ impl AmqpBackend {
         Extended {
             lost,
             renewed: Vec::new(),
+            cancelled: Vec::new(),
         }
     }
 

@@ -820,6 +820,9 @@ impl Backend for AzureQueueBackend {
             // faster than they were deleted, and each SIGKILL ran them all again (T1: 930
             // duplicates of 2,000 jobs with 20 kills).
             batched_acks: false,
+            // Azure Queue Storage finds a message only by its pop receipt, which only the
+            // holder has: a job cannot be looked up by id.
+            cancel_by_id: false,
             ..Capabilities::full()
         }
     }

@@ -20,6 +20,7 @@ use crate::backend::{BackendError, unix_ms};
 const MIGRATIONS: &[&str] = &[
     include_str!("sql/schema_v1.sql"),
     include_str!("sql/schema_v2.sql"),
+    include_str!("sql/schema_v3.sql"),
 ];
 
 /// Every statement, with `{s}` replaced by the quoted schema name.
@@ -42,6 +43,8 @@ pub(super) struct Sql {
     pub(super) dead_letters: Arc<str>,
     pub(super) find_dead_letter: Arc<str>,
     pub(super) insert_raw: Arc<str>,
+    pub(super) cancel: Arc<str>,
+    pub(super) cancelled: Arc<str>,
 }
 
 impl Sql {
@@ -66,6 +69,8 @@ impl Sql {
             dead_letters: s(include_str!("sql/dead_letters.sql")),
             find_dead_letter: s(include_str!("sql/find_dead_letter.sql")),
             insert_raw: s(include_str!("sql/insert_raw.sql")),
+            cancel: s(include_str!("sql/cancel.sql")),
+            cancelled: s(include_str!("sql/cancelled.sql")),
         }
     }
 }

@@ -176,6 +176,7 @@ pub(super) fn state(id: JobId, n: i16) -> Result<JobState, BackendError> {
         3 => JobState::Retrying,
         4 => JobState::Succeeded,
         5 => JobState::Dead,
+        6 => JobState::Cancelled,
         other => {
             return Err(BackendError::Corrupt(format!(
                 "job {id} has an unknown state {other}"

@@ -149,12 +149,12 @@ pub use self::config::{PostgresBackendBuilder, PostgresConfigError};
 use self::conn::{Sql, Wakeups, bounded, connection_lost, sql, unavailable};
 use self::decode::{StoredDead, get_at};
 use super::{
-    Backend, BackendError, BackendStats, BoxFuture, Envelope, Extended, LeaseToken, Reaped,
-    Reservation, Retry, reserve_in_calls, unix_ms,
+    Backend, BackendError, BackendStats, BoxFuture, CancelOutcome, Envelope, Extended, LeaseToken,
+    Reaped, Reservation, Retry, reserve_in_calls, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
-use crate::observe::status::JobStatus;
+use crate::observe::status::{JobState, JobStatus};
 
 /// Jobs one statement stores at most (a longer batch is split).
 const ENQUEUE_BATCH: usize = 1000;
@@ -612,22 +612,53 @@ impl PostgresBackend {
         &self,
         leases: &[(JobId, LeaseToken)],
         lease: Duration,
-    ) -> Result<Vec<JobId>, BackendError> {
+    ) -> Result<Extended, BackendError> {
+        let mut extended = Extended::default();
         if leases.is_empty() {
-            return Ok(Vec::new());
+            return Ok(extended);
         }
         self.ensure_schema().await?;
-        let mut lost = Vec::new();
         for chunk in leases.chunks(ACK_BATCH) {
             let (ids, tokens) = pairs(chunk);
-            let q = sqlx::query_scalar::<_, Uuid>(sql(&self.sql.extend))
+            let q = sqlx::query_as::<_, (Uuid, bool)>(sql(&self.sql.extend))
                 .bind(ids)
                 .bind(tokens)
                 .bind(millis(lease).max(1));
-            let ids = bounded(self.limit(), q.fetch_all(&self.pool)).await?;
-            lost.extend(ids.into_iter().map(JobId::from));
+            let rows = bounded(self.limit(), q.fetch_all(&self.pool)).await?;
+            for (id, lost) in rows {
+                if lost {
+                    extended.lost.push(JobId::from(id));
+                } else {
+                    extended.cancelled.push(JobId::from(id));
+                }
+            }
         }
-        Ok(lost)
+        Ok(extended)
+    }
+
+    async fn do_cancel(&self, id: JobId) -> Result<CancelOutcome, BackendError> {
+        self.ensure_schema().await?;
+        let q = sqlx::query(sql(&self.sql.cancel))
+            .bind(id.as_uuid())
+            .bind(Self::shard());
+        let Some(row) = bounded(self.limit(), q.fetch_optional(&self.pool)).await? else {
+            return Err(BackendError::NotFound(id));
+        };
+        let state = decode::state(id, get_at(&row, 0)?)?;
+        Ok(match state {
+            JobState::Running => CancelOutcome::Requested,
+            s if s.is_finished() => CancelOutcome::Finished(s),
+            _ => CancelOutcome::Removed,
+        })
+    }
+
+    async fn do_finish_cancelled(&self, id: JobId, token: LeaseToken) -> Result<(), BackendError> {
+        self.ensure_schema().await?;
+        let q = sqlx::query(sql(&self.sql.cancelled))
+            .bind(id.as_uuid())
+            .bind(pg_token(&token))
+            .bind(Self::shard());
+        self.fenced(id, q).await
     }
 
     async fn do_release(&self, id: JobId, token: LeaseToken) -> Result<(), BackendError> {
@@ -829,13 +860,7 @@ impl Backend for PostgresBackend {
         leases: &'a [(JobId, LeaseToken)],
         lease: Duration,
     ) -> BoxFuture<'a, Result<Extended, BackendError>> {
-        Box::pin(async move {
-            let lost = self.do_extend(leases, lease).await?;
-            Ok(Extended {
-                lost,
-                renewed: Vec::new(),
-            })
-        })
+        Box::pin(self.do_extend(leases, lease))
     }
 
     fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
@@ -867,6 +892,18 @@ impl Backend for PostgresBackend {
 
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(self.do_requeue(id))
+    }
+
+    fn cancel(&self, id: JobId) -> BoxFuture<'_, Result<CancelOutcome, BackendError>> {
+        Box::pin(self.do_cancel(id))
+    }
+
+    fn finish_cancelled(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(self.do_finish_cancelled(id, token))
     }
 
     fn postgres(&self) -> Option<&PostgresBackend> {

@@ -129,6 +129,8 @@ impl PostgresBackend {
             let state: i16 = get_at(row, 1)?;
             if state == 0 {
                 reaped.recovered.push(JobId::from(id));
+            } else if state == 6 {
+                // Its cancel was requested before its holder died: cancelled, not recovered.
             } else {
                 reaped.dead.push(decode::dead_letter(
                     id,

@@ -73,7 +73,8 @@ impl RedisBackendBuilder {
     }
 
     /// How long the status of a succeeded job is kept (default 10 minutes; zero deletes it at
-    /// once, which also makes each acknowledgement cheaper).
+    /// once, which also makes each acknowledgement cheaper). A cancelled job's status is
+    /// kept as long (with a TTL on its record).
     ///
     /// The record is deleted by the first acknowledgement or reaper pass (every
     /// `reap_interval` of each runtime) after the retention has passed, so it can outlive

@@ -209,6 +209,7 @@ pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatu
         Some("retrying") => JobState::Retrying,
         Some("succeeded") => JobState::Succeeded,
         Some("dead") => JobState::Dead,
+        Some("cancelled") => JobState::Cancelled,
         Some(other) => {
             return Err(BackendError::Corrupt(format!(
                 "job {id} has an unknown state {other:?}"

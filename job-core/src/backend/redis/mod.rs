@@ -87,14 +87,15 @@
 //! | `j`, `q` | job name, queue | enqueue |
 //! | `m` | attempts allowed | enqueue |
 //! | `e` | enqueued at (ms since the Unix epoch) | enqueue |
-//! | `s` | state: absent while queued, else `scheduled`, `running`, `retrying`, `succeeded`, `dead` | every change |
+//! | `s` | state: absent while queued, else `scheduled`, `running`, `retrying`, `succeeded`, `dead`, `cancelled` | every change |
 //! | `a`, `r` | attempts started, crash recoveries (absent = 0) | reserve, reap, requeue |
 //! | `nb` | not before (ms), for delayed jobs and retries | enqueue, retry |
 //! | `u` | last change (ms, Redis clock; absent = `e`) | every change but enqueue |
 //! | `l` | lease token, while reserved (the expiry is the job's score in `{p}:leased`); empty once succeeded | reserve, ack |
 //! | `d` | the token whose outcome was written last, so a repeated write-back is recognised | ack, retry, dead-letter, release |
-//! | `o` | the outcome `d` wrote (`ack`, `retry`, `dead`, `release`): only a repeat of that outcome is one; another with that token is a lost lease (absent on records written before this field: the token alone decides, as it did then) | ack, retry, dead-letter, release |
+//! | `o` | the outcome `d` wrote (`ack`, `retry`, `dead`, `release`, `cancel`): only a repeat of that outcome is one; another with that token is a lost lease (absent on records written before this field: the token alone decides, as it did then) | ack, retry, dead-letter, release |
 //! | `err` | last error | retry, dead-letter, reap |
+//! | `cx` | a cancel was requested while the job was reserved: extend reports it to the holder; a retry, release or reap cancels the job instead | cancel |
 //! | `dead`, `died` | the dead-letter record (JSON) and when it died | dead-letter, reap |
 //!
 //! [`reserve`](Backend::reserve) and [`status`](Backend::status) take a count or time that
@@ -188,12 +189,12 @@ pub use self::config::{RedisBackendBuilder, RedisConfigError};
 use self::decode::{RESERVE_ROW, StoredDead, dead_letter_from_row, parse_id, reservation};
 use self::scripts::Scripts;
 use super::{
-    Backend, BackendError, BackendStats, BoxFuture, Envelope, Extended, LeaseToken, Reaped,
-    Reservation, Retry, reserve_in_calls, unix_ms,
+    Backend, BackendError, BackendStats, BoxFuture, CancelOutcome, Envelope, Extended, LeaseToken,
+    Reaped, Reservation, Retry, reserve_in_calls, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
-use crate::observe::status::JobStatus;
+use crate::observe::status::{JobState, JobStatus};
 
 /// Due scheduled jobs promoted to ready per reservation (more wait for the next one).
 const PROMOTE_BATCH: usize = 1000;
@@ -491,7 +492,8 @@ impl RedisBackend {
             .arg(reason)
             .arg(REAP_BATCH)
             .arg(Self::retention_ms(self.settings.dead_letter_retention))
-            .arg(self.settings.dead_letter_capacity);
+            .arg(self.settings.dead_letter_capacity)
+            .arg(Self::retention_ms(self.settings.finished_retention));
         type Reply = (Vec<String>, Vec<Vec<Vec<u8>>>, Vec<String>, String);
         let (recovered, dead, evicted, more): Reply = self.run_script(inv).await?;
         log_evicted(&evicted);
@@ -632,7 +634,8 @@ impl Backend for RedisBackend {
             inv.arg(id.to_string())
                 .arg(token.to_string())
                 .arg(unix_ms(retry.at))
-                .arg(retry.error);
+                .arg(retry.error)
+                .arg(Self::retention_ms(self.settings.finished_retention));
             self.fenced(id, inv).await
         })
     }
@@ -660,13 +663,14 @@ impl Backend for RedisBackend {
             for (id, token) in leases {
                 inv.arg(id.to_string()).arg(token.to_string());
             }
-            let lost: Vec<String> = self.run_script(inv).await?;
+            let (lost, cancelled): (Vec<String>, Vec<String>) = self.run_script(inv).await?;
+            let ids = |v: Vec<String>| -> Result<Vec<JobId>, BackendError> {
+                v.iter().map(|id| parse_id(id)).collect()
+            };
             Ok(Extended {
-                lost: lost
-                    .iter()
-                    .map(|id| parse_id(id))
-                    .collect::<Result<_, _>>()?,
+                lost: ids(lost)?,
                 renewed: Vec::new(),
+                cancelled: ids(cancelled)?,
             })
         })
     }
@@ -674,7 +678,9 @@ impl Backend for RedisBackend {
     fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             let mut inv = self.invocation(&self.scripts.release);
-            inv.arg(id.to_string()).arg(token.to_string());
+            inv.arg(id.to_string())
+                .arg(token.to_string())
+                .arg(Self::retention_ms(self.settings.finished_retention));
             self.fenced(id, inv).await
         })
     }
@@ -710,6 +716,40 @@ impl Backend for RedisBackend {
         id: JobId,
     ) -> BoxFuture<'_, Result<Option<DeadLetter>, BackendError>> {
         Box::pin(self.do_find_dead_letter(id))
+    }
+
+    fn cancel(&self, id: JobId) -> BoxFuture<'_, Result<CancelOutcome, BackendError>> {
+        Box::pin(async move {
+            let mut inv = self.invocation(&self.scripts.cancel);
+            inv.arg(id.to_string())
+                .arg(Self::retention_ms(self.settings.finished_retention));
+            let reply: String = self.run_script(inv).await?;
+            match reply.as_str() {
+                "removed" => Ok(CancelOutcome::Removed),
+                "requested" => Ok(CancelOutcome::Requested),
+                "missing" => Err(BackendError::NotFound(id)),
+                "finished:succeeded" => Ok(CancelOutcome::Finished(JobState::Succeeded)),
+                "finished:dead" => Ok(CancelOutcome::Finished(JobState::Dead)),
+                "finished:cancelled" => Ok(CancelOutcome::Finished(JobState::Cancelled)),
+                other => Err(BackendError::Corrupt(format!(
+                    "cancel of job {id} answered {other:?}"
+                ))),
+            }
+        })
+    }
+
+    fn finish_cancelled(
+        &self,
+        id: JobId,
+        token: LeaseToken,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut inv = self.invocation(&self.scripts.cancelled);
+            inv.arg(id.to_string())
+                .arg(token.to_string())
+                .arg(Self::retention_ms(self.settings.finished_retention));
+            self.fenced(id, inv).await
+        })
     }
 
     fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {

@@ -22,6 +22,8 @@ pub(super) struct Scripts {
     pub(super) find_dead_letter: Script,
     pub(super) insert_raw: Script,
     pub(super) sweep: Script,
+    pub(super) cancel: Script,
+    pub(super) cancelled: Script,
 }
 
 impl Scripts {
@@ -42,10 +44,12 @@ impl Scripts {
             find_dead_letter: s(include_str!("scripts/find_dead_letter.lua")),
             insert_raw: s(include_str!("scripts/insert_raw.lua")),
             sweep: s(include_str!("scripts/sweep.lua")),
+            cancel: s(include_str!("scripts/cancel.lua")),
+            cancelled: s(include_str!("scripts/cancelled.lua")),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 14] {
+    pub(super) fn all(&self) -> [&Script; 16] {
         [
             &self.enqueue,
             &self.reserve,
@@ -61,6 +65,8 @@ impl Scripts {
             &self.find_dead_letter,
             &self.insert_raw,
             &self.sweep,
+            &self.cancel,
+            &self.cancelled,
         ]
     }
 }

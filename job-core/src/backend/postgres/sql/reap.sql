@@ -1,8 +1,10 @@
 -- Jobs whose lease expired (on the database's clock) go back to the front of their queue with
 -- one more recovery; those recovered $1 times already (and records that name no job) die as
--- poison pills with the reason $2. At most $3 per call; rows another reaper holds are skipped.
+-- poison pills with the reason $2; those whose cancel was requested are cancelled (6). At most
+-- $3 per call; rows another reaper holds are skipped.
 -- $1 max_recoveries int4, $2 reason text, $3 batch int4, $4 channel text, $5 fallback shard int2.
--- Returns per job: id, state (0 recovered, 5 dead), and for the dead the dead-letter fields.
+-- Returns per job: id, state (0 recovered, 5 dead, 6 cancelled), and for the dead the
+-- dead-letter fields.
 WITH expired AS (
     SELECT id FROM {s}.jobs
     WHERE state = 2 AND lease_expires < now()
@@ -13,12 +15,15 @@ WITH expired AS (
 upd AS (
     UPDATE {s}.jobs j SET
         recoveries = j.recoveries + 1,
-        state = CASE WHEN j.recoveries + 1 < $1::int4 AND j.job IS NOT NULL
+        state = CASE WHEN j.cancel_requested THEN 6
+                     WHEN j.recoveries + 1 < $1::int4 AND j.job IS NOT NULL
                           AND j.payload IS NOT NULL THEN 0 ELSE 5 END,
-        run_at = CASE WHEN j.recoveries + 1 < $1::int4 AND j.job IS NOT NULL
+        run_at = CASE WHEN j.cancel_requested THEN j.run_at
+                      WHEN j.recoveries + 1 < $1::int4 AND j.job IS NOT NULL
                            AND j.payload IS NOT NULL THEN '-infinity'::timestamptz
                       ELSE j.run_at END,
-        last_error = CASE WHEN j.recoveries + 1 < $1::int4 AND j.job IS NOT NULL
+        last_error = CASE WHEN j.cancel_requested THEN j.last_error
+                          WHEN j.recoveries + 1 < $1::int4 AND j.job IS NOT NULL
                                AND j.payload IS NOT NULL THEN j.last_error
                           ELSE $2::text END,
         lease = NULL, lease_expires = NULL, updated_at = now()

@@ -5,6 +5,7 @@ WITH upd AS (
     UPDATE {s}.jobs SET
         state = 0, attempt = 0, recoveries = 0, not_before = NULL, lease = NULL,
         lease_expires = NULL, done_token = NULL, last_error = NULL, dead_letter = NULL,
+        cancel_requested = NULL,
         run_at = now(), seq = nextval('{s}.seq'), updated_at = now()
     WHERE id = $1::uuid AND state = 5
     RETURNING queue

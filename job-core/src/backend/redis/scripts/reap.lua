@@ -1,5 +1,7 @@
 -- KEYS: the shared keys (see prelude.lua).
--- ARGV: base, max_recoveries, reason, batch, dead_retention_ms, dead_capacity.
+-- ARGV: base, max_recoveries, reason, batch, dead_retention_ms, dead_capacity,
+-- finished_retention_ms. A job whose cancel was requested (`cx`) is cancelled, not
+-- recovered.
 -- Returns {recovered ids, dead rows, evicted ids, more}: `more` is '1' when the sweep of
 -- finished records stopped at `batch` with more possibly due.
 local max_rec, reason, batch = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
@@ -11,8 +13,12 @@ local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, b
 if #expired > 0 then zmany('ZREM', K_LEASED, expired) end
 for _, id in ipairs(expired) do
   local k = jk(id)
-  local f = fields(k, 'l', 'p', 'j', 'q', 'r')
-  if f and f[1] then
+  local f = fields(k, 'l', 'p', 'j', 'q', 'r', 'cx')
+  if f and f[1] and f[6] then
+    redis.call('HSET', k, 's', 'cancelled', 'u', snow, 'l', '')
+    live_add(-1)
+    expire(k, tonumber(ARGV[7]))
+  elseif f and f[1] then
     local q = f[4]
     local rec = (tonumber(f[5]) or 0) + 1
     redis.call('HDEL', k, 'l')

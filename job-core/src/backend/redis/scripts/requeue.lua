@@ -9,7 +9,7 @@ if not f or not f[1] then return 0 end
 local q = f[1]
 redis.call('PERSIST', k)
 redis.call('HSET', k, 'u', num(now_ms()))
-redis.call('HDEL', k, 's', 'a', 'r', 'nb', 'l', 'err', 'dead', 'died', 'd', 'o')
+redis.call('HDEL', k, 's', 'a', 'r', 'nb', 'l', 'err', 'dead', 'died', 'd', 'o', 'cx')
 redis.call('SADD', K_QUEUES, q)
 ready(q, id, false)
 live_add(1)

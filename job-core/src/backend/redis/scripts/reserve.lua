@@ -54,7 +54,7 @@ for i = 1, nq do
           garbage(id)
           out[#out + 1] = 'garbage'
       out[#out + 1] = id
-        elseif st ~= 'running' and st ~= 'succeeded' and st ~= 'dead' then
+        elseif st ~= 'running' and st ~= 'succeeded' and st ~= 'dead' and st ~= 'cancelled' then
           -- (An id that is running or finished is a stale duplicate entry: dropped.)
           local token = ARGV[first_token + leased]
           leased = leased + 1
