@@ -191,6 +191,65 @@ async fn the_timeout_fails_the_attempt_as_transient() {
     rt.shutdown().await;
 }
 
+/// Notes whether its token had fired when it stopped: a job that watches its token.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Careful;
+
+static SAW_TOKEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Job for Careful {
+    const NAME: &'static str = "careful";
+    type Error = ProbeError;
+    fn options() -> JobOptions {
+        JobOptions::new()
+            .max_attempts(1)
+            .timeout(Duration::from_millis(50))
+    }
+    async fn run(&self, cx: &JobContext) -> Result<(), ProbeError> {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            () = cx.cancelled() => {
+                // Cleaning up at a safe point, within the grace; then "done".
+                SAW_TOKEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// At its timeout an attempt's token fires first; the attempt gets the cancel grace to stop,
+/// and counts as timed out although it returned `Ok`. One that ignores its token is dropped
+/// when the grace ends: the worker is free again after timeout + grace.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_fires_the_token_and_gives_a_grace() {
+    let rt = JobRuntime::builder()
+        .register::<Careful>()
+        .register::<Slow>()
+        .concurrency(1)
+        .cancel_grace(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    let careful = rt.client().enqueue(Careful).await.unwrap();
+    let status = wait_state(&rt, careful, JobState::Dead, LONG).await;
+    assert_eq!(SAW_TOKEN.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("attempt timed out after 50ms"),
+        "returning Ok in the grace does not undo the timeout"
+    );
+    // Slow ignores its token: each of its 2 attempts holds the worker 50 ms + 200 ms.
+    let started = tokio::time::Instant::now();
+    let slow = rt.client().enqueue(Slow { ms: 60_000 }).await.unwrap();
+    let status = wait_state(&rt, slow, JobState::Dead, LONG).await;
+    assert_eq!(status.attempts, 2);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(600),
+        "two attempts of timeout + grace (and a 10 ms backoff): {took:?}"
+    );
+    rt.shutdown().await;
+}
+
 /// The seed re-enqueues a retry from its single consumer into the bounded channel, which
 /// deadlocks once the channel is full. Here a retry keeps its slot and waits in the timer.
 #[tokio::test(start_paused = true)]
