@@ -502,7 +502,8 @@ impl StatusStore {
         self.shard(&id).live.remove(&id);
     }
 
-    /// Resets a dead job for requeue: queued again, attempts from zero, error kept.
+    /// Resets a dead job for requeue: queued again, attempts from zero, and no error (a fresh
+    /// start, as the durable stores record it).
     pub(crate) fn requeued(&self, id: JobId, kind: u16) {
         let now = now_ms();
         let mut shard = self.shard(&id);
@@ -517,6 +518,7 @@ impl StatusStore {
         record.state = JobState::Queued;
         record.attempts = 0;
         record.updated_ms = now;
+        record.last_error = None;
     }
 
     fn retire(&self, shard: &mut Shard, id: JobId, now: u64) {
@@ -701,6 +703,7 @@ mod tests {
         s.requeued(id, 0);
         let st = s.get(id).unwrap();
         assert_eq!((st.state, st.attempts), (JobState::Queued, 0));
+        assert_eq!((st.last_error, st.last_failure), (None, None), "a fresh start");
         assert!(s.running_ids().is_empty());
     }
 
