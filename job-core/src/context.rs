@@ -49,6 +49,62 @@ pub struct JobContext {
     pub(crate) cancel: CancellationToken,
     pub(crate) data: Arc<DataMap>,
     pub(crate) scoped: Mutex<Vec<(TypeId, Box<dyn Any + Send>)>>,
+    /// Where [`progress`](Self::progress) goes: the worker's cell (none when detached).
+    pub(crate) progress: Option<Arc<ProgressCell>>,
+}
+
+/// The most bytes of JSON one [`JobContext::progress`] report may take.
+pub const PROGRESS_LIMIT: usize = 1024;
+
+/// The progress a worker's current attempt reported last, read by status queries and (on a
+/// durable store) written to the store at most every 100 ms by one writer.
+#[derive(Debug, Default)]
+pub(crate) struct ProgressCell {
+    value: Mutex<Option<(JobId, crate::backend::Payload)>>,
+    /// Set by a report, cleared by the writer that takes it.
+    dirty: std::sync::atomic::AtomicBool,
+    /// Set by a report, cleared by `clear`: an attempt that reports nothing costs no lock.
+    used: std::sync::atomic::AtomicBool,
+}
+
+impl ProgressCell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(JobId, crate::backend::Payload)>> {
+        self.value
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, id: JobId, value: crate::backend::Payload) {
+        *self.lock() = Some((id, value));
+        self.used.store(true, std::sync::atomic::Ordering::Release);
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The latest report, if one came since the last call (for the writer).
+    pub(crate) fn take_dirty(&self) -> Option<(JobId, crate::backend::Payload)> {
+        if !self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return None;
+        }
+        self.lock().clone()
+    }
+
+    /// The latest report of job `id`, if this cell holds one.
+    pub(crate) fn of(&self, id: JobId) -> Option<crate::backend::Payload> {
+        self.lock()
+            .as_ref()
+            .filter(|(job, _)| *job == id)
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Empties the cell (a new attempt starts); gives what it held.
+    pub(crate) fn clear(&self) -> Option<(JobId, crate::backend::Payload)> {
+        if !self.used.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return None;
+        }
+        self.dirty
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.lock().take()
+    }
 }
 
 impl JobContext {
@@ -64,11 +120,16 @@ impl JobContext {
             cancel: CancellationToken::new(),
             data: Arc::new(DataMap::default()),
             scoped: Mutex::new(Vec::new()),
+            progress: None,
         }
     }
 
     /// The context a worker reuses for every attempt it runs (fields set per attempt).
-    pub(crate) fn for_worker(cancel: CancellationToken, data: Arc<DataMap>) -> Self {
+    pub(crate) fn for_worker(
+        cancel: CancellationToken,
+        data: Arc<DataMap>,
+        progress: Arc<ProgressCell>,
+    ) -> Self {
         Self {
             id: JobId::from(uuid::Uuid::nil()),
             attempt: 0,
@@ -78,6 +139,7 @@ impl JobContext {
             cancel,
             data,
             scoped: Mutex::new(Vec::new()),
+            progress: Some(progress),
         }
     }
 
@@ -130,6 +192,44 @@ impl JobContext {
     /// Completes when the attempt is asked to stop.
     pub async fn cancelled(&self) {
         self.cancel.cancelled().await;
+    }
+
+    /// Reports how far the attempt has got: a percentage (`cx.progress(&40)`) or any small
+    /// serializable value (`cx.progress(&json!({"rows": 1200, "of": 5000}))`), at most
+    /// [`PROGRESS_LIMIT`] bytes of JSON. It shows in the job's status
+    /// ([`JobStatus::progress`](crate::JobStatus::progress)) at once in memory; on a
+    /// durable store the latest report is written at most every 100 ms (and once more when
+    /// the attempt ends), so calling it in a tight loop costs a lock and an encode, never a
+    /// round trip per call. The last report is kept after the job finishes.
+    ///
+    /// ```
+    /// use job_core::JobContext;
+    ///
+    /// let cx = JobContext::detached("export");
+    /// cx.progress(&40).unwrap();
+    /// assert!(cx.progress(&"x".repeat(2_000)).unwrap_err().to_string().contains("1024"));
+    /// ```
+    ///
+    /// # Errors
+    /// [`ProgressError::TooLarge`](crate::ProgressError::TooLarge) over the limit,
+    /// [`ProgressError::Serialize`](crate::ProgressError::Serialize) when the value does
+    /// not serialize; nothing is recorded then.
+    pub fn progress<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<(), crate::error::ProgressError> {
+        let payload = crate::backend::Payload::encode(value)
+            .map_err(|e| crate::error::ProgressError::Serialize(e.to_string()))?;
+        if payload.len() > PROGRESS_LIMIT {
+            return Err(crate::error::ProgressError::TooLarge {
+                size: payload.len(),
+                limit: PROGRESS_LIMIT,
+            });
+        }
+        if let Some(cell) = &self.progress {
+            cell.set(self.id, payload);
+        }
+        Ok(())
     }
 
     /// A value registered with [`JobRuntimeBuilder::data`](crate::JobRuntimeBuilder::data).

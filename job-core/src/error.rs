@@ -390,6 +390,23 @@ pub enum WaitError {
     Query(#[source] QueryError),
 }
 
+/// Why [`JobContext::progress`](crate::JobContext::progress) recorded nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProgressError {
+    /// The value's JSON is longer than the limit.
+    #[error("progress of {size} bytes of JSON is over the limit of {limit} bytes")]
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The limit ([`PROGRESS_LIMIT`](crate::PROGRESS_LIMIT)).
+        limit: usize,
+    },
+    /// The value did not serialize.
+    #[error("progress does not serialize: {0}")]
+    Serialize(String),
+}
+
 /// What [`Client::cancel`](crate::Client::cancel) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

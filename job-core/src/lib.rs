@@ -47,11 +47,11 @@ pub mod retry;
 mod runtime;
 pub mod schedule;
 
-pub use context::{Dependencies, JobContext};
+pub use context::{Dependencies, JobContext, PROGRESS_LIMIT};
 pub use dead_letter::{DeadLetter, HookOutcome};
 pub use error::{
     BoxError, CancelError, Cancellation, Classify, EnqueueError, EnqueueManyError, ErrorClass,
-    Permanent, QueryError, RequeueError, StartError, WaitError,
+    Permanent, ProgressError, QueryError, RequeueError, StartError, WaitError,
 };
 pub use job::{Job, JobId, JobOptions, is_valid_name};
 pub use observe::health::{Health, HealthStatus, HealthThresholds};

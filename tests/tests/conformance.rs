@@ -593,6 +593,49 @@ async fn wait_returns_the_final_status(store: Store) {
     rt.shutdown().await;
 }
 
+/// Progress: a job reporting in a tight loop shows its latest report in its status while it
+/// runs (within the durable writer's 100 ms), and its last one after it finished; the
+/// stores without status by id take the reports and run the job as usual.
+async fn progress_shows_in_the_status(store: Store) {
+    let s = Setup::new(store).await;
+    let rec = Recorder::new();
+    let rt = s.builder(&rec).start().unwrap();
+    let client = rt.client();
+    let id = client
+        .enqueue(Probe::new(1, Behavior::ProgressThenGate(10_000)))
+        .await
+        .unwrap();
+    if !s.has_status() {
+        eventually(LONG, "the job reports and waits", || {
+            rec.attempts_of(1).len() == 1
+        })
+        .await;
+        rec.open(1);
+        eventually(LONG, "the job succeeds", || rec.successes() == 1).await;
+        rt.shutdown().await;
+        return;
+    }
+    let deadline = Instant::now() + LONG;
+    loop {
+        let st = client.status(id).await.unwrap().expect("status kept");
+        if st.progress == Some(serde_json::json!(10_000)) {
+            assert_eq!(st.state, JobState::Running, "{st:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "progress never showed: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rec.open(1);
+    let done = client.wait(id, LONG).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(
+        done.progress,
+        Some(serde_json::json!({ "done": 10_000 })),
+        "the last report is kept: {done:?}"
+    );
+    rt.shutdown().await;
+}
+
 /// Cancel by id: a queued and a scheduled job are removed and never run; a running job that
 /// honours its token ends `cancelled`, not retried (although it returned a transient error);
 /// one that ignores its token is dropped after the cancel grace, and the worker goes on;
@@ -794,6 +837,7 @@ macro_rules! conformance {
             wait_returns_the_final_status,
             cancel_by_id,
             a_cancel_reaches_another_process,
+            progress_shows_in_the_status,
         );
     };
 }

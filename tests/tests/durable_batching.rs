@@ -526,3 +526,144 @@ async fn enqueues_waiting_for_a_batch_that_dies_get_an_error() {
     assert!(ids.iter().all(Result::is_ok), "{ids:?}");
     rt.shutdown().await;
 }
+
+/// `MemoryBackend` that counts `record_progress` calls.
+#[derive(Debug, Default)]
+struct CountsProgress(
+    job_core::backend::memory::MemoryBackend,
+    std::sync::atomic::AtomicUsize,
+);
+
+mod counts_progress {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use job_core::backend::{
+        Backend, BackendError, BackendStats, BoxFuture, Envelope, Extended, LeaseToken, Payload,
+        Reaped, Reservation, Retry,
+    };
+    use job_core::{DeadLetter, JobId, JobStatus};
+
+    use super::CountsProgress;
+
+    impl Backend for CountsProgress {
+        fn name(&self) -> &'static str {
+            "counts-progress"
+        }
+        fn connect(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.connect()
+        }
+        fn enqueue(&self, e: Envelope, cap: u64) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.enqueue(e, cap)
+        }
+        fn reserve<'a>(
+            &'a self,
+            queues: &'a [String],
+            max: usize,
+            lease: Duration,
+        ) -> BoxFuture<'a, Result<Vec<Reservation>, BackendError>> {
+            self.0.reserve(queues, max, lease)
+        }
+        fn wait_for_work<'a>(&'a self, queues: &'a [String], t: Duration) -> BoxFuture<'a, ()> {
+            self.0.wait_for_work(queues, t)
+        }
+        fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.ack(id, token)
+        }
+        fn retry(
+            &self,
+            id: JobId,
+            token: LeaseToken,
+            retry: Retry,
+        ) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.retry(id, token, retry)
+        }
+        fn dead_letter(
+            &self,
+            id: JobId,
+            token: LeaseToken,
+            record: DeadLetter,
+        ) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.dead_letter(id, token, record)
+        }
+        fn extend<'a>(
+            &'a self,
+            leases: &'a [(JobId, LeaseToken)],
+            lease: Duration,
+        ) -> BoxFuture<'a, Result<Extended, BackendError>> {
+            self.0.extend(leases, lease)
+        }
+        fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.release(id, token)
+        }
+        fn reap(&self, max_recoveries: u32) -> BoxFuture<'_, Result<Reaped, BackendError>> {
+            self.0.reap(max_recoveries)
+        }
+        fn status(&self, id: JobId) -> BoxFuture<'_, Result<Option<JobStatus>, BackendError>> {
+            self.0.status(id)
+        }
+        fn stats(&self) -> BoxFuture<'_, Result<BackendStats, BackendError>> {
+            self.0.stats()
+        }
+        fn dead_letters(
+            &self,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
+            self.0.dead_letters(limit)
+        }
+        fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
+            self.0.requeue(id)
+        }
+        fn record_progress<'a>(
+            &'a self,
+            updates: &'a [(JobId, LeaseToken, Payload)],
+        ) -> BoxFuture<'a, Result<(), BackendError>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.record_progress(updates)
+        }
+    }
+}
+
+/// Reports progress 1..=1000, one every millisecond or so.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Chatty;
+
+impl Job for Chatty {
+    const NAME: &'static str = "chatty";
+    type Error = std::convert::Infallible;
+    async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
+        for i in 1..=1000u32 {
+            cx.progress(&i).expect("small");
+            if i % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A job reporting progress a thousand times in about a second costs the store about one
+/// write per 100 ms, not one per report; the last report is written before the job ends.
+#[tokio::test]
+async fn progress_reports_are_written_at_most_every_100_ms() {
+    let backend = Arc::new(CountsProgress::default());
+    let rt = JobRuntime::builder()
+        .register::<Chatty>()
+        .backend(backend.clone())
+        .start()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let id = rt.client().enqueue(Chatty).await.unwrap();
+    let done = rt.client().wait(id, Duration::from_secs(30)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done.progress, Some(serde_json::json!(1000)));
+    let writes = backend.1.load(std::sync::atomic::Ordering::SeqCst);
+    // One per 100 ms turn, and one at the end.
+    let most = usize::try_from(took.as_millis() / 100).unwrap_or(usize::MAX) + 2;
+    assert!(
+        (1..=most).contains(&writes),
+        "{writes} writes for 1,000 reports in {took:?}"
+    );
+    rt.shutdown().await;
+}

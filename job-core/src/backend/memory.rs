@@ -40,6 +40,8 @@ struct Stored {
     done: Option<(LeaseToken, Outcome)>,
     /// A cancel was requested while the job was reserved (see [`CancelOutcome::Requested`]).
     cancel_requested: bool,
+    /// What the job reported last (see [`Backend::record_progress`]).
+    progress: Option<Payload>,
 }
 
 /// A write-back that ends a lease.
@@ -129,6 +131,7 @@ impl MemoryBackend {
                 lease: None,
                 done: None,
                 cancel_requested: false,
+                progress: None,
             },
         );
         st.ready.entry(queue.to_owned()).or_default().push_back(id);
@@ -249,6 +252,7 @@ impl Backend for MemoryBackend {
                 lease: None,
                 done: None,
                 cancel_requested: false,
+                progress: None,
             },
         );
         match delayed {
@@ -555,6 +559,7 @@ impl Backend for MemoryBackend {
                 from_unix_ms(enqueued),
                 from_unix_ms(s.updated_ms),
             )
+            .with_progress(s.progress.as_ref().map(Payload::to_value))
         });
         ready_now(Ok(status))
     }
@@ -608,6 +613,19 @@ impl Backend for MemoryBackend {
         st.scheduled.retain(|(_, j)| *j != id);
         self.retire(&mut st, id);
         ready_now(Ok(CancelOutcome::Removed))
+    }
+
+    fn record_progress<'a>(
+        &'a self,
+        updates: &'a [(JobId, LeaseToken, Payload)],
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        let mut st = self.lock();
+        for (id, token, value) in updates {
+            if let Ok(s) = Self::held(&mut st, *id, token.clone()) {
+                s.progress = Some(value.clone());
+            }
+        }
+        ready_now(Ok(()))
     }
 
     fn finish_cancelled(
@@ -672,6 +690,7 @@ impl Backend for MemoryBackend {
                 lease: None,
                 done: None,
                 cancel_requested: false,
+                progress: None,
             },
         );
         st.ready.entry(queue).or_default().push_back(id);

@@ -321,6 +321,10 @@ pub struct Capabilities {
     /// the cancels requested for held jobs. Without it [`Client::cancel`](crate::Client::cancel)
     /// answers [`Unsupported`](crate::CancelError::Unsupported).
     pub cancel_by_id: bool,
+    /// [`Backend::record_progress`] keeps what running jobs report, and
+    /// [`Backend::status`] shows it. Without it reports stay in the process (a store without
+    /// status by id has nowhere to show them).
+    pub progress: bool,
 }
 
 impl Capabilities {
@@ -337,6 +341,7 @@ impl Capabilities {
             max_attempt_duration: None,
             batched_acks: true,
             cancel_by_id: true,
+            progress: true,
         }
     }
 }
@@ -630,6 +635,21 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Box::pin(async { Err(BackendError::Unsupported("cancel by id")) })
     }
 
+    /// Keeps the latest progress reported by held jobs (`(id, lease token, value)`), shown
+    /// by [`status`](Self::status) from then on, also after the job finished. Fenced: an
+    /// update whose token is not the job's lease changes nothing (and is not an error: a
+    /// report racing its own write-back is simply dropped). The runtime calls it at most
+    /// every 100 ms, with the reports of every worker of the process, and only when
+    /// [`progress`](Capabilities::progress) is declared; the default answers
+    /// [`BackendError::Unsupported`].
+    fn record_progress<'a>(
+        &'a self,
+        updates: &'a [(JobId, LeaseToken, Payload)],
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        let _ = updates;
+        Box::pin(async { Err(BackendError::Unsupported("progress")) })
+    }
+
     /// The attempt of a reserved job whose cancel was requested has ended: the job is
     /// finished, cancelled. Fenced like every write-back (a stale holder gets
     /// [`BackendError::LeaseLost`]); also used for a reserved job whose cancel this process
@@ -765,6 +785,12 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
         token: LeaseToken,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         (**self).finish_cancelled(id, token)
+    }
+    fn record_progress<'a>(
+        &'a self,
+        updates: &'a [(JobId, LeaseToken, Payload)],
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        (**self).record_progress(updates)
     }
 }
 

@@ -79,6 +79,10 @@ pub struct JobStatus {
     /// attempt has failed). This is the latest entry of the job's attempt history; a full
     /// per-attempt history comes with the dashboard.
     pub last_failure: Option<String>,
+    /// What the job last reported with [`JobContext::progress`](crate::JobContext::progress)
+    /// (a percentage, or any small JSON value), kept after it finished; `None` before it
+    /// reported any.
+    pub progress: Option<serde_json::Value>,
     /// When it was enqueued.
     #[serde(with = "system_time_rfc3339")]
     pub enqueued_at: SystemTime,
@@ -124,9 +128,17 @@ impl JobStatus {
             attempts,
             last_failure: last_error.clone(),
             last_error,
+            progress: None,
             enqueued_at,
             updated_at,
         }
+    }
+
+    /// The progress the job last reported (see [`progress`](Self::progress)).
+    #[must_use]
+    pub fn with_progress(mut self, progress: Option<serde_json::Value>) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// The same status with `last_failure` (the error of the latest failed attempt).
@@ -181,6 +193,9 @@ struct Record {
     updated_ms: u64,
     /// The latest failure (kept through a success; the current error follows from `state`).
     last_error: Option<Box<str>>,
+    /// The progress the job reported last, once an attempt that reported one ended (while
+    /// it runs, the worker's progress cell has it).
+    progress: Option<crate::backend::Payload>,
 }
 
 /// Hashes a [`JobId`] without SipHash: the ids are made by [`JobId::new`] and never chosen by
@@ -368,6 +383,7 @@ impl StatusStore {
                 enqueued_ms: now,
                 updated_ms: now,
                 last_error: None,
+                progress: None,
             },
         );
     }
@@ -492,6 +508,13 @@ impl StatusStore {
         })
     }
 
+    /// Keeps the progress the attempt of `id` that just ended reported last.
+    pub(crate) fn set_progress(&self, id: JobId, progress: crate::backend::Payload) {
+        if let Some(r) = self.shard(&id).live.get_mut(&id) {
+            r.progress = Some(progress);
+        }
+    }
+
     /// The registered kind of `id`, while a record is kept.
     pub(crate) fn kind_of(&self, id: JobId) -> Option<u16> {
         self.shard(&id).live.get(&id).map(|r| r.kind)
@@ -514,6 +537,7 @@ impl StatusStore {
             enqueued_ms: now,
             updated_ms: now,
             last_error: None,
+            progress: None,
         });
         record.state = JobState::Queued;
         record.attempts = 0;
@@ -563,16 +587,19 @@ impl StatusStore {
             }
             _ => (r.state, r.attempts, r.updated_ms),
         };
-        Some(JobStatus::from_failure(
-            id,
-            Cow::Borrowed(job),
-            Cow::Borrowed(queue),
-            state,
-            attempts,
-            r.last_error.as_deref().map(str::to_owned),
-            from_ms(r.enqueued_ms),
-            from_ms(updated_ms),
-        ))
+        Some(
+            JobStatus::from_failure(
+                id,
+                Cow::Borrowed(job),
+                Cow::Borrowed(queue),
+                state,
+                attempts,
+                r.last_error.as_deref().map(str::to_owned),
+                from_ms(r.enqueued_ms),
+                from_ms(updated_ms),
+            )
+            .with_progress(r.progress.as_ref().map(crate::backend::Payload::to_value)),
+        )
     }
 
     /// Ids of the jobs whose attempt started and has not ended (used at shutdown, for the
@@ -703,7 +730,11 @@ mod tests {
         s.requeued(id, 0);
         let st = s.get(id).unwrap();
         assert_eq!((st.state, st.attempts), (JobState::Queued, 0));
-        assert_eq!((st.last_error, st.last_failure), (None, None), "a fresh start");
+        assert_eq!(
+            (st.last_error, st.last_failure),
+            (None, None),
+            "a fresh start"
+        );
         assert!(s.running_ids().is_empty());
     }
 

@@ -16,14 +16,15 @@
 //! before it looks at the set (both under the slot's lock).
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
 use super::Client;
+use crate::backend::Payload;
 use crate::backend::{BackendError, CancelOutcome};
-use crate::context::JobContext;
+use crate::context::{JobContext, ProgressCell};
 use crate::error::{CancelError, Cancellation};
 use crate::job::JobId;
 use crate::observe::status::JobState;
@@ -132,6 +133,8 @@ async fn cancel_in_memory(client: &Client, id: JobId) -> Result<Cancellation, Ca
 /// The slots of all workers, and the ids cancelled before they started.
 pub(crate) struct Attempts {
     slots: Box<[Slot]>,
+    /// Per worker, what its attempt reported with `JobContext::progress`.
+    progress: Box<[Arc<ProgressCell>]>,
     /// The token every slot's token is a child of (shutdown's).
     parent: CancellationToken,
     waiting: Mutex<HashSet<JobId>>,
@@ -177,6 +180,7 @@ impl Attempts {
                     }))
                 })
                 .collect(),
+            progress: (0..workers).map(|_| Arc::default()).collect(),
             parent: parent.clone(),
             waiting: Mutex::new(HashSet::new()),
             waiting_len: AtomicUsize::new(0),
@@ -197,10 +201,28 @@ impl Attempts {
             .map_or_else(|| self.parent.clone(), |slot| slot.lock().token.clone())
     }
 
+    /// Worker `worker`'s progress cell (its context reports into it).
+    pub(crate) fn progress_cell(&self, worker: usize) -> Arc<ProgressCell> {
+        self.progress.get(worker).cloned().unwrap_or_default()
+    }
+
+    /// The progress the attempt running `id` in this process reported last.
+    pub(crate) fn progress_of(&self, id: JobId) -> Option<Payload> {
+        self.progress.iter().find_map(|cell| cell.of(id))
+    }
+
+    /// Every worker's cell, for the writer that takes the new reports.
+    pub(crate) fn progress_cells(&self) -> &[Arc<ProgressCell>] {
+        &self.progress
+    }
+
     /// Worker `worker` is about to run `id`: its slot takes the job, `cx` gets a token that
     /// has not fired (unless shutdown fired it), and the answer says whether the job was
     /// cancelled before it started (then the caller drops it, after [`end`](Self::end)).
     pub(crate) fn start(&self, worker: usize, id: JobId, cx: &mut JobContext) -> Start {
+        if let Some(cell) = self.progress.get(worker) {
+            cell.clear();
+        }
         if let Some(slot) = self.slots.get(worker) {
             let mut s = slot.lock();
             s.job = Some(id);

@@ -613,6 +613,9 @@ pub(crate) fn launch(inner: &Arc<Inner>, concurrency: usize) -> Vec<tokio::task:
     inner.background.spawn(heartbeat(inner.clone()));
     inner.background.spawn(reaper(inner.clone()));
     inner.background.spawn(refresh(inner.clone()));
+    if d.caps.progress {
+        inner.background.spawn(progress_writer(inner.clone()));
+    }
     let acker = inner.background.spawn(acker(inner.clone()));
     *d.acker
         .lock()
@@ -734,7 +737,11 @@ async fn worker(inner: Arc<Inner>, index: usize) {
     let Some(d) = inner.durable.as_ref() else {
         return;
     };
-    let mut cx = JobContext::for_worker(inner.attempts.token(index), inner.data.clone());
+    let mut cx = JobContext::for_worker(
+        inner.attempts.token(index),
+        inner.data.clone(),
+        inner.attempts.progress_cell(index),
+    );
     loop {
         if !inner.drain_queue && inner.stop_fetch.is_cancelled() {
             break;
@@ -915,6 +922,21 @@ async fn run(
     let span = job_span(id, entry.ty.name, entry.ty.options.queue, attempt);
     let started = std::time::Instant::now();
     let outcome = execute(inner, worker, cx, kind, job.as_ref(), &span).await;
+    if d.caps.progress
+        && let Some(progress) = inner
+            .attempts
+            .progress_cells()
+            .get(worker)
+            .and_then(|cell| cell.of(id))
+    {
+        // The attempt's last report, before its outcome ends the lease: the writer's next
+        // turn would come too late.
+        let _renewal = d.renewing.read().await;
+        let update = [(id, d.current(id, &token), progress)];
+        if let Err(e) = d.backend.record_progress(&update).await {
+            tracing::debug!(error = %error_chain(&e), "writing the job's last progress failed");
+        }
+    }
     d.ran_for(started.elapsed());
     let finished = async {
         match outcome {
@@ -1111,6 +1133,46 @@ async fn reaper(inner: Arc<Inner>) {
                 d.mark(false);
                 tracing::warn!(error = %error_chain(&e), "reaping expired leases failed");
             }
+        }
+    }
+}
+
+/// How often the progress writer looks for new reports.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Writes what running jobs reported with `JobContext::progress`: every 100 ms, the latest
+/// report of each worker whose attempt reported since the last turn, all in one call.
+async fn progress_writer(inner: Arc<Inner>) {
+    let Some(d) = inner.durable.as_ref() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = inner.stop_background.cancelled() => return,
+            () = tokio::time::sleep(PROGRESS_EVERY) => {}
+        }
+        let reports: Vec<_> = inner
+            .attempts
+            .progress_cells()
+            .iter()
+            .filter_map(|cell| cell.take_dirty())
+            .collect();
+        if reports.is_empty() {
+            continue;
+        }
+        let _renewal = d.renewing.read().await;
+        let updates: Vec<_> = {
+            let held = d
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            reports
+                .into_iter()
+                .filter_map(|(id, p)| held.get(&id).map(|t| (id, t.clone(), p)))
+                .collect()
+        };
+        if let Err(e) = d.backend.record_progress(&updates).await {
+            tracing::debug!(error = %error_chain(&e), "writing job progress failed");
         }
     }
 }

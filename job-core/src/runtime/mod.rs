@@ -318,7 +318,15 @@ impl Client {
     /// [`QueryError::Unsupported`] on a backend that cannot look a job up by id.
     pub async fn status(&self, id: JobId) -> Result<Option<JobStatus>, QueryError> {
         match self.durable() {
-            None => Ok(self.inner.status.get(id)),
+            None => Ok(self.inner.status.get(id).map(|st| {
+                // A running attempt's latest report is in its worker's cell.
+                match self.inner.attempts.progress_of(id) {
+                    Some(p) if st.state == JobState::Running => {
+                        st.with_progress(Some(p.to_value()))
+                    }
+                    _ => st,
+                }
+            })),
             Some(d) => {
                 d.supports(d.caps.status_by_id, "status by id")?;
                 d.backend.status(id).await.map_err(QueryError::Backend)

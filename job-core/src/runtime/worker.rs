@@ -194,7 +194,11 @@ impl Drop for Held<'_> {
 }
 
 async fn worker(inner: Arc<Inner>, index: usize) {
-    let mut cx = JobContext::for_worker(inner.attempts.token(index), inner.data.clone());
+    let mut cx = JobContext::for_worker(
+        inner.attempts.token(index),
+        inner.data.clone(),
+        inner.attempts.progress_cell(index),
+    );
     let Some(slot) = inner.unreleased.get(index) else {
         return;
     };
@@ -391,12 +395,14 @@ pub(crate) async fn execute_from(
         if let Some(failure) = build_scoped(inner, cx, kind).await {
             return Outcome::Failed(failure);
         }
-        let token = cx.cancel.clone();
+        // Borrowed, not cloned: a token's clone and drop each take its lock.
+        let cx: &JobContext = cx;
+        let token = &cx.cancel;
         let fut = AssertUnwindSafe(job.run(cx)).catch_unwind();
         let result = match ty.options.timeout {
-            None => Ok(stoppable(inner, &token, fut).await),
+            None => Ok(stoppable(inner, token, fut).await),
             Some(limit) => {
-                let mut fut = std::pin::pin!(stoppable(inner, &token, fut));
+                let mut fut = std::pin::pin!(stoppable(inner, token, fut));
                 match tokio::time::timeout(limit, &mut fut).await {
                     Ok(result) => Ok(result),
                     Err(_) => {
@@ -534,6 +540,15 @@ async fn run_attempt(
 
     let _enter = span.enter();
     let (id, kind) = (env.id, env.kind);
+    // What the attempt reported last stays with the job's record.
+    if let Some((_, progress)) = inner
+        .attempts
+        .progress_cells()
+        .get(worker)
+        .and_then(|cell| cell.clear())
+    {
+        inner.status.set_progress(id, progress);
+    }
     let finished = match outcome {
         Outcome::Ok => {
             inner.status.succeeded(worker, id, attempt, ended);

@@ -35,6 +35,9 @@ pub enum Behavior {
     /// While the recorder's `stall` flag is set, waits for cancellation (then fails);
     /// otherwise succeeds.
     Stall,
+    /// Reports progress 1..=n (in a tight loop), waits for a permit of the gate, reports
+    /// `{"done": n}`, then succeeds.
+    ProgressThenGate(u32),
 }
 
 /// A hand-written job whose behaviour is data.
@@ -191,6 +194,15 @@ impl Probe {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
                     _ = cx.cancelled() => Err(ProbeError::Cancelled),
                 }
+            }
+            Behavior::ProgressThenGate(n) => {
+                for i in 1..=n {
+                    cx.progress(&i).expect("a small progress value is accepted");
+                }
+                rec.gate.acquire().await.expect("gate open").forget();
+                cx.progress(&serde_json::json!({ "done": n }))
+                    .expect("a small progress value is accepted");
+                Ok(())
             }
             Behavior::Gate => {
                 rec.gate.acquire().await.expect("gate open").forget();

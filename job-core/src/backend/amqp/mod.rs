@@ -414,6 +414,8 @@ impl Backend for AmqpBackend {
             // A message in a queue cannot be found by id, nor a delivery on another
             // consumer's channel told to stop.
             cancel_by_id: false,
+            // No status by id: nowhere to show it.
+            progress: false,
         }
     }
 

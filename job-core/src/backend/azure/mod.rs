@@ -823,6 +823,8 @@ impl Backend for AzureQueueBackend {
             // Azure Queue Storage finds a message only by its pop receipt, which only the
             // holder has: a job cannot be looked up by id.
             cancel_by_id: false,
+            // No status by id: nowhere to show it.
+            progress: false,
             ..Capabilities::full()
         }
     }

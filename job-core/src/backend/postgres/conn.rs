@@ -45,6 +45,7 @@ pub(super) struct Sql {
     pub(super) insert_raw: Arc<str>,
     pub(super) cancel: Arc<str>,
     pub(super) cancelled: Arc<str>,
+    pub(super) progress: Arc<str>,
 }
 
 impl Sql {
@@ -71,6 +72,7 @@ impl Sql {
             insert_raw: s(include_str!("sql/insert_raw.sql")),
             cancel: s(include_str!("sql/cancel.sql")),
             cancelled: s(include_str!("sql/cancelled.sql")),
+            progress: s(include_str!("sql/progress.sql")),
         }
     }
 }

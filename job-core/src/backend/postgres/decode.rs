@@ -202,5 +202,6 @@ pub(super) fn status(id: JobId, row: &PgRow) -> Result<JobStatus, BackendError> 
         get_at(row, 4)?,
         from_unix_ms(if enqueued == 0 { now } else { enqueued }),
         from_unix_ms(if updated == 0 { now } else { updated }),
-    ))
+    )
+    .with_progress(get_at::<Option<String>>(row, 7)?.and_then(|p| serde_json::from_str(&p).ok())))
 }

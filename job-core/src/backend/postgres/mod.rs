@@ -150,7 +150,7 @@ use self::conn::{Sql, Wakeups, bounded, connection_lost, sql, unavailable};
 use self::decode::{StoredDead, get_at};
 use super::{
     Backend, BackendError, BackendStats, BoxFuture, CancelOutcome, Envelope, Extended, LeaseToken,
-    Reaped, Reservation, Retry, reserve_in_calls, unix_ms,
+    Payload, Reaped, Reservation, Retry, reserve_in_calls, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
@@ -652,6 +652,27 @@ impl PostgresBackend {
         })
     }
 
+    async fn do_record_progress(
+        &self,
+        updates: &[(JobId, LeaseToken, Payload)],
+    ) -> Result<(), BackendError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.ensure_schema().await?;
+        for chunk in updates.chunks(ACK_BATCH) {
+            let ids: Vec<Uuid> = chunk.iter().map(|(id, _, _)| id.as_uuid()).collect();
+            let tokens: Vec<Uuid> = chunk.iter().map(|(_, t, _)| pg_token(t)).collect();
+            let values: Vec<&str> = chunk.iter().map(|(_, _, p)| p.as_str()).collect();
+            let q = sqlx::query(sql(&self.sql.progress))
+                .bind(ids)
+                .bind(tokens)
+                .bind(values);
+            bounded(self.limit(), q.execute(&self.pool)).await?;
+        }
+        Ok(())
+    }
+
     async fn do_finish_cancelled(&self, id: JobId, token: LeaseToken) -> Result<(), BackendError> {
         self.ensure_schema().await?;
         let q = sqlx::query(sql(&self.sql.cancelled))
@@ -904,6 +925,13 @@ impl Backend for PostgresBackend {
         token: LeaseToken,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(self.do_finish_cancelled(id, token))
+    }
+
+    fn record_progress<'a>(
+        &'a self,
+        updates: &'a [(JobId, LeaseToken, Payload)],
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(self.do_record_progress(updates))
     }
 
     fn postgres(&self) -> Option<&PostgresBackend> {

@@ -190,7 +190,7 @@ fn record_number<T: std::str::FromStr>(
 }
 
 /// The fields of a job record that [`status`] decodes, in its order.
-pub(super) const STATUS_FIELDS: [&str; 7] = ["s", "j", "q", "a", "err", "e", "u"];
+pub(super) const STATUS_FIELDS: [&str; 8] = ["s", "j", "q", "a", "err", "e", "u", "pg"];
 
 /// A status from the job record's [`STATUS_FIELDS`] (`None`: there is no record).
 pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatus>, BackendError> {
@@ -230,16 +230,19 @@ pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatu
     };
     // `err` is the latest failure, which an ack leaves in place (no extra write on the
     // hottest path): the current error follows from the state.
-    Ok(Some(JobStatus::from_failure(
-        id,
-        text(1).unwrap_or_default(),
-        text(2).unwrap_or_default(),
-        state,
-        attempts,
-        text(4),
-        from_unix_ms(enqueued),
-        from_unix_ms(updated),
-    )))
+    Ok(Some(
+        JobStatus::from_failure(
+            id,
+            text(1).unwrap_or_default(),
+            text(2).unwrap_or_default(),
+            state,
+            attempts,
+            text(4),
+            from_unix_ms(enqueued),
+            from_unix_ms(updated),
+        )
+        .with_progress(text(7).and_then(|p| serde_json::from_str(&p).ok())),
+    ))
 }
 
 #[cfg(test)]

@@ -95,6 +95,7 @@
 //! | `d` | the token whose outcome was written last, so a repeated write-back is recognised | ack, retry, dead-letter, release |
 //! | `o` | the outcome `d` wrote (`ack`, `retry`, `dead`, `release`, `cancel`): only a repeat of that outcome is one; another with that token is a lost lease (absent on records written before this field: the token alone decides, as it did then) | ack, retry, dead-letter, release |
 //! | `err` | last error | retry, dead-letter, reap |
+//! | `pg` | the progress the job reported last (JSON) | progress |
 //! | `cx` | a cancel was requested while the job was reserved: extend reports it to the holder; a retry, release or reap cancels the job instead | cancel |
 //! | `dead`, `died` | the dead-letter record (JSON) and when it died | dead-letter, reap |
 //!
@@ -190,7 +191,7 @@ use self::decode::{RESERVE_ROW, StoredDead, dead_letter_from_row, parse_id, rese
 use self::scripts::Scripts;
 use super::{
     Backend, BackendError, BackendStats, BoxFuture, CancelOutcome, Envelope, Extended, LeaseToken,
-    Reaped, Reservation, Retry, reserve_in_calls, unix_ms,
+    Payload, Reaped, Reservation, Retry, reserve_in_calls, unix_ms,
 };
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
@@ -735,6 +736,24 @@ impl Backend for RedisBackend {
                     "cancel of job {id} answered {other:?}"
                 ))),
             }
+        })
+    }
+
+    fn record_progress<'a>(
+        &'a self,
+        updates: &'a [(JobId, LeaseToken, Payload)],
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            if updates.is_empty() {
+                return Ok(());
+            }
+            let mut inv = self.invocation(&self.scripts.progress);
+            for (id, token, value) in updates {
+                inv.arg(id.to_string())
+                    .arg(token.to_string())
+                    .arg(value.as_str());
+            }
+            self.run_script::<i64>(inv).await.map(drop)
         })
     }
 

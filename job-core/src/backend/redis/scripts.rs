@@ -24,6 +24,7 @@ pub(super) struct Scripts {
     pub(super) sweep: Script,
     pub(super) cancel: Script,
     pub(super) cancelled: Script,
+    pub(super) progress: Script,
 }
 
 impl Scripts {
@@ -46,10 +47,11 @@ impl Scripts {
             sweep: s(include_str!("scripts/sweep.lua")),
             cancel: s(include_str!("scripts/cancel.lua")),
             cancelled: s(include_str!("scripts/cancelled.lua")),
+            progress: s(include_str!("scripts/progress.lua")),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 16] {
+    pub(super) fn all(&self) -> [&Script; 17] {
         [
             &self.enqueue,
             &self.reserve,
@@ -67,6 +69,7 @@ impl Scripts {
             &self.sweep,
             &self.cancel,
             &self.cancelled,
+            &self.progress,
         ]
     }
 }
