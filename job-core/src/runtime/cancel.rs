@@ -14,6 +14,9 @@
 //! a job it finds there. A cancel and a worker starting the same job cannot miss each
 //! other: the cancel adds the id before it looks at the slots, and the worker fills its slot
 //! before it looks at the set (both under the slot's lock).
+//!
+//! The same per-worker state holds each worker's progress cell (what its attempt reported
+//! with `JobContext::progress`), read by status queries and the durable progress writer.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,8 +25,7 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use super::Client;
-use crate::backend::Payload;
-use crate::backend::{BackendError, CancelOutcome};
+use crate::backend::{BackendError, CancelOutcome, Payload};
 use crate::context::{JobContext, ProgressCell};
 use crate::error::{CancelError, Cancellation};
 use crate::job::JobId;
