@@ -28,6 +28,7 @@ struct Noop {
 impl Job for Noop {
     const NAME: &'static str = "noop";
     type Error = std::convert::Infallible;
+    type Output = ();
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
         RAN.add_permits(1);
         Ok(())

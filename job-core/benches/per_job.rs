@@ -27,6 +27,7 @@ struct Noop {
 impl Job for Noop {
     const NAME: &'static str = "noop";
     type Error = std::convert::Infallible;
+    type Output = ();
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
         if GATED.load(Ordering::Relaxed)
             && let Ok(p) = GATE.acquire().await

@@ -39,6 +39,7 @@ struct Noop {
 impl Job for Noop {
     const NAME: &'static str = "noop";
     type Error = std::convert::Infallible;
+    type Output = ();
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
         if GATED.load(Ordering::Relaxed)
             && let Ok(p) = GATE.acquire().await
@@ -86,6 +87,7 @@ fn now_ns() -> u64 {
 impl Job for Timed {
     const NAME: &'static str = "timed";
     type Error = std::convert::Infallible;
+    type Output = ();
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
         let lat = now_ns().saturating_sub(self.enqueued_ns);
         let slot = LAT_DONE.fetch_add(1, Ordering::Relaxed) as usize;

@@ -390,6 +390,68 @@ pub enum WaitError {
     Query(#[source] QueryError),
 }
 
+/// Why [`Client::result`](crate::Client::result) returned no value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResultError {
+    /// The job has not finished yet (queued, scheduled, running or retrying): wait for it
+    /// with [`Client::wait`](crate::Client::wait) first.
+    #[error("job {id} has not finished yet (it is {})", .state.as_str())]
+    NotFinished {
+        /// The job.
+        id: JobId,
+        /// Where it is.
+        state: crate::JobState,
+    },
+    /// The job finished without succeeding (dead or cancelled), so it produced nothing.
+    #[error("job {id} finished {} and produced no result", .state.as_str())]
+    Failed {
+        /// The job.
+        id: JobId,
+        /// How it ended.
+        state: crate::JobState,
+    },
+    /// No status is kept for this id: no such job, or it finished longer ago than the status
+    /// retention (results are kept as long as statuses).
+    #[error("no job with id {0} is known (never enqueued, or its status expired)")]
+    NotFound(JobId),
+    /// The id is another job's: its result is not the type asked for.
+    #[error("job {id} is a `{found}` job, not `{expected}`")]
+    WrongJob {
+        /// The job.
+        id: JobId,
+        /// The name of the job type asked for.
+        expected: &'static str,
+        /// The job's name.
+        found: String,
+    },
+    /// The job succeeded but its result was not kept: it was larger than
+    /// [`RESULT_LIMIT`](crate::RESULT_LIMIT) or did not serialize (both logged when the job
+    /// ended), or a process that ran it kept no results.
+    #[error(
+        "job {0} succeeded, but its result was not kept (over the limit, or it did not serialize)"
+    )]
+    NotKept(JobId),
+    /// The kept result does not decode as the job's `Output` (the type changed since).
+    #[error("the result of job {id} does not decode as the job's output: {message}")]
+    Decode {
+        /// The job.
+        id: JobId,
+        /// serde's error.
+        message: String,
+    },
+    /// The backend keeps no results (see
+    /// [`Capabilities::results`](crate::backend::Capabilities::results)).
+    #[error("job results are not supported by the {backend} backend")]
+    Unsupported {
+        /// The backend's name ("amqp").
+        backend: &'static str,
+    },
+    /// The store failed or could not be reached.
+    #[error("reading the job's status failed")]
+    Query(#[source] QueryError),
+}
+
 /// Why [`JobContext::progress`](crate::JobContext::progress) recorded nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -34,6 +34,7 @@ use crate::runtime::Client;
 /// impl Job for Resize {
 ///     const NAME: &'static str = "resize";
 ///     type Error = std::io::Error;
+///     type Output = ();
 ///     fn options() -> JobOptions { JobOptions::new().queue("images").max_attempts(5) }
 ///     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
 ///         tracing::info!(image = self.image, attempt = cx.attempt(), "resizing");
@@ -55,6 +56,12 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
     /// The error an attempt can fail with. [`Classify`] decides whether it is retried.
     type Error: Classify + Into<BoxError> + Send + 'static;
 
+    /// What a successful attempt produces: kept with the job's status (as JSON, at most
+    /// [`RESULT_LIMIT`](crate::RESULT_LIMIT) bytes) and read back, typed, with
+    /// [`Client::result`]. `()` keeps nothing. `#[job]` takes it from the fn's return type
+    /// (`Result<T, E>` makes it `T`).
+    type Output: JobOutput;
+
     /// Queue, attempts, backoff and timeout. Read once, when the job is registered.
     fn options() -> JobOptions {
         JobOptions::default()
@@ -66,8 +73,11 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         let _ = deps;
     }
 
-    /// Runs one attempt.
-    fn run(&self, cx: &JobContext) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Runs one attempt; `Ok` carries the job's [`Output`](Self::Output).
+    fn run(
+        &self,
+        cx: &JobContext,
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
 
     /// Enqueues this job on the ambient runtime (the one most recently started) and returns
     /// its id at once; waits while the runtime is at capacity.
@@ -166,6 +176,22 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         }
     }
 }
+
+/// The largest result a job may keep, in bytes of JSON: a bigger one is not kept (the job
+/// still succeeds, since its work is done; the runtime logs an error and
+/// [`Client::result`] answers [`ResultError::NotKept`](crate::ResultError::NotKept)).
+pub const RESULT_LIMIT: usize = 64 * 1024;
+
+/// What a job's [`Output`](Job::Output) must be: a value that goes to JSON and back
+/// (implemented for every such type; nothing to implement by hand).
+#[diagnostic::on_unimplemented(
+    message = "a job's result must be `Serialize + DeserializeOwned + Send + Sync + 'static`, and `{Self}` is not",
+    label = "the `Ok` type of the job's `Result`",
+    note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to the result type, or return `Result<(), E>` to keep no result"
+)]
+pub trait JobOutput: Serialize + DeserializeOwned + Send + Sync + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> JobOutput for T {}
 
 /// The id of one enqueued job: a UUIDv7, made at enqueue, ordered by creation time.
 ///

@@ -14,6 +14,7 @@
 //! impl Job for Greet {
 //!     const NAME: &'static str = "greet";
 //!     type Error = std::io::Error;
+//!     type Output = ();
 //!     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
 //!         tracing::info!(attempt = cx.attempt(), "hello, {}", self.name);
 //!         Ok(())
@@ -51,9 +52,9 @@ pub use context::{Dependencies, JobContext, PROGRESS_LIMIT};
 pub use dead_letter::{DeadLetter, HookOutcome};
 pub use error::{
     BoxError, CancelError, Cancellation, Classify, EnqueueError, EnqueueManyError, ErrorClass,
-    Permanent, ProgressError, QueryError, RequeueError, StartError, WaitError,
+    Permanent, ProgressError, QueryError, RequeueError, ResultError, StartError, WaitError,
 };
-pub use job::{Job, JobId, JobOptions, is_valid_name};
+pub use job::{Job, JobId, JobOptions, JobOutput, RESULT_LIMIT, is_valid_name};
 pub use observe::health::{Health, HealthStatus, HealthThresholds};
 pub use observe::metrics::Stats;
 pub use observe::status::{JobState, JobStatus};
@@ -110,14 +111,16 @@ pub mod __private {
         note = "return `Result<(), MyError>` with `#[derive(JobError)]` on `MyError`, or `anyhow::Result<()>`, or `std::io::Result<()>`"
     )]
     pub trait JobReturn {
+        type Output;
         type Error;
-        fn into_result(self) -> Result<(), Self::Error>;
+        fn into_result(self) -> Result<Self::Output, Self::Error>;
     }
 
     impl<T, E> JobReturn for Result<T, E> {
+        type Output = T;
         type Error = E;
-        fn into_result(self) -> Result<(), E> {
-            self.map(|_| ())
+        fn into_result(self) -> Result<T, E> {
+            self
         }
     }
 

@@ -79,7 +79,36 @@ impl Failure {
     }
 }
 
-pub(crate) type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send + 'a>>;
+/// A successful attempt's result to keep, as JSON (`None`: nothing to keep).
+pub(crate) type Produced = Option<crate::backend::Payload>;
+
+pub(crate) type AttemptFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Produced, Failure>> + Send + 'a>>;
+
+/// The JSON of a job's result, to keep with its status: `None` for `()` (nothing is kept,
+/// nothing is encoded), and for a result that does not encode or is over
+/// [`RESULT_LIMIT`](crate::RESULT_LIMIT) (logged: the job succeeded, its work is done, and
+/// only the record of what it produced is lost).
+pub(crate) fn produced<T: crate::JobOutput>(output: &T) -> Produced {
+    if TypeId::of::<T>() == TypeId::of::<()>() {
+        return None;
+    }
+    match crate::backend::Payload::encode(output) {
+        Ok(json) if json.len() <= crate::RESULT_LIMIT => Some(json),
+        Ok(json) => {
+            tracing::error!(
+                size = json.len(),
+                limit = crate::RESULT_LIMIT,
+                "the job's result is larger than the limit and is not kept"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the job's result did not serialize and is not kept");
+            None
+        }
+    }
+}
 
 /// A job value with its type erased.
 pub(crate) trait ErasedJob: Send + Sync + 'static {
@@ -91,7 +120,12 @@ pub(crate) trait ErasedJob: Send + Sync + 'static {
 
 impl<J: Job> ErasedJob for J {
     fn run<'a>(&'a self, cx: &'a JobContext) -> AttemptFuture<'a> {
-        Box::pin(async move { Job::run(self, cx).await.map_err(Failure::from_error) })
+        Box::pin(async move {
+            match Job::run(self, cx).await {
+                Ok(output) => Ok(produced(&output)),
+                Err(e) => Err(Failure::from_error(e)),
+            }
+        })
     }
 
     fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {

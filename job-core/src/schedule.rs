@@ -171,6 +171,7 @@ impl ScheduleHandle {
 /// # impl Job for Report {
 /// #     const NAME: &'static str = "report";
 /// #     type Error = std::io::Error;
+/// #     type Output = ();
 /// #     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> { Ok(()) }
 /// # }
 /// # #[tokio::main(flavor = "current_thread")]

@@ -440,6 +440,7 @@ struct Slow;
 impl Job for Slow {
     const NAME: &'static str = "chaos-slow";
     type Error = std::io::Error;
+    type Output = ();
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
         record(cx.id());
         tokio::time::sleep(T6_LEASE * 3 + Duration::from_millis(200)).await;
@@ -455,6 +456,7 @@ struct Blocker;
 impl Job for Blocker {
     const NAME: &'static str = "chaos-blocker";
     type Error = std::io::Error;
+    type Output = ();
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
         record(cx.id());
         if cx.attempt() == 1 {
@@ -599,6 +601,7 @@ struct Tick {
 impl Job for Tick {
     const NAME: &'static str = "chaos-tick";
     type Error = std::io::Error;
+    type Output = ();
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
         let ledger = cx.data::<Ledger>().expect("ledger");
         *ledger.runs.lock().unwrap().entry(cx.id()).or_default() += 1;

@@ -37,6 +37,7 @@ struct Slow {
 impl Job for Slow {
     const NAME: &'static str = "capabilities_slow";
     type Error = std::io::Error;
+    type Output = ();
     fn options() -> JobOptions {
         JobOptions::new()
             .timeout(Duration::from_millis(900))
@@ -75,6 +76,7 @@ struct Unbounded;
 impl Job for Unbounded {
     const NAME: &'static str = "capabilities_unbounded";
     type Error = std::convert::Infallible;
+    type Output = ();
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
         Ok(())
     }

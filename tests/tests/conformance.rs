@@ -23,6 +23,7 @@ use job_core::backend::postgres::PostgresBackend;
 use job_core::backend::redis::RedisBackend;
 use job_core::backend::{Backend, Envelope, unix_ms};
 use job_core::prelude::*;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -812,6 +813,147 @@ async fn a_cancel_reaches_another_process(store: Store) {
     worker.shutdown().await;
 }
 
+/// What [`results_are_kept_and_typed`] produces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    words: usize,
+    longest: String,
+}
+
+/// Summarises `text`; the longest word comes back `repeat` times (a way to make a result
+/// over the limit). Registered in every runtime of this file (by `#[job]`), so it has the
+/// timeout a broker with a longest lease requires.
+#[job(timeout = "30s")]
+async fn summarize(text: String, repeat: usize) -> Result<Summary, std::io::Error> {
+    let longest = text
+        .split_whitespace()
+        .max_by_key(|w| w.len())
+        .unwrap_or_default();
+    Ok(Summary {
+        words: text.split_whitespace().count(),
+        longest: longest.repeat(repeat),
+    })
+}
+
+/// Typed results: a job's `Ok` value is kept with its status and read back typed, also from
+/// another process on a durable store; `()` reads as `()`; a result over the limit is not
+/// kept (the job still succeeded); unfinished, failed, unknown and other jobs' ids each get
+/// their own answer; a store without results answers `Unsupported`.
+async fn results_are_kept_and_typed(store: Store) {
+    use job_core::ResultError;
+    let s = Setup::new(store).await;
+    let rec = Recorder::new();
+    let rt = s.builder(&rec).start().unwrap();
+    let client = rt.client();
+    let id = client
+        .enqueue(Summarize {
+            text: "a bb ccc".into(),
+            repeat: 1,
+        })
+        .await
+        .unwrap();
+    if !s.has_status() {
+        let r = client.result::<Summarize>(id).await;
+        assert!(
+            matches!(r, Err(ResultError::Unsupported { .. })),
+            "results without the capability: {r:?}"
+        );
+        rt.shutdown().await;
+        return;
+    }
+    let done = client.wait(id, LONG).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let expected = Summary {
+        words: 3,
+        longest: "ccc".into(),
+    };
+    assert_eq!(
+        done.result,
+        Some(serde_json::json!({ "words": 3, "longest": "ccc" }))
+    );
+    assert_eq!(client.result::<Summarize>(id).await.unwrap(), expected);
+    if s.durable() {
+        // Another process reads it from the store.
+        let other = s.builder(&rec).queues(["nothing-here"]).start().unwrap();
+        assert_eq!(
+            other.client().result::<Summarize>(id).await.unwrap(),
+            expected
+        );
+        other.shutdown().await;
+    }
+    // Another job type's id.
+    let r = client.result::<Probe>(id).await;
+    assert!(
+        matches!(&r, Err(ResultError::WrongJob { expected: "probe", found, .. }) if found == "summarize"),
+        "{r:?}"
+    );
+    // `()` keeps nothing and reads as `()`.
+    let unit = client
+        .enqueue(Probe::new(1, Behavior::Succeed))
+        .await
+        .unwrap();
+    let done = client.wait(unit, LONG).await.unwrap();
+    assert_eq!(done.result, None);
+    client.result::<Probe>(unit).await.unwrap();
+    // Over the limit: the job succeeded, its result is not kept.
+    let big = client
+        .enqueue(Summarize {
+            text: "0123456789".into(),
+            repeat: job_core::RESULT_LIMIT / 10 + 1,
+        })
+        .await
+        .unwrap();
+    let done = client.wait(big, LONG).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.result, None);
+    let r = client.result::<Summarize>(big).await;
+    assert!(
+        matches!(r, Err(ResultError::NotKept(i)) if i == big),
+        "{r:?}"
+    );
+    // Failed, not finished, unknown.
+    let dead = client
+        .enqueue(Probe::new(2, Behavior::Permanent))
+        .await
+        .unwrap();
+    client.wait(dead, LONG).await.unwrap();
+    let r = client.result::<Probe>(dead).await;
+    assert!(
+        matches!(
+            r,
+            Err(ResultError::Failed {
+                state: JobState::Dead,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let later = client
+        .enqueue_in(
+            Summarize {
+                text: "later".into(),
+                repeat: 1,
+            },
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    let r = client.result::<Summarize>(later).await;
+    assert!(
+        matches!(
+            r,
+            Err(ResultError::NotFinished {
+                state: JobState::Scheduled,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = client.result::<Summarize>(JobId::new()).await;
+    assert!(matches!(r, Err(ResultError::NotFound(_))), "{r:?}");
+    rt.shutdown().await;
+}
+
 macro_rules! suite {
     ($store:ident: $($name:ident),* $(,)?) => {
         $(
@@ -838,6 +980,7 @@ macro_rules! conformance {
             cancel_by_id,
             a_cancel_reaches_another_process,
             progress_shows_in_the_status,
+            results_are_kept_and_typed,
         );
     };
 }

@@ -100,6 +100,7 @@ struct Switch {
 impl Job for Flaky {
     const NAME: &'static str = "flaky";
     type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Output = ();
     fn dependencies(deps: &mut job_core::Dependencies) {
         deps.data::<Switch>();
     }

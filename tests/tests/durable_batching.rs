@@ -27,6 +27,7 @@ struct Blob {
 impl Job for Blob {
     const NAME: &'static str = "blob";
     type Error = std::convert::Infallible;
+    type Output = ();
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
         Ok(())
     }
@@ -191,6 +192,7 @@ struct Unregistered {
 impl Job for Unregistered {
     const NAME: &'static str = "unregistered";
     type Error = std::convert::Infallible;
+    type Output = ();
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
         Ok(())
     }
@@ -631,6 +633,7 @@ struct Chatty;
 impl Job for Chatty {
     const NAME: &'static str = "chatty";
     type Error = std::convert::Infallible;
+    type Output = ();
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
         for i in 1..=1000u32 {
             cx.progress(&i).expect("small");

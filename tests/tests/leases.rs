@@ -40,6 +40,7 @@ struct Slow;
 impl Job for Slow {
     const NAME: &'static str = "slow";
     type Error = std::io::Error;
+    type Output = ();
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
         record(cx.id());
         tokio::time::sleep(Duration::from_millis(900)).await;
@@ -54,6 +55,7 @@ struct Blocker;
 impl Job for Blocker {
     const NAME: &'static str = "blocker";
     type Error = std::io::Error;
+    type Output = ();
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
         record(cx.id());
         if cx.attempt() == 1 {

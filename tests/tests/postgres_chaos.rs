@@ -510,6 +510,7 @@ struct Slow;
 impl Job for Slow {
     const NAME: &'static str = "chaos-slow";
     type Error = std::io::Error;
+    type Output = ();
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
         record(cx.id());
         tokio::time::sleep(T6_LEASE * 3 + Duration::from_millis(100)).await;
@@ -525,6 +526,7 @@ struct Blocker;
 impl Job for Blocker {
     const NAME: &'static str = "chaos-blocker";
     type Error = std::io::Error;
+    type Output = ();
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
         record(cx.id());
         if cx.attempt() == 1 {

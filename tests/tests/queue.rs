@@ -234,6 +234,7 @@ async fn oversized_and_unregistered_jobs_are_refused_with_the_job_back() {
     impl Job for Stranger {
         const NAME: &'static str = "stranger";
         type Error = std::io::Error;
+        type Output = ();
         async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
             Ok(())
         }
@@ -254,6 +255,7 @@ async fn oversized_and_unregistered_jobs_are_refused_with_the_job_back() {
     impl Job for Big {
         const NAME: &'static str = "big";
         type Error = std::io::Error;
+        type Output = ();
         async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
             Ok(())
         }

@@ -1697,6 +1697,7 @@ static COUNT_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsi
 impl job_core::Job for Count {
     const NAME: &'static str = "redis_smoke_count";
     type Error = std::io::Error;
+    type Output = ();
 
     fn options() -> job_core::JobOptions {
         job_core::JobOptions::new()

@@ -156,6 +156,7 @@ struct Slow {
 impl Job for Slow {
     const NAME: &'static str = "slow";
     type Error = ProbeError;
+    type Output = ();
     fn options() -> JobOptions {
         JobOptions::new()
             .max_attempts(2)
@@ -200,6 +201,7 @@ static SAW_TOKEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 impl Job for Careful {
     const NAME: &'static str = "careful";
     type Error = ProbeError;
+    type Output = ();
     fn options() -> JobOptions {
         JobOptions::new()
             .max_attempts(1)

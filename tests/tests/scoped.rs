@@ -34,6 +34,7 @@ struct UsesTx {
 impl Job for UsesTx {
     const NAME: &'static str = "uses_tx";
     type Error = std::io::Error;
+    type Output = ();
     fn options() -> JobOptions {
         JobOptions::new().backoff(Backoff::new(
             Duration::from_millis(1),

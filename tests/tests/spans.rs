@@ -25,6 +25,7 @@ struct Loud;
 impl Job for Loud {
     const NAME: &'static str = "loud";
     type Error = std::io::Error;
+    type Output = ();
     fn options() -> JobOptions {
         JobOptions::new().queue("noisy").backoff(Backoff::new(
             Duration::from_millis(1),

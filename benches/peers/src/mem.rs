@@ -31,6 +31,7 @@ pub fn concurrency() -> usize {
 impl Job for Noop {
     const NAME: &'static str = "noop";
     type Error = std::convert::Infallible;
+    type Output = ();
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
         noop_body().await;
         Ok(())
@@ -40,6 +41,7 @@ impl Job for Noop {
 impl Job for Timed {
     const NAME: &'static str = "timed";
     type Error = std::convert::Infallible;
+    type Output = ();
     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
         timed_body(self);
         Ok(())

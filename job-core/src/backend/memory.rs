@@ -42,6 +42,8 @@ struct Stored {
     cancel_requested: bool,
     /// What the job reported last (see [`Backend::record_progress`]).
     progress: Option<Payload>,
+    /// What its successful attempt produced (see [`Backend::ack_results`]).
+    result: Option<Payload>,
 }
 
 /// A write-back that ends a lease.
@@ -132,6 +134,7 @@ impl MemoryBackend {
                 done: None,
                 cancel_requested: false,
                 progress: None,
+                result: None,
             },
         );
         st.ready.entry(queue.to_owned()).or_default().push_back(id);
@@ -166,6 +169,30 @@ impl MemoryBackend {
                 st.jobs.remove(&old);
             }
         }
+    }
+
+    /// Finishes a held job as succeeded, keeping `result` (a repeat changes nothing).
+    fn ack_with(
+        &self,
+        st: &mut State,
+        id: JobId,
+        token: LeaseToken,
+        result: Option<Payload>,
+    ) -> Result<(), BackendError> {
+        let acked = Self::fence(st, id, token, Outcome::Ack).map(|f| match f {
+            Fence::Held(s) => {
+                s.lease = None;
+                s.state = JobState::Succeeded;
+                s.updated_ms = unix_ms(SystemTime::now());
+                s.result = result;
+                true
+            }
+            Fence::Repeated => false,
+        })?;
+        if acked {
+            self.retire(st, id);
+        }
+        Ok(())
     }
 
     /// Checks the lease and returns the stored job.
@@ -253,6 +280,7 @@ impl Backend for MemoryBackend {
                 done: None,
                 cancel_requested: false,
                 progress: None,
+                result: None,
             },
         );
         match delayed {
@@ -320,19 +348,23 @@ impl Backend for MemoryBackend {
 
     fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut st = self.lock();
-        let result = Self::fence(&mut st, id, token, Outcome::Ack).map(|f| match f {
-            Fence::Held(s) => {
-                s.lease = None;
-                s.state = JobState::Succeeded;
-                s.updated_ms = unix_ms(SystemTime::now());
-                true
+        ready_now(self.ack_with(&mut st, id, token, None))
+    }
+
+    fn ack_results<'a>(
+        &'a self,
+        acks: &'a [(JobId, LeaseToken, Payload)],
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        let mut st = self.lock();
+        let mut lost = Vec::new();
+        for (id, token, result) in acks {
+            match self.ack_with(&mut st, *id, token.clone(), Some(result.clone())) {
+                Ok(()) => {}
+                Err(BackendError::LeaseLost(id)) => lost.push(id),
+                Err(e) => return ready_now(Err(e)),
             }
-            Fence::Repeated => false,
-        });
-        if matches!(result, Ok(true)) {
-            self.retire(&mut st, id);
         }
-        ready_now(result.map(drop))
+        ready_now(Ok(lost))
     }
 
     fn retry(
@@ -560,6 +592,7 @@ impl Backend for MemoryBackend {
                 from_unix_ms(s.updated_ms),
             )
             .with_progress(s.progress.as_ref().map(Payload::to_value))
+            .with_result(s.result.as_ref().map(Payload::to_value))
         });
         ready_now(Ok(status))
     }
@@ -691,6 +724,7 @@ impl Backend for MemoryBackend {
                 done: None,
                 cancel_requested: false,
                 progress: None,
+                result: None,
             },
         );
         st.ready.entry(queue).or_default().push_back(id);

@@ -325,6 +325,11 @@ pub struct Capabilities {
     /// [`Backend::status`] shows it. Without it reports stay in the process (a store without
     /// status by id has nowhere to show them).
     pub progress: bool,
+    /// [`Backend::ack_results`] keeps a job's result with its status, and
+    /// [`Backend::status`] shows it, for the status retention. Without it
+    /// [`Client::result`](crate::Client::result) answers
+    /// [`Unsupported`](crate::ResultError::Unsupported) and results are not written.
+    pub results: bool,
 }
 
 impl Capabilities {
@@ -342,6 +347,7 @@ impl Capabilities {
             batched_acks: true,
             cancel_by_id: true,
             progress: true,
+            results: true,
         }
     }
 }
@@ -561,6 +567,20 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
             }
             Ok(lost)
         })
+    }
+
+    /// As [`ack_batch`](Self::ack_batch), for successes with a result to keep (`(id, lease
+    /// token, result as JSON)`): each job is finished and its result stored in one fenced
+    /// write, shown by [`status`](Self::status) for as long as the status is kept. Repeated
+    /// after a lost reply, it changes nothing. The runtime calls it only when
+    /// [`results`](Capabilities::results) is declared; the default answers
+    /// [`BackendError::Unsupported`].
+    fn ack_results<'a>(
+        &'a self,
+        acks: &'a [(JobId, LeaseToken, Payload)],
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        let _ = acks;
+        Box::pin(async { Err(BackendError::Unsupported("results")) })
     }
 
     /// The attempt failed and the job may be retried at `retry.at`.
@@ -791,6 +811,12 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
         updates: &'a [(JobId, LeaseToken, Payload)],
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         (**self).record_progress(updates)
+    }
+    fn ack_results<'a>(
+        &'a self,
+        acks: &'a [(JobId, LeaseToken, Payload)],
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        (**self).ack_results(acks)
     }
 }
 

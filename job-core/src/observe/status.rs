@@ -83,6 +83,10 @@ pub struct JobStatus {
     /// (a percentage, or any small JSON value), kept after it finished; `None` before it
     /// reported any.
     pub progress: Option<serde_json::Value>,
+    /// What the job produced, as JSON, once it succeeded (see [`Job::Output`](crate::Job::Output));
+    /// `None` for a job that keeps no result. Read it typed with
+    /// [`Client::result`](crate::Client::result).
+    pub result: Option<serde_json::Value>,
     /// When it was enqueued.
     #[serde(with = "system_time_rfc3339")]
     pub enqueued_at: SystemTime,
@@ -129,9 +133,17 @@ impl JobStatus {
             last_failure: last_error.clone(),
             last_error,
             progress: None,
+            result: None,
             enqueued_at,
             updated_at,
         }
+    }
+
+    /// The result the job produced (see [`result`](Self::result)).
+    #[must_use]
+    pub fn with_result(mut self, result: Option<serde_json::Value>) -> Self {
+        self.result = result;
+        self
     }
 
     /// The progress the job last reported (see [`progress`](Self::progress)).
@@ -193,9 +205,19 @@ struct Record {
     updated_ms: u64,
     /// The latest failure (kept through a success; the current error follows from `state`).
     last_error: Option<Box<str>>,
+    /// What the job reported and produced, for the few jobs that do (boxed: a record of a
+    /// job that does neither stays one pointer larger, not two payloads).
+    kept: Option<Box<Kept>>,
+}
+
+/// A record's progress and result.
+#[derive(Default)]
+struct Kept {
     /// The progress the job reported last, once an attempt that reported one ended (while
     /// it runs, the worker's progress cell has it).
     progress: Option<crate::backend::Payload>,
+    /// The result of its successful attempt.
+    result: Option<crate::backend::Payload>,
 }
 
 /// Hashes a [`JobId`] without SipHash: the ids are made by [`JobId::new`] and never chosen by
@@ -383,7 +405,7 @@ impl StatusStore {
                 enqueued_ms: now,
                 updated_ms: now,
                 last_error: None,
-                progress: None,
+                kept: None,
             },
         );
     }
@@ -422,8 +444,15 @@ impl StatusStore {
         self.clear_board(worker);
     }
 
-    /// Attempt `attempt` of `id`, run by `worker`, succeeded at `at`.
-    pub(crate) fn succeeded(&self, worker: usize, id: JobId, attempt: u32, at: Instant) {
+    /// Attempt `attempt` of `id`, run by `worker`, succeeded at `at`, producing `result`.
+    pub(crate) fn succeeded(
+        &self,
+        worker: usize,
+        id: JobId,
+        attempt: u32,
+        at: Instant,
+        result: crate::registry::Produced,
+    ) {
         let mono = self.clock.mono_ms(at);
         let now = self.clock.unix_ms_of_mono(mono);
         {
@@ -432,6 +461,9 @@ impl StatusStore {
                 r.state = JobState::Succeeded;
                 r.attempts = attempt;
                 r.updated_ms = now.max(r.enqueued_ms);
+                if result.is_some() {
+                    r.kept.get_or_insert_default().result = result;
+                }
             }
             self.retire(&mut shard, id, mono);
         }
@@ -511,7 +543,7 @@ impl StatusStore {
     /// Keeps the progress the attempt of `id` that just ended reported last.
     pub(crate) fn set_progress(&self, id: JobId, progress: crate::backend::Payload) {
         if let Some(r) = self.shard(&id).live.get_mut(&id) {
-            r.progress = Some(progress);
+            r.kept.get_or_insert_default().progress = Some(progress);
         }
     }
 
@@ -537,7 +569,7 @@ impl StatusStore {
             enqueued_ms: now,
             updated_ms: now,
             last_error: None,
-            progress: None,
+            kept: None,
         });
         record.state = JobState::Queued;
         record.attempts = 0;
@@ -598,7 +630,18 @@ impl StatusStore {
                 from_ms(r.enqueued_ms),
                 from_ms(updated_ms),
             )
-            .with_progress(r.progress.as_ref().map(crate::backend::Payload::to_value)),
+            .with_progress(
+                r.kept
+                    .as_ref()
+                    .and_then(|k| k.progress.as_ref())
+                    .map(crate::backend::Payload::to_value),
+            )
+            .with_result(
+                r.kept
+                    .as_ref()
+                    .and_then(|k| k.result.as_ref())
+                    .map(crate::backend::Payload::to_value),
+            ),
         )
     }
 
@@ -674,7 +717,7 @@ mod tests {
         assert_eq!((st.state, st.attempts), (JobState::Retrying, 1));
         assert_eq!(st.last_error.as_deref(), Some("boom"));
         s.running(1, id, 2, Instant::now());
-        s.succeeded(1, id, 2, Instant::now());
+        s.succeeded(1, id, 2, Instant::now(), None);
         let st = s.get(id).unwrap();
         assert_eq!((st.state, st.attempts), (JobState::Succeeded, 2));
         // Succeeded: no current error; the failure stays as the latest in the history.
@@ -692,7 +735,7 @@ mod tests {
         for _ in 0..10_000 {
             let id = JobId::new();
             s.insert(id, 0, JobState::Queued);
-            s.succeeded(0, id, 1, Instant::now());
+            s.succeeded(0, id, 1, Instant::now(), None);
         }
         assert!(s.len() <= SHARDS * 3, "{}", s.len());
     }

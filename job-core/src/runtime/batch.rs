@@ -34,6 +34,7 @@ impl Client {
     /// # impl Job for Ping {
     /// #     const NAME: &'static str = "ping";
     /// #     type Error = std::convert::Infallible;
+    /// #     type Output = ();
     /// #     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> { Ok(()) }
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]

@@ -33,6 +33,7 @@ pub(crate) type ShutdownHook = Arc<dyn Fn(&ShutdownReport) + Send + Sync>;
 /// # impl Job for Noop {
 /// #     const NAME: &'static str = "noop";
 /// #     type Error = std::io::Error;
+/// #     type Output = ();
 /// #     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> { Ok(()) }
 /// # }
 ///
@@ -363,6 +364,7 @@ impl JobRuntimeBuilder {
     /// # impl Job for Sync {
     /// #     const NAME: &'static str = "sync";
     /// #     type Error = std::io::Error;
+    /// #     type Output = ();
     /// #     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> { Ok(()) }
     /// # }
     /// use std::time::Duration;
@@ -555,6 +557,7 @@ mod tests {
     impl Job for A {
         const NAME: &'static str = "same";
         type Error = std::io::Error;
+        type Output = ();
         async fn run(&self, _: &JobContext) -> Result<(), Self::Error> {
             Ok(())
         }
@@ -565,6 +568,7 @@ mod tests {
     impl Job for B {
         const NAME: &'static str = "same";
         type Error = std::io::Error;
+        type Output = ();
         fn options() -> JobOptions {
             JobOptions::new().queue("bad queue!")
         }
@@ -581,6 +585,7 @@ mod tests {
     impl Job for NeedsData {
         const NAME: &'static str = "needs_data";
         type Error = std::io::Error;
+        type Output = ();
         fn options() -> JobOptions {
             JobOptions::new().queue("bad queue!")
         }

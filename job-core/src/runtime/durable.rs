@@ -22,6 +22,7 @@ use crate::dead_letter::DeadLetter;
 use crate::error::{EnqueueError, QueryError, RequeueError, error_chain};
 use crate::job::{Job, JobId};
 use crate::observe::metrics::Counters;
+use crate::registry::Produced;
 
 /// Durable-mode settings and state.
 pub(crate) struct Durable {
@@ -30,9 +31,10 @@ pub(crate) struct Durable {
     pub(crate) lease: Duration,
     pub(crate) max_recoveries: u32,
     pub(crate) reap_interval: Duration,
-    /// Successful attempts waiting to be acknowledged, in batches, by the acker.
-    acks_tx: async_channel::Sender<(JobId, LeaseToken)>,
-    acks_rx: async_channel::Receiver<(JobId, LeaseToken)>,
+    /// Successful attempts waiting to be acknowledged, in batches, by the acker (with the
+    /// result to keep, if any).
+    acks_tx: async_channel::Sender<(JobId, LeaseToken, Produced)>,
+    acks_rx: async_channel::Receiver<(JobId, LeaseToken, Produced)>,
     /// The acker task, awaited at shutdown before held jobs are given back.
     acker: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The fetcher task, awaited at shutdown before held jobs are given back.
@@ -940,19 +942,24 @@ async fn run(
     d.ran_for(started.elapsed());
     let finished = async {
         match outcome {
-            Outcome::Ok => {
+            Outcome::Ok(produced) => {
+                // A store that keeps no statuses keeps no results either.
+                let produced = produced.filter(|_| d.caps.results);
                 if !d.caps.batched_acks {
                     // Each ack is its own request: the worker writes it before it moves on.
-                    write_back(inner, d, id, &token, "ack", |t| d.backend.ack(id, t)).await;
+                    write_back(inner, d, id, &token, "ack", |t| ack_one(d, id, t, &produced))
+                        .await;
                     d.unhold(inner, id);
                     return true;
                 }
                 // The acker writes it back (batched with others) and then lets go of the
                 // lease; the worker moves on at once.
-                match d.acks_tx.send((id, token.clone())).await {
+                match d.acks_tx.send((id, token.clone(), produced)).await {
                     Ok(()) => return true,
-                    Err(_) => {
-                        write_back(inner, d, id, &token, "ack", |t| d.backend.ack(id, t)).await;
+                    Err(e) => {
+                        let (_, _, produced) = e.into_inner();
+                        write_back(inner, d, id, &token, "ack", |t| ack_one(d, id, t, &produced))
+                            .await;
                     }
                 }
             }
@@ -1021,32 +1028,85 @@ async fn acker(inner: Arc<Inner>) {
     let Some(d) = inner.durable.as_ref() else {
         return;
     };
-    let mut batch = Vec::with_capacity(ACK_BATCH);
+    let mut plain = Vec::with_capacity(ACK_BATCH);
+    let mut kept = Vec::new();
     while let Ok(first) = d.acks_rx.recv().await {
-        batch.push(first);
-        while batch.len() < ACK_BATCH {
-            match d.acks_rx.try_recv() {
-                Ok(ack) => batch.push(ack),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some((id, token, produced)) = next.take() {
+            match produced {
+                None => plain.push((id, token)),
+                Some(result) => kept.push((id, token, result)),
             }
+            if plain.len() + kept.len() >= ACK_BATCH {
+                break;
+            }
+            next = d.acks_rx.try_recv().ok();
         }
-        ack_batch(&inner, d, &mut batch).await;
-        for (id, _) in batch.drain(..) {
+        ack_batch(&inner, d, &mut plain, &mut kept).await;
+        for id in plain
+            .drain(..)
+            .map(|(id, _)| id)
+            .chain(kept.drain(..).map(|(id, ..)| id))
+        {
             d.unhold(&inner, id);
         }
     }
 }
 
-async fn ack_batch(inner: &Inner, d: &Durable, batch: &mut [(JobId, LeaseToken)]) {
+/// One success written back on its own: with its result when it has one to keep.
+async fn ack_one(
+    d: &Durable,
+    id: JobId,
+    token: LeaseToken,
+    produced: &Produced,
+) -> Result<(), BackendError> {
+    match produced {
+        None => d.backend.ack(id, token).await,
+        Some(result) => {
+            let lost = d
+                .backend
+                .ack_results(&[(id, token, result.clone())])
+                .await?;
+            if lost.contains(&id) {
+                Err(BackendError::LeaseLost(id))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Acknowledges a batch: the successes with nothing to keep in one call, those with a
+/// result in another (each result stored in the write that finishes its job).
+async fn ack_batch(
+    inner: &Inner,
+    d: &Durable,
+    plain: &mut [(JobId, LeaseToken)],
+    kept: &mut [(JobId, LeaseToken, crate::backend::Payload)],
+) {
     let _renewal = d.renewing.read().await;
-    for (id, token) in batch.iter_mut() {
+    for (id, token) in plain.iter_mut() {
         *token = d.current(*id, token);
     }
-    let batch = &*batch;
+    for (id, token, _) in kept.iter_mut() {
+        *token = d.current(*id, token);
+    }
+    let (plain, kept) = (&*plain, &*kept);
+    let jobs = plain.len() + kept.len();
     let failed = |e: &BackendError| {
-        tracing::warn!(jobs = batch.len(), error = %error_chain(e), "ack failed; retrying");
+        tracing::warn!(jobs, error = %error_chain(e), "ack failed; retrying");
     };
-    match retried(d, || d.backend.ack_batch(batch), failed).await {
+    let call = || async {
+        let mut lost = Vec::new();
+        if !plain.is_empty() {
+            lost.extend(d.backend.ack_batch(plain).await?);
+        }
+        if !kept.is_empty() {
+            lost.extend(d.backend.ack_results(kept).await?);
+        }
+        Ok(lost)
+    };
+    match retried(d, call, failed).await {
         Some(Ok(lost)) => {
             for id in lost {
                 inner.counters.lease_lost();
@@ -1055,7 +1115,11 @@ async fn ack_batch(inner: &Inner, d: &Durable, batch: &mut [(JobId, LeaseToken)]
         }
         // `ack_batch` reports lost leases in its list, not as an error.
         Some(Err(_)) | None => {
-            let ids: Vec<JobId> = batch.iter().map(|(id, _)| *id).collect();
+            let ids: Vec<JobId> = plain
+                .iter()
+                .map(|(id, _)| *id)
+                .chain(kept.iter().map(|(id, ..)| *id))
+                .collect();
             tracing::error!(jobs = ?ids, "ack failed; the leases will expire and the jobs will run again");
         }
     }

@@ -39,7 +39,9 @@ pub use shutdown::ShutdownReport;
 
 use crate::context::{DataMap, ScopedFactory};
 use crate::dead_letter::{DeadLetter, DeadLetterHook, DeadLetterStore};
-use crate::error::{CancelError, Cancellation, EnqueueError, QueryError, RequeueError, WaitError};
+use crate::error::{
+    CancelError, Cancellation, EnqueueError, QueryError, RequeueError, ResultError, WaitError,
+};
 use crate::job::{Job, JobId};
 use crate::observe::health::{Health, HealthThresholds};
 use crate::observe::metrics::{Counters, Stats};
@@ -242,6 +244,7 @@ impl Client {
     /// # impl Job for Ping {
     /// #     const NAME: &'static str = "ping";
     /// #     type Error = std::io::Error;
+    /// #     type Output = ();
     /// #     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> { Ok(()) }
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]
@@ -433,6 +436,48 @@ impl Client {
     /// [`WaitError::Query`] when the store fails.
     pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<JobStatus, WaitError> {
         wait::wait(self, id, timeout).await
+    }
+
+    /// What job `id` produced: the `Ok` value of its successful attempt, typed as the job's
+    /// [`Output`](crate::Job::Output), so asking for another type does not compile. Kept as
+    /// JSON (at most [`RESULT_LIMIT`](crate::RESULT_LIMIT) bytes) with the job's status, for
+    /// as long as the status is kept; shown as `result` in [`status`](Self::status) too.
+    /// Combine it with [`wait`](Self::wait) to wait for the job first.
+    ///
+    /// ```
+    /// # use job_core::prelude::*;
+    /// # use std::time::Duration;
+    /// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// struct Receipt { words: usize }
+    ///
+    /// #[job]
+    /// async fn count_words(text: String) -> Result<Receipt, std::io::Error> {
+    ///     Ok(Receipt { words: text.split_whitespace().count() })
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let runtime = JobRuntime::builder().start()?;
+    /// let client = runtime.client();
+    /// let id = client.enqueue(CountWords { text: "one two three".into() }).await?;
+    /// client.wait(id, Duration::from_secs(5)).await?;
+    /// let receipt: Receipt = client.result::<CountWords>(id).await?;
+    /// assert_eq!(receipt, Receipt { words: 3 });
+    /// runtime.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ResultError::NotFinished`] before the job finished; [`ResultError::Failed`] for a
+    /// job that ended dead or cancelled; [`ResultError::NotFound`] for an unknown id (or an
+    /// expired status); [`ResultError::WrongJob`] when the id is another job type's;
+    /// [`ResultError::NotKept`] when the result was over the limit or did not serialize;
+    /// [`ResultError::Decode`] when the kept JSON no longer decodes as the output type;
+    /// [`ResultError::Unsupported`] on a backend that keeps no results;
+    /// [`ResultError::Query`] when the store fails.
+    pub async fn result<J: Job>(&self, id: JobId) -> Result<J::Output, ResultError> {
+        wait::result::<J>(self, id).await
     }
 
     /// Cancels job `id`. A job still waiting (queued, scheduled, or retrying) is taken out
@@ -754,6 +799,14 @@ impl JobRuntime {
     /// See [`Client::dead_letters`].
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueryError> {
         self.client.dead_letters().await
+    }
+
+    /// What a job produced. See [`Client::result`].
+    ///
+    /// # Errors
+    /// See [`Client::result`].
+    pub async fn result<J: Job>(&self, id: JobId) -> Result<J::Output, ResultError> {
+        self.client.result::<J>(id).await
     }
 
     /// Cancels a job by id. See [`Client::cancel`].

@@ -110,6 +110,7 @@ mod tests {
     impl crate::Job for Nothing {
         const NAME: &'static str = "nothing";
         type Error = std::convert::Infallible;
+        type Output = ();
         async fn run(&self, _: &crate::JobContext) -> Result<(), Self::Error> {
             Ok(())
         }

@@ -28,6 +28,7 @@ impl Client {
     /// # impl Job for Welcome {
     /// #     const NAME: &'static str = "welcome";
     /// #     type Error = std::io::Error;
+    /// #     type Output = ();
     /// #     async fn run(&self, _cx: &JobContext) -> Result<(), Self::Error> { Ok(()) }
     /// # }
     /// # async fn signup(pool: sqlx::PgPool, client: Client) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,4 +1,5 @@
-//! Waiting for one job to finish: [`Client::wait`](super::Client::wait).
+//! Waiting for one job to finish, [`Client::wait`](super::Client::wait), and reading what
+//! it produced, [`Client::result`](super::Client::result).
 //!
 //! Workers signal [`Finished`] each time a job they ran lets go (in memory: once its status
 //! says how it ended; on a durable store: once the outcome is written back). A waiter checks
@@ -13,9 +14,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::error::{QueryError, WaitError};
-use crate::job::JobId;
-use crate::observe::status::JobStatus;
+use crate::error::{QueryError, ResultError, WaitError};
+use crate::job::{Job, JobId};
+use crate::observe::status::{JobState, JobStatus};
 
 use super::Client;
 
@@ -101,4 +102,53 @@ pub(crate) async fn wait(
             }
         }
     }
+}
+
+/// The typed result of job `id`, a `J`; see [`Client::result`](super::Client::result).
+pub(crate) async fn result<J: Job>(client: &Client, id: JobId) -> Result<J::Output, ResultError> {
+    if let Some(d) = client.inner.durable.as_ref()
+        && !d.caps.results
+    {
+        return Err(ResultError::Unsupported {
+            backend: d.backend.name(),
+        });
+    }
+    let status = match client.status(id).await {
+        Ok(Some(status)) => status,
+        Ok(None) => return Err(ResultError::NotFound(id)),
+        Err(QueryError::Unsupported { backend, .. }) => {
+            return Err(ResultError::Unsupported { backend });
+        }
+        Err(e) => return Err(ResultError::Query(e)),
+    };
+    read_result::<J>(status)
+}
+
+/// The typed result a status holds.
+pub(crate) fn read_result<J: Job>(status: JobStatus) -> Result<J::Output, ResultError> {
+    let id = status.job_id;
+    if status.job != J::NAME {
+        return Err(ResultError::WrongJob {
+            id,
+            expected: J::NAME,
+            found: status.job.into_owned(),
+        });
+    }
+    match status.state {
+        JobState::Succeeded => {}
+        state if state.is_finished() => return Err(ResultError::Failed { id, state }),
+        state => return Err(ResultError::NotFinished { id, state }),
+    }
+    let value = match status.result {
+        Some(value) => value,
+        // `()` keeps nothing: there is nothing to lose.
+        None if std::any::TypeId::of::<J::Output>() == std::any::TypeId::of::<()>() => {
+            serde_json::Value::Null
+        }
+        None => return Err(ResultError::NotKept(id)),
+    };
+    serde_json::from_value(value).map_err(|e| ResultError::Decode {
+        id,
+        message: e.to_string(),
+    })
 }

@@ -279,7 +279,8 @@ async fn try_pop_spinning(inner: &Inner) -> Result<super::Envelope, Empty> {
 }
 
 pub(crate) enum Outcome {
-    Ok,
+    /// Succeeded, with the result to keep.
+    Ok(crate::registry::Produced),
     Failed(Failure),
     /// Cancelled by id: before it started, or while it ran (whatever it returned).
     Cancelled {
@@ -418,7 +419,7 @@ pub(crate) async fn execute_from(
         };
         match result {
             Ok(None) => Outcome::Cancelled { started: true },
-            Ok(Some(Ok(Ok(())))) => Outcome::Ok,
+            Ok(Some(Ok(Ok(produced)))) => Outcome::Ok(produced),
             Ok(Some(Ok(Err(failure)))) => Outcome::Failed(failure),
             Ok(Some(Err(panic))) => {
                 let class = if inner.retry_panics {
@@ -454,7 +455,7 @@ pub(crate) async fn execute_from(
     let took = ended.saturating_duration_since(started);
     entry.metrics.duration.record(took.as_secs_f64());
     match &outcome {
-        Outcome::Ok => {
+        Outcome::Ok(_) => {
             Counters::bump(&inner.counters.succeeded);
             entry.metrics.succeeded.increment(1);
         }
@@ -550,8 +551,8 @@ async fn run_attempt(
         inner.status.set_progress(id, progress);
     }
     let finished = match outcome {
-        Outcome::Ok => {
-            inner.status.succeeded(worker, id, attempt, ended);
+        Outcome::Ok(produced) => {
+            inner.status.succeeded(worker, id, attempt, ended, produced);
             inner.finished.signal();
             true
         }

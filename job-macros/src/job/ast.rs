@@ -87,6 +87,15 @@ impl<'a> JobFn<'a> {
     /// `io::Result<()>`, a user's alias) go through the `JobReturn` trait instead, which
     /// accepts exactly the `Result` types whatever they are called.
     pub(crate) fn written_error_type(&self) -> Option<&'a Type> {
+        self.written_result().map(|(_, error)| error)
+    }
+
+    /// `T` when the return type is written `Result<T, E>` (see `written_error_type`).
+    pub(crate) fn written_output_type(&self) -> Option<&'a Type> {
+        self.written_result().map(|(output, _)| output)
+    }
+
+    fn written_result(&self) -> Option<(&'a Type, &'a Type)> {
         let Type::Path(path) = ungroup(self.output?) else {
             return None;
         };
@@ -102,7 +111,7 @@ impl<'a> JobFn<'a> {
             _ => None,
         });
         match (types.next(), types.next(), types.next()) {
-            (Some(_), Some(error), None) if args.args.len() == 2 => Some(error),
+            (Some(output), Some(error), None) if args.args.len() == 2 => Some((output, error)),
             _ => None,
         }
     }

@@ -80,11 +80,16 @@ pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
         Some(error) => error.to_token_stream(),
         None => quote_spanned!(output.span()=> <#output as #private::JobReturn>::Error),
     };
+    let output_ty = match job.written_output_type() {
+        Some(ok) => ok.to_token_stream(),
+        None => quote_spanned!(output.span()=> <#output as #private::JobReturn>::Output),
+    };
     let impl_job = quote! {
         #[automatically_derived]
         impl #krate::Job for #struct_ident {
             const NAME: &'static str = #name;
             type Error = #error_ty;
+            type Output = #output_ty;
             #options
             #dependencies
             #run
@@ -322,8 +327,9 @@ fn run(job: &JobFn<'_>, krate: &TokenStream) -> TokenStream {
     };
     // Spans: a future that is not `Send` is reported at the fn's name; a return type that
     // is not a `Result` at the return type.
-    let output_ty =
-        quote_spanned!(output.span()=> #private::Result<(), <Self as #krate::Job>::Error>);
+    let output_ty = quote_spanned!(output.span()=>
+        #private::Result<<Self as #krate::Job>::Output, <Self as #krate::Job>::Error>
+    );
     // Written as `fn -> impl Future + Send` rather than `async fn`: the compiler then
     // reports a future that is not `Send` at the job fn's name, which an `async fn` would
     // move to `#[job]`. Hence the one `allow`.

@@ -10,7 +10,8 @@
 //! `mod mine { contract!(super::my_store); }`. The checks live in `leases.rs` (fencing,
 //! repeated and spent write-backs, release, extend, expiry), `enqueue.rs` (stored ids,
 //! capacity, delays, order, queues, reservations, wake-ups) and `records.rs` (malformed
-//! records, statuses, counts, dead letters) and `cancel.rs` (cancel by id); each asserts
+//! records, statuses, counts, dead letters), `cancel.rs` (cancel by id) and `results.rs`
+//! (results kept by the ack); each asserts
 //! what the trait's docs promise.
 //!
 //! Real servers: `JOB_REDIS_URL` (default the local Redis), `JOB_POSTGRES_URL` (default
@@ -27,6 +28,7 @@ mod common;
 mod enqueue;
 mod leases;
 mod records;
+mod results;
 mod support;
 
 use std::any::Any;
@@ -43,6 +45,7 @@ use self::cancel::*;
 use self::enqueue::*;
 use self::leases::*;
 use self::records::*;
+use self::results::*;
 
 /// Plants a raw record that is not a job envelope: (id, queue, raw text).
 type Plant = Box<dyn Fn(JobId, &str, &str) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -191,6 +194,7 @@ macro_rules! contract {
             reserve_fills_max_when_enough_are_ready,
             wait_for_work_wakes_on_enqueue,
             cancels_end_jobs_as_the_trait_says,
+            ack_results_keep_each_result_fenced,
         );
     };
     (@checks $factory:path; $($check:ident),* $(,)?) => {

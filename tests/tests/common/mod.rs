@@ -132,6 +132,7 @@ impl Recorder {
 impl Job for Probe {
     const NAME: &'static str = "probe";
     type Error = ProbeError;
+    type Output = ();
 
     fn options() -> JobOptions {
         // A timeout, as a backend with a longest lease (RabbitMQ's consumer_timeout)

@@ -502,6 +502,7 @@ pub struct Tick {
 impl Job for Tick {
     const NAME: &'static str = "chaos-tick";
     type Error = std::io::Error;
+    type Output = ();
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
         let ledger = cx.data::<Ledger>().expect("ledger");
         *ledger.runs.lock().unwrap().entry(cx.id()).or_default() += 1;
@@ -518,6 +519,7 @@ pub struct Meet;
 impl Job for Meet {
     const NAME: &'static str = "chaos-meet";
     type Error = std::io::Error;
+    type Output = ();
     async fn run(&self, cx: &JobContext) -> Result<(), Self::Error> {
         let ledger = cx.data::<Ledger>().expect("ledger");
         tokio::time::timeout(Duration::from_secs(20), ledger.meet.wait())

@@ -10,6 +10,7 @@
 //! # impl Job for Resize {
 //! #     const NAME: &'static str = "resize";
 //! #     type Error = std::io::Error;
+//! #     type Output = ();
 //! #     fn options() -> JobOptions { JobOptions::new().timeout(Duration::from_secs(60)) }
 //! #     async fn run(&self, _cx: &JobContext) -> Result<(), Self::Error> { Ok(()) }
 //! # }
@@ -416,6 +417,7 @@ impl Backend for AmqpBackend {
             cancel_by_id: false,
             // No status by id: nowhere to show it.
             progress: false,
+            results: false,
         }
     }
 

@@ -10,6 +10,7 @@
 //! # impl Job for Resize {
 //! #     const NAME: &'static str = "resize";
 //! #     type Error = std::io::Error;
+//! #     type Output = ();
 //! #     async fn run(&self, _cx: &JobContext) -> Result<(), Self::Error> { Ok(()) }
 //! # }
 //!
@@ -825,6 +826,7 @@ impl Backend for AzureQueueBackend {
             cancel_by_id: false,
             // No status by id: nowhere to show it.
             progress: false,
+            results: false,
             ..Capabilities::full()
         }
     }

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/schema_v1.sql"),
     include_str!("sql/schema_v2.sql"),
     include_str!("sql/schema_v3.sql"),
+    include_str!("sql/schema_v4.sql"),
 ];
 
 /// Every statement, with `{s}` replaced by the quoted schema name.

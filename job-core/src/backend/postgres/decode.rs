@@ -203,5 +203,6 @@ pub(super) fn status(id: JobId, row: &PgRow) -> Result<JobStatus, BackendError> 
         from_unix_ms(if enqueued == 0 { now } else { enqueued }),
         from_unix_ms(if updated == 0 { now } else { updated }),
     )
-    .with_progress(get_at::<Option<String>>(row, 7)?.and_then(|p| serde_json::from_str(&p).ok())))
+    .with_progress(get_at::<Option<String>>(row, 7)?.and_then(|p| serde_json::from_str(&p).ok()))
+    .with_result(get_at::<Option<String>>(row, 8)?.and_then(|r| serde_json::from_str(&r).ok())))
 }

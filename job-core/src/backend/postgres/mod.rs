@@ -10,6 +10,7 @@
 //! # impl Job for Welcome {
 //! #     const NAME: &'static str = "welcome";
 //! #     type Error = std::io::Error;
+//! #     type Output = ();
 //! #     async fn run(&self, _cx: &JobContext) -> Result<(), Self::Error> { Ok(()) }
 //! # }
 //!
@@ -532,20 +533,47 @@ impl PostgresBackend {
     }
 
     async fn do_ack_batch(&self, acks: &[(JobId, LeaseToken)]) -> Result<Vec<JobId>, BackendError> {
-        self.ensure_schema().await?;
-        let delete_now = self.settings.finished_retention.is_zero();
         let mut lost = Vec::new();
         for chunk in acks.chunks(ACK_BATCH) {
             let (ids, tokens) = pairs(chunk);
-            let q = sqlx::query_scalar::<_, Uuid>(sql(&self.sql.ack))
-                .bind(ids)
-                .bind(tokens)
-                .bind(Self::shard())
-                .bind(delete_now);
-            let ids = bounded(self.limit(), q.fetch_all(&self.pool)).await?;
-            lost.extend(ids.into_iter().map(JobId::from));
+            self.ack_chunk(ids, tokens, Vec::new(), &mut lost).await?;
         }
         Ok(lost)
+    }
+
+    async fn do_ack_results(
+        &self,
+        acks: &[(JobId, LeaseToken, Payload)],
+    ) -> Result<Vec<JobId>, BackendError> {
+        let mut lost = Vec::new();
+        for chunk in acks.chunks(ACK_BATCH) {
+            let ids = chunk.iter().map(|(id, _, _)| id.as_uuid()).collect();
+            let tokens = chunk.iter().map(|(_, t, _)| pg_token(t)).collect();
+            let results = chunk.iter().map(|(_, _, r)| r.as_str()).collect();
+            self.ack_chunk(ids, tokens, results, &mut lost).await?;
+        }
+        Ok(lost)
+    }
+
+    /// One `ack.sql` call (`results` empty, or one per id); adds the ids it reports lost.
+    async fn ack_chunk(
+        &self,
+        ids: Vec<Uuid>,
+        tokens: Vec<Uuid>,
+        results: Vec<&str>,
+        lost: &mut Vec<JobId>,
+    ) -> Result<(), BackendError> {
+        self.ensure_schema().await?;
+        let delete_now = self.settings.finished_retention.is_zero();
+        let q = sqlx::query_scalar::<_, Uuid>(sql(&self.sql.ack))
+            .bind(ids)
+            .bind(tokens)
+            .bind(Self::shard())
+            .bind(delete_now)
+            .bind(results);
+        let ids = bounded(self.limit(), q.fetch_all(&self.pool)).await?;
+        lost.extend(ids.into_iter().map(JobId::from));
+        Ok(())
     }
 
     /// Runs a fenced single-job statement answering `changed, repeated, ...`.
@@ -932,6 +960,13 @@ impl Backend for PostgresBackend {
         updates: &'a [(JobId, LeaseToken, Payload)],
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(self.do_record_progress(updates))
+    }
+
+    fn ack_results<'a>(
+        &'a self,
+        acks: &'a [(JobId, LeaseToken, Payload)],
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        Box::pin(self.do_ack_results(acks))
     }
 
     fn postgres(&self) -> Option<&PostgresBackend> {

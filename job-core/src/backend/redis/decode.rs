@@ -190,7 +190,7 @@ fn record_number<T: std::str::FromStr>(
 }
 
 /// The fields of a job record that [`status`] decodes, in its order.
-pub(super) const STATUS_FIELDS: [&str; 8] = ["s", "j", "q", "a", "err", "e", "u", "pg"];
+pub(super) const STATUS_FIELDS: [&str; 9] = ["s", "j", "q", "a", "err", "e", "u", "pg", "res"];
 
 /// A status from the job record's [`STATUS_FIELDS`] (`None`: there is no record).
 pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatus>, BackendError> {
@@ -241,7 +241,8 @@ pub(super) fn status(id: JobId, f: &[Option<Vec<u8>>]) -> Result<Option<JobStatu
             from_unix_ms(enqueued),
             from_unix_ms(updated),
         )
-        .with_progress(text(7).and_then(|p| serde_json::from_str(&p).ok())),
+        .with_progress(text(7).and_then(|p| serde_json::from_str(&p).ok()))
+        .with_result(text(8).and_then(|r| serde_json::from_str(&r).ok())),
     ))
 }
 

@@ -10,6 +10,7 @@
 //! # impl Job for Resize {
 //! #     const NAME: &'static str = "resize";
 //! #     type Error = std::io::Error;
+//! #     type Output = ();
 //! #     async fn run(&self, _cx: &JobContext) -> Result<(), Self::Error> { Ok(()) }
 //! # }
 //!
@@ -96,6 +97,7 @@
 //! | `o` | the outcome `d` wrote (`ack`, `retry`, `dead`, `release`, `cancel`): only a repeat of that outcome is one; another with that token is a lost lease (absent on records written before this field: the token alone decides, as it did then) | ack, retry, dead-letter, release |
 //! | `err` | last error | retry, dead-letter, reap |
 //! | `pg` | the progress the job reported last (JSON) | progress |
+//! | `res` | the result of the job's successful attempt (JSON; absent for a job that keeps none) | ack |
 //! | `cx` | a cancel was requested while the job was reserved: extend reports it to the holder; a retry, release or reap cancels the job instead | cancel |
 //! | `dead`, `died` | the dead-letter record (JSON) and when it died | dead-letter, reap |
 //!
@@ -438,16 +440,46 @@ impl RedisBackend {
         let mut lost = Vec::new();
         for chunk in acks.chunks(ACK_BATCH) {
             let mut inv = self.invocation(&self.scripts.ack);
-            inv.arg(Self::retention_ms(self.settings.finished_retention));
+            inv.arg(Self::retention_ms(self.settings.finished_retention))
+                .arg(2);
             for (id, token) in chunk {
                 inv.arg(id.to_string()).arg(token.to_string());
             }
-            let ids: Vec<String> = self.run_script(inv).await?;
-            for id in ids {
-                lost.push(parse_id(&id)?);
-            }
+            self.acked(inv, &mut lost).await?;
         }
         Ok(lost)
+    }
+
+    async fn do_ack_results(
+        &self,
+        acks: &[(JobId, LeaseToken, Payload)],
+    ) -> Result<Vec<JobId>, BackendError> {
+        let mut lost = Vec::new();
+        for chunk in acks.chunks(ACK_BATCH) {
+            let mut inv = self.invocation(&self.scripts.ack);
+            inv.arg(Self::retention_ms(self.settings.finished_retention))
+                .arg(3);
+            for (id, token, result) in chunk {
+                inv.arg(id.to_string())
+                    .arg(token.to_string())
+                    .arg(result.as_str());
+            }
+            self.acked(inv, &mut lost).await?;
+        }
+        Ok(lost)
+    }
+
+    /// Runs an ack script call and adds the ids it reports lost to `lost`.
+    async fn acked(
+        &self,
+        inv: ::redis::ScriptInvocation<'_>,
+        lost: &mut Vec<JobId>,
+    ) -> Result<(), BackendError> {
+        let ids: Vec<String> = self.run_script(inv).await?;
+        for id in ids {
+            lost.push(parse_id(&id)?);
+        }
+        Ok(())
     }
 
     async fn do_dead_letter(
@@ -622,6 +654,13 @@ impl Backend for RedisBackend {
         acks: &'a [(JobId, LeaseToken)],
     ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
         Box::pin(self.do_ack_batch(acks))
+    }
+
+    fn ack_results<'a>(
+        &'a self,
+        acks: &'a [(JobId, LeaseToken, Payload)],
+    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
+        Box::pin(self.do_ack_results(acks))
     }
 
     fn retry(

@@ -147,6 +147,7 @@ pub(crate) struct Soak {
 impl Job for Soak {
     const NAME: &'static str = "chaos-soak";
     type Error = std::io::Error;
+    type Output = ();
 
     /// Attempts count crash recoveries too: with up to 10 recoveries in T1, a failed write
     /// of the record must still be retried rather than dead-lettered.
@@ -181,6 +182,7 @@ pub(crate) struct Span {
 impl Job for Span {
     const NAME: &'static str = "chaos-span";
     type Error = std::io::Error;
+    type Output = ();
 
     fn options() -> JobOptions {
         JobOptions::new().queue(QUEUE).timeout(JOB_TIMEOUT)
@@ -210,6 +212,7 @@ pub(crate) struct Pill {
 impl Job for Pill {
     const NAME: &'static str = "chaos-pill";
     type Error = std::io::Error;
+    type Output = ();
 
     fn options() -> JobOptions {
         JobOptions::new().queue(QUEUE).timeout(JOB_TIMEOUT)

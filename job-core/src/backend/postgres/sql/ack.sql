@@ -3,13 +3,14 @@
 -- deadlock. An ack repeated with the token whose outcome was written last changes nothing and
 -- is not reported; an ack with a token that a retry, release or dead letter spent is
 -- reported (done_state: only the outcome written last is a repeat).
--- $1 ids uuid[], $2 tokens uuid[], $3 fallback shard int2, $4 delete_now bool.
+-- $1 ids uuid[], $2 tokens uuid[], $3 fallback shard int2, $4 delete_now bool, $5 results
+-- text[] (JSON, one per id; empty for acks with no result: unnest pads it with NULLs).
 -- Returns the ids whose lease was not held.
 WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[]) AS t(id, token)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $5::text[]) AS t(id, token, result)
 ),
 held AS (
-    SELECT j.id, i.token
+    SELECT j.id, i.token, i.result
     FROM {s}.jobs j JOIN input i ON i.id = j.id
     WHERE j.lease = i.token AND j.state = 2
     ORDER BY j.id
@@ -18,7 +19,7 @@ held AS (
 kept AS (
     UPDATE {s}.jobs j SET
         state = 4, payload = NULL, lease = NULL, lease_expires = NULL,
-        done_token = h.token, done_state = 4, updated_at = now()
+        done_token = h.token, done_state = 4, updated_at = now(), result = h.result
     FROM held h
     WHERE j.id = h.id AND NOT $4::bool
     RETURNING j.id

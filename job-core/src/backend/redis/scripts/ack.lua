@@ -1,10 +1,12 @@
 -- KEYS: the shared keys (see prelude.lua).
--- ARGV: base, retention_ms, then pairs id, token. Returns the ids whose lease is not held.
+-- ARGV: base, retention_ms, stride (2 or 3), then per job id, token and, with stride 3, the
+-- result to keep (JSON). Returns the ids whose lease is not held.
 local retention = tonumber(ARGV[2])
+local stride = tonumber(ARGV[3])
 local t = now_ms()
 local now = num(t)
 local lost, done = {}, {}
-for i = 3, #ARGV - 1, 2 do
+for i = 4, #ARGV - stride + 1, stride do
   local id, token = ARGV[i], ARGV[i + 1]
   local k = jk(id)
   local state = fence(k, token, 'ack')
@@ -20,6 +22,7 @@ for i = 3, #ARGV - 1, 2 do
       -- command on a job key then looked the key up in Redis's table of expiring keys,
       -- which holds every finished job).
       redis.call('HSET', k, 's', 'succeeded', 'u', now, 'd', token, 'o', 'ack', 'l', '', 'p', '')
+      if stride == 3 then redis.call('HSET', k, 'res', ARGV[i + 2]) end
     end
   elseif state == 'lost' then
     lost[#lost + 1] = id
