@@ -3,9 +3,11 @@
 use job_core::job;
 use serde::Deserialize;
 
-use crate::mailer::{EmailError, Mailer};
+use crate::mailer::{EmailError, Mailer, Sent};
 
-/// Sends one email through the injected [`Mailer`].
+/// Sends one email through the injected [`Mailer`]; its result is the message id the
+/// mailer assigned ([`Sent`]), kept with the job's status (`GET /jobs/{id}` shows it, and
+/// `client.result::<SendEmail>(id)` reads it typed).
 ///
 /// The job's payload is its owned parameters (`to`, `subject`, `body`); `mailer` is injected
 /// from the runtime's shared data. The function stays an ordinary `async fn`, so it can be
@@ -18,7 +20,8 @@ use crate::mailer::{EmailError, Mailer};
 /// use job_examples::{email::send_email, mailer::FakeMailer};
 ///
 /// let mailer = FakeMailer::new(Duration::ZERO);
-/// send_email("ada@example.com".into(), "hi".into(), "hello".into(), &mailer).await.unwrap();
+/// let sent = send_email("ada@example.com".into(), "hi".into(), "hello".into(), &mailer).await.unwrap();
+/// assert!(!sent.message_id.is_empty());
 /// assert!(send_email("bounce@example.com".into(), "hi".into(), "x".into(), &mailer).await.is_err());
 /// # }
 /// ```
@@ -39,7 +42,7 @@ pub async fn send_email(
     subject: String,
     body: String,
     mailer: &dyn Mailer,
-) -> Result<(), EmailError> {
+) -> Result<Sent, EmailError> {
     mailer.send(&to, &subject, &body).await
 }
 

@@ -7,7 +7,8 @@
 //! - `report-scheduler`: enqueues `generate_report` every interval (without drift) or on a
 //!   cron expression, and serves the same operational routes.
 //!
-//! See `README-tour.md` beside this crate for a walk through both with curl.
+//! See "A tour of the example server" in the repository's README for a walk through both with
+//! curl.
 
 pub mod auth;
 pub mod config;

@@ -20,7 +20,15 @@ use std::time::Duration;
 use job_core::JobError;
 
 /// The future returned by [`Mailer::send`].
-pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), EmailError>> + Send + 'a>>;
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Sent, EmailError>> + Send + 'a>>;
+
+/// What the mail server answered for a message it accepted: the `send_email` job's result,
+/// shown by `GET /jobs/{id}` as `"result": {"message_id": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sent {
+    /// The message's id (the `Message-ID` header a real server assigns).
+    pub message_id: String,
+}
 
 /// Sends email.
 ///
@@ -28,7 +36,7 @@ pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), EmailError>> + 
 /// `.data::<dyn Mailer>(Arc::new(FakeMailer::default()))`, and injected into jobs that
 /// declare a `mailer: &dyn Mailer` parameter.
 pub trait Mailer: Send + Sync + 'static {
-    /// Sends one message.
+    /// Sends one message; returns the id the server gave it.
     ///
     /// # Errors
     /// [`EmailError`], classified for the job runtime: timeouts and rate limits are retried,
@@ -175,8 +183,10 @@ impl Mailer for FakeMailer {
                 }
                 _ => {}
             }
-            tracing::info!(%to, %subject, bytes = body.len(), "email sent");
-            Ok(())
+            // A UUIDv7 makes a unique id, as a real server's would be.
+            let message_id = format!("{}@fake-mailer.invalid", job_core::JobId::new());
+            tracing::info!(%to, %subject, bytes = body.len(), %message_id, "email sent");
+            Ok(Sent { message_id })
         })
     }
 }
@@ -251,7 +261,10 @@ mod tests {
             Err(EmailError::RateLimited(d)) if d == Duration::from_millis(5)
         ));
         assert!(mailer.send("ratelimit+1@x.io", "s", "b").await.is_ok());
-        assert!(mailer.send("ada@x.io", "s", "b").await.is_ok());
+        let a = mailer.send("ada@x.io", "s", "b").await.unwrap();
+        let b = mailer.send("ada@x.io", "s", "b").await.unwrap();
+        assert!(a.message_id.ends_with("@fake-mailer.invalid"), "{a:?}");
+        assert_ne!(a, b, "each message gets its own id");
     }
 
     #[tokio::test(start_paused = true)]

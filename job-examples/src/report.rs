@@ -24,7 +24,8 @@ pub async fn generate_report(
     let report = render_report(&schedule, &scheduled_at);
     tracing::info!(%schedule, %scheduled_at, bytes = report.len(), "report generated");
     let subject = format!("Report for {scheduled_at}");
-    mailer.send(&recipient, &subject, &report).await
+    mailer.send(&recipient, &subject, &report).await?;
+    Ok(())
 }
 
 /// The report's text: a stand-in for querying and formatting real data.

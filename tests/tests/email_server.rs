@@ -79,6 +79,12 @@ fn an_email_is_accepted_sent_and_observable() {
     assert_eq!(status["queue"], "email");
     assert_eq!(status["attempts"], 1);
     assert_eq!(status["last_error"], Value::Null);
+    // The job's result: the id the mailer gave the message.
+    let message_id = status["result"]["message_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a result with a message id: {status}"))
+        .to_owned();
+    assert!(message_id.ends_with("@fake-mailer.invalid"), "{message_id}");
     for field in ["enqueued_at", "updated_at"] {
         let at = status[field].as_str().expect("a timestamp");
         assert!(at.ends_with('Z') && at.contains('T'), "{field}: {at}");
@@ -91,6 +97,10 @@ fn an_email_is_accepted_sent_and_observable() {
         "{sent}"
     );
     assert!(sent.contains("to=ada@example.com"), "{sent}");
+    assert!(
+        sent.contains(&message_id),
+        "the result is what the mailer sent: {sent}"
+    );
 
     let runtime = server.get("/jobs/status").json();
     assert_eq!(runtime["capacity"], 100);

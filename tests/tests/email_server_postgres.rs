@@ -143,12 +143,17 @@ fn signup_commits_the_user_and_its_welcome_email_together() {
     );
     let status = wait_for_state(&server, &job_id, "succeeded");
     assert_eq!(status["job"], "send_email");
+    // The result is kept in the job's row: the message id the mailer logged.
+    let message_id = status["result"]["message_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a result with a message id: {status}"))
+        .to_owned();
     assert!(
         server
             .logs()
             .iter()
-            .any(|l| l.contains("email sent") && l.contains(&job_id)),
-        "the welcome email was not sent"
+            .any(|l| l.contains("email sent") && l.contains(&job_id) && l.contains(&message_id)),
+        "the welcome email was not sent with the message id of the result"
     );
     assert_eq!(schemas.users(), ["ada@example.com"]);
     assert_eq!(schemas.job_rows(), 1);
