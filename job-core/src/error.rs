@@ -8,16 +8,23 @@ use crate::job::JobId;
 /// A boxed error, used at trait-object boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// An error and its sources as one line: `error: source: source`.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+/// An error and its sources, outermost first. A source that prints the same as the error
+/// before it (an error whose message already includes its source's, or a context layer that
+/// adds nothing) is listed once.
+pub(crate) fn chain_of(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut chain: Vec<String> = Vec::new();
+    for e in std::iter::successors(Some(e), |e| e.source()) {
+        let s = e.to_string();
+        if chain.last().is_none_or(|last| *last != s) {
+            chain.push(s);
+        }
     }
-    s
+    chain
+}
+
+/// An error and its sources as one line: `error: source: source` (see [`chain_of`]).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    chain_of(e).join(": ")
 }
 
 /// What the runtime does with a failed attempt.

@@ -60,17 +60,10 @@ impl Failure {
     pub(crate) fn from_error<E: Classify + Into<BoxError>>(error: E) -> Self {
         let class = error.classify();
         let boxed: BoxError = error.into();
-        let mut chain = vec![boxed.to_string()];
-        let mut cur = boxed.source();
-        while let Some(e) = cur {
-            let s = e.to_string();
-            // anyhow's context layers repeat nothing, but some errors print their source too.
-            if chain.last().is_none_or(|last| *last != s) {
-                chain.push(s);
-            }
-            cur = e.source();
+        Self {
+            class,
+            chain: crate::error::chain_of(boxed.as_ref()),
         }
-        Self { class, chain }
     }
 
     /// The chain joined as `outer: inner: root`.

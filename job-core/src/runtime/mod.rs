@@ -14,10 +14,12 @@
 //! job); the attempt is still isolated: a panic, an error or a timeout ends the attempt, never
 //! the worker.
 
+mod attempt;
 mod batch;
 mod builder;
 mod cancel;
 pub(crate) mod durable;
+mod outcome;
 mod ready;
 pub(crate) mod shutdown;
 mod timer;
