@@ -954,6 +954,81 @@ async fn results_are_kept_and_typed(store: Store) {
     rt.shutdown().await;
 }
 
+/// A wait wakes when the job ends, not at its next reread of the status, also in a process
+/// that does not run the job: a success, a dead letter and a cancel each end a job 300 ms
+/// into a wait, and each wait returns within 1 s of it (a store that announces ends is
+/// reread every 2 s, so a missing announcement shows as a 1.7 s wait). In memory the wait is
+/// in the running process (nothing polls there: a missing signal would hang it); a store
+/// that cannot announce ends declares so, and has no status to wait on.
+async fn a_wait_hears_an_end_in_another_process(store: Store) {
+    let s = Setup::new(store).await;
+    if let Some(b) = &s.backend
+        && !b.capabilities().finish_wakeups
+    {
+        assert!(
+            !s.has_status(),
+            "a store with status by id should announce ends"
+        );
+        return;
+    }
+    let rec = Recorder::new();
+    let rt = s.builder(&rec).start().unwrap();
+    let other = s
+        .durable()
+        .then(|| s.builder(&rec).queues(["nothing-here"]).start().unwrap());
+    let waiter = other.as_ref().unwrap_or(&rt).client();
+    let client = rt.client();
+    let heard = |id: JobId| {
+        let waiter = waiter.clone();
+        tokio::spawn(async move {
+            let r = waiter.wait(id, LONG).await;
+            (r, Instant::now())
+        })
+    };
+    // One job at a time, so that the gate's one permit goes to the job meant.
+    for (key, behavior, state) in [
+        (1, Behavior::Gate, JobState::Succeeded),
+        (2, Behavior::GateThenFail, JobState::Dead),
+        (3, Behavior::Succeed, JobState::Cancelled),
+    ] {
+        let cancelled = state == JobState::Cancelled;
+        let id = if cancelled {
+            let delay = Duration::from_secs(3600);
+            client
+                .enqueue_in(Probe::new(key, behavior), delay)
+                .await
+                .unwrap()
+        } else {
+            let id = client.enqueue(Probe::new(key, behavior)).await.unwrap();
+            eventually(LONG, "the gated job runs", || {
+                rec.attempts_of(key).len() == 1
+            })
+            .await;
+            id
+        };
+        let waiting = heard(id);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ended = Instant::now();
+        if cancelled {
+            client.cancel(id).await.unwrap();
+        } else {
+            rec.open(1);
+        }
+        let (r, returned) = waiting.await.unwrap();
+        let done = r.unwrap();
+        assert_eq!(done.state, state, "{done:?}");
+        let after = returned.saturating_duration_since(ended);
+        assert!(
+            after < Duration::from_secs(1),
+            "the wait for a job that ended ({state:?}) returned {after:?} after its end"
+        );
+    }
+    if let Some(other) = other {
+        other.shutdown().await;
+    }
+    rt.shutdown().await;
+}
+
 macro_rules! suite {
     ($store:ident: $($name:ident),* $(,)?) => {
         $(
@@ -981,6 +1056,7 @@ macro_rules! conformance {
             a_cancel_reaches_another_process,
             progress_shows_in_the_status,
             results_are_kept_and_typed,
+            a_wait_hears_an_end_in_another_process,
         );
     };
 }

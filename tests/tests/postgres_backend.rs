@@ -695,3 +695,27 @@ async fn the_reaper_vacuums_the_job_table_after_heavy_churn() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A backend whose `LISTEN` connection is terminated listens again and still hears the
+/// end of the job it watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_ends_are_heard_after_the_listen_connection_was_terminated() {
+    let (b, cleanup) = postgres_backend().await;
+    let schema = cleanup.schema.clone();
+    let kill = async move {
+        let mut admin = {
+            use sqlx::Connection;
+            sqlx::PgConnection::connect(&postgres_url()).await.unwrap()
+        };
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'job-core' AND query LIKE 'LISTEN%' || $1 || '%'",
+        )
+        .bind(&schema)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert!(!killed.is_empty(), "no LISTEN connection to terminate");
+    };
+    common::an_end_is_heard_after_a_lost_listener(&b, kill).await;
+}

@@ -1760,3 +1760,26 @@ async fn the_runtime_runs_jobs_on_redis() {
     let stats = backend.stats().await.unwrap();
     assert_eq!((stats.depth(), stats.dead), (0, 0));
 }
+
+/// A backend whose pub/sub connection is killed (`CLIENT KILL TYPE pubsub`) subscribes
+/// again and still hears the end of the job it watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_ends_are_heard_after_the_pubsub_connection_was_killed() {
+    let (b, _cleanup) = common::redis_backend().await;
+    let mut raw = redis::Client::open(url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| unreachable("connecting", e));
+    let kill = async move {
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(killed >= 1, "no pub/sub connection to kill");
+    };
+    common::an_end_is_heard_after_a_lost_listener(&b, kill).await;
+}

@@ -8,7 +8,7 @@
 //! typed in-memory queue, not this.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
@@ -77,6 +77,9 @@ struct State {
 pub struct MemoryBackend {
     state: Mutex<State>,
     work: Notify,
+    /// Fired each time a job ends: every waiter of every runtime on this backend reads its
+    /// job's status again (a process's memory: there is nothing to announce across).
+    finished: Arc<Notify>,
     dead_capacity: usize,
     retention: Duration,
 }
@@ -99,6 +102,7 @@ impl MemoryBackend {
         Self {
             state: Mutex::new(State::default()),
             work: Notify::new(),
+            finished: Arc::new(Notify::new()),
             dead_capacity: 10_000,
             retention: Duration::from_secs(3600),
         }
@@ -157,7 +161,9 @@ impl MemoryBackend {
         }
     }
 
+    /// Job `id` has ended: kept for the retention, and announced to waiters.
     fn retire(&self, st: &mut State, id: JobId) {
+        self.finished.notify_waiters();
         let now = Instant::now();
         st.finished.push_back((now, id));
         while let Some(&(at, old)) = st.finished.front() {
@@ -646,6 +652,15 @@ impl Backend for MemoryBackend {
         st.scheduled.retain(|(_, j)| *j != id);
         self.retire(&mut st, id);
         ready_now(Ok(CancelOutcome::Removed))
+    }
+
+    fn watch_finish(&self, id: JobId) -> BoxFuture<'_, Result<Arc<Notify>, BackendError>> {
+        // Every end fires the signal: nothing to record per job.
+        let known = self.lock().jobs.contains_key(&id);
+        ready_now(match known {
+            true => Ok(self.finished.clone()),
+            false => Err(BackendError::NotFound(id)),
+        })
     }
 
     fn record_progress<'a>(

@@ -25,6 +25,9 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod announce;
+mod arc;
 #[cfg(feature = "azure")]
 pub mod azure;
 pub mod memory;
@@ -36,7 +39,10 @@ pub mod redis;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
 
 use crate::dead_letter::DeadLetter;
 use crate::job::JobId;
@@ -330,6 +336,12 @@ pub struct Capabilities {
     /// [`Client::result`](crate::Client::result) answers
     /// [`Unsupported`](crate::ResultError::Unsupported) and results are not written.
     pub results: bool,
+    /// [`Backend::watch_finish`] asks the store to announce a job's end to every process
+    /// on it, and the signal it returns fires on those announcements:
+    /// [`Client::wait`](crate::Client::wait) wakes as soon as a job ends, also when another
+    /// process ran it. Without it a waiter reads the status again at a growing interval
+    /// (every 250 ms at most).
+    pub finish_wakeups: bool,
 }
 
 impl Capabilities {
@@ -348,6 +360,7 @@ impl Capabilities {
             cancel_by_id: true,
             progress: true,
             results: true,
+            finish_wakeups: true,
         }
     }
 }
@@ -683,6 +696,23 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         let _ = (id, token);
         Box::pin(async { Err(BackendError::Unsupported("cancel by id")) })
     }
+
+    /// Job `id` is being waited for: asks the store to announce its end (succeeded, dead,
+    /// cancelled, or its record deleted) to every process on the store, and returns the
+    /// signal announcements fire ([`Notify::notify_waiters`]; one signal for every watched
+    /// job: the waiter reads its job's status again). The signal also fires when
+    /// announcements may have been missed (the listening connection was lost and is back),
+    /// so a waiter that registered with [`Notify::notified`] before reading the status
+    /// misses no end. Call it while the job is live: a job that has already finished is
+    /// not announced again (its status says so). A watch costs the store a little until
+    /// the job ends, and nothing for jobs nobody watches. [`BackendError::NotFound`] for an
+    /// id the store does not know. The runtime calls it only when
+    /// [`finish_wakeups`](Capabilities::finish_wakeups) is declared; the default answers
+    /// [`BackendError::Unsupported`].
+    fn watch_finish(&self, id: JobId) -> BoxFuture<'_, Result<Arc<Notify>, BackendError>> {
+        let _ = id;
+        Box::pin(async { Err(BackendError::Unsupported("finish wake-ups")) })
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -694,130 +724,6 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 /// The inverse of [`unix_ms`].
 pub fn from_unix_ms(ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-/// A shared backend is a backend: keep an `Arc` to inspect the store or to start a second
-/// runtime on it (a restart, in tests).
-impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    fn connect(&self) -> BoxFuture<'_, Result<(), BackendError>> {
-        (**self).connect()
-    }
-    fn capabilities(&self) -> Capabilities {
-        (**self).capabilities()
-    }
-    fn enqueue(
-        &self,
-        envelope: Envelope,
-        capacity: u64,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        (**self).enqueue(envelope, capacity)
-    }
-    fn enqueue_batch<'a>(
-        &'a self,
-        envelopes: &'a [Envelope],
-        capacity: u64,
-    ) -> BoxFuture<'a, Result<usize, BackendError>> {
-        (**self).enqueue_batch(envelopes, capacity)
-    }
-    fn ack_batch<'a>(
-        &'a self,
-        acks: &'a [(JobId, LeaseToken)],
-    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
-        (**self).ack_batch(acks)
-    }
-    fn reserve<'a>(
-        &'a self,
-        queues: &'a [String],
-        max: usize,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Vec<Reservation>, BackendError>> {
-        (**self).reserve(queues, max, lease)
-    }
-    fn wait_for_work<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, ()> {
-        (**self).wait_for_work(queues, timeout)
-    }
-    fn idle_poll(&self) -> Duration {
-        (**self).idle_poll()
-    }
-    #[cfg(feature = "postgres")]
-    fn postgres(&self) -> Option<&postgres::PostgresBackend> {
-        (**self).postgres()
-    }
-    fn ack(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
-        (**self).ack(id, token)
-    }
-    fn retry(
-        &self,
-        id: JobId,
-        token: LeaseToken,
-        retry: Retry,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        (**self).retry(id, token, retry)
-    }
-    fn dead_letter(
-        &self,
-        id: JobId,
-        token: LeaseToken,
-        record: DeadLetter,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        (**self).dead_letter(id, token, record)
-    }
-    fn extend<'a>(
-        &'a self,
-        leases: &'a [(JobId, LeaseToken)],
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Extended, BackendError>> {
-        (**self).extend(leases, lease)
-    }
-    fn release(&self, id: JobId, token: LeaseToken) -> BoxFuture<'_, Result<(), BackendError>> {
-        (**self).release(id, token)
-    }
-    fn reap(&self, max_recoveries: u32) -> BoxFuture<'_, Result<Reaped, BackendError>> {
-        (**self).reap(max_recoveries)
-    }
-    fn status(&self, id: JobId) -> BoxFuture<'_, Result<Option<JobStatus>, BackendError>> {
-        (**self).status(id)
-    }
-    fn stats(&self) -> BoxFuture<'_, Result<BackendStats, BackendError>> {
-        (**self).stats()
-    }
-    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, BackendError>> {
-        (**self).dead_letters(limit)
-    }
-    fn find_dead_letter(
-        &self,
-        id: JobId,
-    ) -> BoxFuture<'_, Result<Option<DeadLetter>, BackendError>> {
-        (**self).find_dead_letter(id)
-    }
-    fn requeue(&self, id: JobId) -> BoxFuture<'_, Result<(), BackendError>> {
-        (**self).requeue(id)
-    }
-    fn cancel(&self, id: JobId) -> BoxFuture<'_, Result<CancelOutcome, BackendError>> {
-        (**self).cancel(id)
-    }
-    fn finish_cancelled(
-        &self,
-        id: JobId,
-        token: LeaseToken,
-    ) -> BoxFuture<'_, Result<(), BackendError>> {
-        (**self).finish_cancelled(id, token)
-    }
-    fn record_progress<'a>(
-        &'a self,
-        updates: &'a [(JobId, LeaseToken, Payload)],
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        (**self).record_progress(updates)
-    }
-    fn ack_results<'a>(
-        &'a self,
-        acks: &'a [(JobId, LeaseToken, Payload)],
-    ) -> BoxFuture<'a, Result<Vec<JobId>, BackendError>> {
-        (**self).ack_results(acks)
-    }
 }
 
 /// Reserves up to `max` jobs in calls of at most `per_call` each, until `max` are leased or a

@@ -402,14 +402,18 @@ impl Client {
         }
     }
 
-    /// Waits until job `id` has finished (succeeded or dead) and returns its final status,
-    /// or gives up after `timeout`.
+    /// Waits until job `id` has finished (succeeded, dead or cancelled) and returns its final
+    /// status, or gives up after `timeout`.
     ///
-    /// In memory the wait polls nothing: it sleeps until a worker signals that a job ended.
-    /// On a durable store the job may finish in another process, so the status is read again
-    /// at a growing interval (5 ms, doubling, at most 250 ms), and at once when a job this
-    /// process runs is written back. A job retrying is not finished: the wait goes on
-    /// through its retries.
+    /// The wait polls nothing. In memory it sleeps until a worker signals that a job ended.
+    /// On a durable store the job may finish in another process: a store that declares
+    /// [`finish_wakeups`](crate::backend::Capabilities::finish_wakeups) (Redis pub/sub,
+    /// Postgres `LISTEN`/`NOTIFY`, `MemoryBackend`) is asked to announce the job's end, and
+    /// the wait wakes on that announcement (or at once when this process writes the job
+    /// back), reading the status again every 2 s at most in case one was lost. On a store
+    /// without announcements the status is read again at a growing interval (5 ms,
+    /// doubling, at most 250 ms). A job retrying is not finished: the wait goes on through
+    /// its retries.
     ///
     /// ```
     /// # use job_core::prelude::*;

@@ -5,9 +5,13 @@
 //! says how it ended; on a durable store: once the outcome is written back). A waiter checks
 //! the status, and sleeps until the next signal: in memory that is the whole story (no
 //! polling: the status cannot change without a signal). A durable store's job may finish in
-//! another process, which sends no signal here, so a waiter there also reads the status
-//! again at a growing interval ([`DURABLE_RECHECK_MAX`] at most).
+//! another process, which sends no signal here: where the store announces the ends of
+//! watched jobs ([`Backend::watch_finish`](crate::backend::Backend::watch_finish)), the
+//! waiter watches its job and also wakes on the store's signal, reading the status again
+//! every [`WATCHED_RECHECK`] at most in case an announcement was lost; elsewhere it reads
+//! the status again at a growing interval ([`DURABLE_RECHECK_MAX`] at most).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering, fence};
 use std::time::Duration;
 
@@ -24,6 +28,10 @@ use super::Client;
 pub(crate) const DURABLE_RECHECK_MAX: Duration = Duration::from_millis(250);
 /// Its first sleep (doubled after each read that finds the job still live).
 const DURABLE_RECHECK_MIN: Duration = Duration::from_millis(5);
+/// The longest a waiter whose job the store announces sleeps between two reads of the
+/// status (a safety net: announcements are sent once, and a lost connection is noticed
+/// and signalled, so this only matters when something else lost one).
+pub(crate) const WATCHED_RECHECK: Duration = Duration::from_secs(2);
 
 /// Wakes the tasks waiting for jobs to finish. Costs one atomic load per signal while
 /// nobody waits.
@@ -72,9 +80,14 @@ pub(crate) async fn wait(
     let finished = durable.map_or(&client.inner.finished, |d| &d.finished);
     let _waiting = Waiting::new(finished);
     let mut recheck = DURABLE_RECHECK_MIN;
+    // The store is asked once, after the first read finds the job live.
+    let mut to_watch = durable.filter(|d| d.caps.finish_wakeups);
+    let mut announced: Option<Arc<Notify>> = None;
     loop {
         // Registered before the status is read: a signal after the read wakes this one.
         let signalled = finished.notify.notified();
+        let store_signal = announced.clone();
+        let heard = store_signal.as_deref().map(Notify::notified);
         let status = match client.status(id).await {
             Ok(Some(status)) => status,
             Ok(None) => return Err(WaitError::NotFound(id)),
@@ -86,15 +99,36 @@ pub(crate) async fn wait(
         if status.state.is_finished() {
             return Ok(status);
         }
-        let wake = if durable.is_some() {
-            let at = (Instant::now() + recheck).min(deadline);
-            recheck = (recheck * 2).min(DURABLE_RECHECK_MAX);
-            at
-        } else {
-            deadline
+        if let Some(d) = to_watch.take() {
+            match d.backend.watch_finish(id).await {
+                Ok(signal) => {
+                    // Read again: the job may have ended before the watch began.
+                    announced = Some(signal);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(job_id = %id, error = %e, "the store cannot announce this job's end; reading its status at intervals");
+                }
+            }
+        }
+        let wake = match (durable, &announced) {
+            (None, _) => deadline,
+            (Some(_), Some(_)) => (Instant::now() + WATCHED_RECHECK).min(deadline),
+            (Some(_), None) => {
+                let at = (Instant::now() + recheck).min(deadline);
+                recheck = (recheck * 2).min(DURABLE_RECHECK_MAX);
+                at
+            }
+        };
+        let heard = async {
+            match heard {
+                Some(heard) => heard.await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             () = signalled => {}
+            () = heard => {}
             () = tokio::time::sleep_until(wake) => {
                 if wake >= deadline {
                     return Err(WaitError::TimedOut(Box::new(status)));

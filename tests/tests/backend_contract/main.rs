@@ -10,8 +10,8 @@
 //! `mod mine { contract!(super::my_store); }`. The checks live in `leases.rs` (fencing,
 //! repeated and spent write-backs, release, extend, expiry), `enqueue.rs` (stored ids,
 //! capacity, delays, order, queues, reservations, wake-ups) and `records.rs` (malformed
-//! records, statuses, counts, dead letters), `cancel.rs` (cancel by id) and `results.rs`
-//! (results kept by the ack); each asserts
+//! records, statuses, counts, dead letters), `cancel.rs` (cancel by id), `results.rs`
+//! (results kept by the ack) and `watch.rs` (announced ends); each asserts
 //! what the trait's docs promise.
 //!
 //! Real servers: `JOB_REDIS_URL` (default the local Redis), `JOB_POSTGRES_URL` (default
@@ -30,6 +30,7 @@ mod leases;
 mod records;
 mod results;
 mod support;
+mod watch;
 
 use std::any::Any;
 use std::future::Future;
@@ -46,6 +47,7 @@ use self::enqueue::*;
 use self::leases::*;
 use self::records::*;
 use self::results::*;
+use self::watch::*;
 
 /// Plants a raw record that is not a job envelope: (id, queue, raw text).
 type Plant = Box<dyn Fn(JobId, &str, &str) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -195,6 +197,7 @@ macro_rules! contract {
             wait_for_work_wakes_on_enqueue,
             cancels_end_jobs_as_the_trait_says,
             ack_results_keep_each_result_fenced,
+            watched_ends_are_announced,
         );
     };
     (@checks $factory:path; $($check:ident),* $(,)?) => {

@@ -30,6 +30,8 @@ pub enum Behavior {
     SleepUnlessCancelledMs(u64),
     /// Waits for a permit of the recorder's gate, then succeeds.
     Gate,
+    /// Waits for a permit of the recorder's gate, then fails permanently.
+    GateThenFail,
     /// Fails with a nested error chain, permanently.
     Chain,
     /// While the recorder's `stall` flag is set, waits for cancellation (then fails);
@@ -209,6 +211,10 @@ impl Probe {
                 rec.gate.acquire().await.expect("gate open").forget();
                 Ok(())
             }
+            Behavior::GateThenFail => {
+                rec.gate.acquire().await.expect("gate open").forget();
+                Err(ProbeError::Permanent)
+            }
             Behavior::Stall if rec.stall.load(Ordering::SeqCst) => {
                 cx.cancelled().await;
                 Err(ProbeError::Cancelled)
@@ -231,6 +237,50 @@ pub fn builder(rec: &Arc<Recorder>) -> JobRuntimeBuilder {
 
 pub fn start(b: JobRuntimeBuilder) -> Result<JobRuntime, StartError> {
     b.start()
+}
+
+/// The end of a watched job is heard across a lost listening connection: `backend` watches
+/// a running job, `kill` drops its listening connection, and 1 s later (the backend listens
+/// again by then) the job is acknowledged; the watch's signal must fire within 5 s (nothing
+/// else fires it: no runtime reads statuses here, and a backend that did not listen again
+/// never hears the end).
+pub async fn an_end_is_heard_after_a_lost_listener<F>(
+    backend: &dyn job_core::backend::Backend,
+    kill: F,
+) where
+    F: std::future::Future<Output = ()>,
+{
+    use job_core::backend::{Envelope, Reservation};
+    let env = Envelope {
+        id: JobId::new(),
+        job: "probe".to_owned(),
+        queue: "watched".to_owned(),
+        payload: serde_json::json!({ "key": 1, "behavior": "Succeed" }).into(),
+        attempt: 0,
+        max_attempts: 3,
+        recoveries: 0,
+        enqueued_at: job_core::backend::unix_ms(std::time::SystemTime::now()),
+        not_before: None,
+        lease: None,
+    };
+    backend.enqueue(env.clone(), 100).await.unwrap();
+    let mut got = backend
+        .reserve(&["watched".to_owned()], 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let Some(Reservation::Job { token, .. }) = got.pop() else {
+        panic!("the job was not reserved: {got:?}");
+    };
+    let signal = backend.watch_finish(env.id).await.unwrap();
+    kill.await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let heard = signal.notified();
+    tokio::pin!(heard);
+    heard.as_mut().enable();
+    backend.ack(env.id, token).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), heard)
+        .await
+        .expect("the end of the watched job was announced after the listener came back");
 }
 
 /// Polls until `f` is true, failing the test after `limit`.

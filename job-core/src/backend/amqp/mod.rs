@@ -418,6 +418,8 @@ impl Backend for AmqpBackend {
             // No status by id: nowhere to show it.
             progress: false,
             results: false,
+            // Nothing to wait on without a status by id.
+            finish_wakeups: false,
         }
     }
 

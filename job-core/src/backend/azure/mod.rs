@@ -827,6 +827,8 @@ impl Backend for AzureQueueBackend {
             // No status by id: nowhere to show it.
             progress: false,
             results: false,
+            // Nothing to wait on without a status by id.
+            finish_wakeups: false,
             ..Capabilities::full()
         }
     }

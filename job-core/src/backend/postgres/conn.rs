@@ -14,6 +14,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::announce::Announcements;
 use crate::backend::{BackendError, unix_ms};
 
 /// Schema versions this build knows, in order; `connect` applies the missing ones.
@@ -22,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/schema_v2.sql"),
     include_str!("sql/schema_v3.sql"),
     include_str!("sql/schema_v4.sql"),
+    include_str!("sql/schema_v5.sql"),
 ];
 
 /// Every statement, with `{s}` replaced by the quoted schema name.
@@ -47,6 +49,7 @@ pub(super) struct Sql {
     pub(super) cancel: Arc<str>,
     pub(super) cancelled: Arc<str>,
     pub(super) progress: Arc<str>,
+    pub(super) watch: Arc<str>,
 }
 
 impl Sql {
@@ -74,6 +77,7 @@ impl Sql {
             cancel: s(include_str!("sql/cancel.sql")),
             cancelled: s(include_str!("sql/cancelled.sql")),
             progress: s(include_str!("sql/progress.sql")),
+            watch: s(include_str!("sql/watch.sql")),
         }
     }
 }
@@ -188,6 +192,8 @@ pub(super) struct Wakeups {
     next_due: AtomicU64,
     /// Signalled when `next_due` moves earlier.
     due_changed: Notify,
+    /// Announced ends of watched jobs (payload `=<id>`), for waiters.
+    pub(super) ended: Announcements,
     /// Stops the listener task when the backend is dropped.
     pub(super) stop: CancellationToken,
     started: std::sync::Once,
@@ -207,6 +213,7 @@ impl Wakeups {
             refresh_due: AtomicBool::new(true),
             next_due: AtomicU64::new(u64::MAX),
             due_changed: Notify::new(),
+            ended: Announcements::new(),
             stop: CancellationToken::new(),
             started: std::sync::Once::new(),
         }
@@ -263,6 +270,7 @@ impl Wakeups {
         }
         self.refresh_due.store(true, Ordering::Release);
         self.generation.send_modify(|g| *g += 1);
+        self.ended.listening();
     }
 
     /// Whether the earliest due time must be read from the store now (clears the flag).
@@ -283,6 +291,11 @@ impl Wakeups {
     }
 
     fn handle(&self, payload: &str) {
+        if payload.starts_with('=') {
+            // A watched job ended (queue names cannot start with `=`).
+            self.ended.heard();
+            return;
+        }
         let (queue, due) = match payload.split_once(' ') {
             Some((queue, due)) => (queue, due.parse::<u64>().ok()),
             None => (payload, None),
@@ -398,12 +411,20 @@ async fn listen(wakeups: std::sync::Weak<Wakeups>, pool: PgPool, channel: String
                     Some(w) => w.handle(n.payload()),
                     None => return,
                 },
-                Ok(None) => match wakeups.upgrade() {
-                    // The connection dropped and was opened again.
-                    Some(w) => w.everyone(),
-                    None => return,
-                },
+                Ok(None) => {
+                    // The connection dropped. Reopened here rather than by the listener's
+                    // next call, so that the wake-up for what was missed (`everyone`) comes
+                    // once it listens again, not before.
+                    if let Some(w) = wakeups.upgrade() {
+                        w.ended.deaf();
+                    }
+                    tracing::debug!("the Postgres LISTEN connection dropped; reconnecting");
+                    break;
+                }
                 Err(e) => {
+                    if let Some(w) = wakeups.upgrade() {
+                        w.ended.deaf();
+                    }
                     tracing::debug!(error = %e, "the Postgres LISTEN connection failed; reconnecting");
                     break;
                 }

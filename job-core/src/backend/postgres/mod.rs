@@ -107,6 +107,11 @@
 //! [`poll_interval`](PostgresBackendBuilder::poll_interval) (5 s), whichever comes first.
 //! An idle runtime does not reserve in a loop.
 //!
+//! The same connection hears the ends of jobs a [`Client::wait`](crate::Client::wait)
+//! waits for, in any process: the waiter marks its live job `watched`, and a trigger sends
+//! `=<id>` on the channel when a watched job ends (see `watch.rs`). Rows nobody watches
+//! send nothing.
+//!
 //! # Outages
 //! Every call is bounded by [`statement_timeout`](PostgresBackendBuilder::statement_timeout)
 //! (a hung server, a held lock), and a failure is [`BackendError::Unavailable`], never a
@@ -135,6 +140,7 @@ mod config;
 mod conn;
 mod decode;
 mod reaper;
+mod watch;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -142,7 +148,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use uuid::Uuid;
 
 use self::config::Source;
@@ -960,6 +966,10 @@ impl Backend for PostgresBackend {
         updates: &'a [(JobId, LeaseToken, Payload)],
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(self.do_record_progress(updates))
+    }
+
+    fn watch_finish(&self, id: JobId) -> BoxFuture<'_, Result<Arc<Notify>, BackendError>> {
+        Box::pin(self.do_watch(id))
     }
 
     fn ack_results<'a>(

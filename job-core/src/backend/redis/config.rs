@@ -136,6 +136,7 @@ impl RedisBackendBuilder {
             ]
             .map(|k| format!("{{{}}}:{k}", self.prefix)),
             base: format!("{{{}}}:", self.prefix),
+            ended: super::watch::Ended::new(),
             scripts: Scripts::new(),
             settings: self,
         })

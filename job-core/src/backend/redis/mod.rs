@@ -76,6 +76,7 @@
 //! | `{p}:signal:<queue>` | list | at most one wake-up token per queue, for [`wait_for_work`](Backend::wait_for_work) |
 //! | `{p}:garbage` | list | ready-list entries that were not job ids (at most 1,000, newest first) |
 //! | `{p}:finished` | list | succeeded jobs waiting for deletion: one entry per ack call, `<deadline ms> <id> <id> ...`, oldest first |
+//! | `{p}:watched` | set | live jobs a [`Client::wait`](crate::Client::wait) waits for; the script that ends one removes it and publishes its id on the pub/sub channel `{p}:ended` (at most one entry per waited-for live job) |
 //!
 //! A job record's fields have one- or two-letter names, because Redis keeps a hash whose
 //! fields and values are all short (at most 64 bytes each, by default) as one compact
@@ -179,13 +180,15 @@ mod config;
 mod conn;
 mod decode;
 mod scripts;
+mod watch;
 
 use std::fmt;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, MultiplexedConnection};
 use ::redis::{Client, RedisError};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use self::config::{RedisBackendBuilder, RedisConfigError};
@@ -226,6 +229,14 @@ pub struct RedisBackend {
     keys: [String; 7],
     scripts: Scripts,
     settings: RedisBackendBuilder,
+    /// The subscriber to job ends, for waiters.
+    ended: watch::Ended,
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        self.ended.stop.cancel();
+    }
 }
 
 impl fmt::Debug for RedisBackend {
@@ -794,6 +805,10 @@ impl Backend for RedisBackend {
             }
             self.run_script::<i64>(inv).await.map(drop)
         })
+    }
+
+    fn watch_finish(&self, id: JobId) -> BoxFuture<'_, Result<Arc<Notify>, BackendError>> {
+        Box::pin(self.watch(id))
     }
 
     fn finish_cancelled(

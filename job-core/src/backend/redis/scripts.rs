@@ -25,6 +25,7 @@ pub(super) struct Scripts {
     pub(super) cancel: Script,
     pub(super) cancelled: Script,
     pub(super) progress: Script,
+    pub(super) watch: Script,
 }
 
 impl Scripts {
@@ -48,10 +49,11 @@ impl Scripts {
             cancel: s(include_str!("scripts/cancel.lua")),
             cancelled: s(include_str!("scripts/cancelled.lua")),
             progress: s(include_str!("scripts/progress.lua")),
+            watch: s(include_str!("scripts/watch.lua")),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 17] {
+    pub(super) fn all(&self) -> [&Script; 18] {
         [
             &self.enqueue,
             &self.reserve,
@@ -70,6 +72,7 @@ impl Scripts {
             &self.cancel,
             &self.cancelled,
             &self.progress,
+            &self.watch,
         ]
     }
 }

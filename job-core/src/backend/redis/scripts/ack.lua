@@ -31,6 +31,7 @@ end
 if #done > 0 then
   zmany('ZREM', K_LEASED, done)
   live_add(-#done)
+  announce(done)
   if retention > 0 then
     redis.call('RPUSH', K_FINISHED, num(t + retention) .. ' ' .. table.concat(done, ' '))
   end

@@ -19,4 +19,5 @@ if f[2] then redis.call('LREM', rk(f[2]), 1, id) end
 redis.call('HSET', k, 's', 'cancelled', 'u', num(now_ms()))
 live_add(-1)
 expire(k, retention)
+announce({id})
 return 'removed'

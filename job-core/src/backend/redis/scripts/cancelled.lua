@@ -11,4 +11,5 @@ redis.call('ZREM', K_LEASED, id)
 redis.call('HSET', k, 's', 'cancelled', 'u', num(now_ms()), 'd', token, 'o', 'cancel', 'l', '')
 live_add(-1)
 expire(k, retention)
+announce({id})
 return 1

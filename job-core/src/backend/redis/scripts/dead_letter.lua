@@ -13,6 +13,7 @@ redis.call('HDEL', k, 'l')
 redis.call('ZADD', K_DEAD, now, id)
 expire(k, tonumber(ARGV[6]))
 live_add(-1)
+announce({id})
 local out = {'1'}
 local evicted = {}
 evict(tonumber(ARGV[7]), evicted)

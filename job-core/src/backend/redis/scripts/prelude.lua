@@ -37,6 +37,17 @@ local function signal(q)
   redis.call('LPUSH', k, '1')
   redis.call('LTRIM', k, 0, 0)
 end
+-- Announces the end (succeeded, dead, cancelled, deleted) of the jobs in `ids` that a waiter
+-- watches (see watch.lua): each is taken out of `{p}:watched` and its id published on
+-- `{p}:ended`, where every process's subscriber hears it. Costs one EXISTS while nobody
+-- watches a job.
+local function announce(ids)
+  local w = B .. 'watched'
+  if redis.call('EXISTS', w) == 0 then return end
+  for _, id in ipairs(ids) do
+    if redis.call('SREM', w, id) == 1 then redis.call('PUBLISH', B .. 'ended', id) end
+  end
+end
 -- Makes a job ready; wakes a waiting worker when the queue was empty (a worker waits only
 -- after finding every queue it serves empty).
 local function ready(q, id, front)

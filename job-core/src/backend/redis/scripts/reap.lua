@@ -8,7 +8,7 @@ local max_rec, reason, batch = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local retention, capacity = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
 local snow = num(now)
-local recovered, dead, evicted = {}, {}, {}
+local recovered, dead, evicted, ended = {}, {}, {}, {}
 local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, batch)
 if #expired > 0 then zmany('ZREM', K_LEASED, expired) end
 for _, id in ipairs(expired) do
@@ -18,6 +18,7 @@ for _, id in ipairs(expired) do
     redis.call('HSET', k, 's', 'cancelled', 'u', snow, 'l', '')
     live_add(-1)
     expire(k, tonumber(ARGV[7]))
+    ended[#ended + 1] = id
   elseif f and f[1] then
     local q = f[4]
     local rec = (tonumber(f[5]) or 0) + 1
@@ -33,9 +34,11 @@ for _, id in ipairs(expired) do
       expire(k, retention)
       dead[#dead + 1] = dead_row(id, k)
       live_add(-1)
+      ended[#ended + 1] = id
     end
   end
 end
+announce(ended)
 evict(capacity, evicted)
 local more = '0'
 if sweep(now, batch) then more = '1' end

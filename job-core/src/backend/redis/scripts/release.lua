@@ -11,6 +11,7 @@ if redis.call('HGET', k, 'cx') then
   redis.call('HSET', k, 's', 'cancelled', 'u', num(now_ms()), 'd', token, 'o', 'release', 'l', '')
   live_add(-1)
   expire(k, tonumber(ARGV[4]))
+  announce({id})
   return 1
 end
 local f = redis.call('HMGET', k, 'a', 'q')

@@ -11,6 +11,7 @@ if redis.call('HGET', k, 'cx') then
   redis.call('HSET', k, 's', 'cancelled', 'err', ARGV[5], 'u', num(now_ms()), 'd', token, 'o', 'retry', 'l', '')
   live_add(-1)
   expire(k, tonumber(ARGV[6]))
+  announce({id})
   return 1
 end
 local q = redis.call('HGET', k, 'q')
