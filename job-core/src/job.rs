@@ -225,6 +225,41 @@ impl JobId {
         Self(uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid())
     }
 
+    /// The id of a schedule's tick: the same for every process that runs the schedule
+    /// `schedule` (its name) and reaches the tick due at `tick_ms` (milliseconds since the
+    /// Unix epoch), so that a durable store, which keeps one job per id, holds one job for
+    /// the tick however many processes enqueue it. A UUIDv7 whose time is the tick's and
+    /// whose other bits come from a SHA-1 hash of the schedule's name and the tick (the
+    /// name-based UUIDv5 construction, under a namespace of this crate's).
+    ///
+    /// ```
+    /// use job_core::JobId;
+    ///
+    /// let a = JobId::for_tick("report every 1h", 1_767_225_600_000);
+    /// assert_eq!(a, JobId::for_tick("report every 1h", 1_767_225_600_000));
+    /// assert_ne!(a, JobId::for_tick("report every 1h", 1_767_229_200_000));
+    /// assert_ne!(a, JobId::for_tick("digest every 1h", 1_767_225_600_000));
+    /// let at = a.time().unwrap();
+    /// assert_eq!(at, std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_767_225_600_000));
+    /// ```
+    pub fn for_tick(schedule: &str, tick_ms: u64) -> Self {
+        /// The namespace of tick ids (a random UUID fixed for this crate).
+        const TICK_NAMESPACE: uuid::Uuid =
+            uuid::Uuid::from_u128(0x6c1f_5a0e_93d4_4b27_a8e2_0d5b_7f41_c93e);
+        let name = format!("{schedule}\n{tick_ms}");
+        let hashed = uuid::Uuid::new_v5(&TICK_NAMESPACE, name.as_bytes());
+        let mut bytes = [0u8; 10];
+        bytes.copy_from_slice(&hashed.as_bytes()[6..]);
+        Self(uuid::Builder::from_unix_timestamp_millis(tick_ms, &bytes).into_uuid())
+    }
+
+    /// The time the id carries: when [`JobId::new`] made it, or the tick a schedule
+    /// enqueued the job for ([`JobId::for_tick`]); `None` for an id that is not a UUIDv7.
+    pub fn time(&self) -> Option<SystemTime> {
+        self.unix_ms()
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
     /// The underlying UUID.
     pub fn as_uuid(&self) -> uuid::Uuid {
         self.0

@@ -9,12 +9,16 @@
 //! follow the job by what it did instead (the recorder, the dead-letter hook).
 
 mod common;
+mod conformance {
+    pub(super) mod schedules;
+}
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Behavior, Probe, Recorder, eventually, wait_state};
+use conformance::schedules::ticks_run_once_across_processes;
 use job_core::JobRuntimeBuilder;
 use job_core::backend::amqp::AmqpBackend;
 use job_core::backend::azure::AzureQueueBackend;
@@ -1057,6 +1061,7 @@ macro_rules! conformance {
             progress_shows_in_the_status,
             results_are_kept_and_typed,
             a_wait_hears_an_end_in_another_process,
+            ticks_run_once_across_processes,
         );
     };
 }

@@ -18,7 +18,7 @@ use crate::registry::{JobType, OptionsOverride, Registry};
 use crate::runtime::durable::DurableConfig;
 use crate::runtime::shutdown::ShutdownReport;
 use crate::runtime::{Client, JobRuntime};
-use crate::schedule::{CronSchedule, ScheduleSpec};
+use crate::schedule::{Schedule, ScheduleSpec};
 
 pub(crate) type ShutdownHook = Arc<dyn Fn(&ShutdownReport) + Send + Sync>;
 
@@ -385,33 +385,72 @@ impl JobRuntimeBuilder {
         self
     }
 
-    /// Enqueues `make()` every `period`, measured from the start (no drift: a slow enqueue
-    /// does not push later ticks back; missed ticks are skipped). Starts with the runtime,
-    /// stops at shutdown.
-    pub fn every<J, F>(mut self, period: Duration, make: F) -> Self
+    /// Enqueues `make()` at each tick of `schedule` (see [`Schedule`] and the
+    /// [schedule module](crate::schedule): time zones, misfires, and one job per tick
+    /// across processes on a durable store). Starts with the runtime, stops at shutdown. A
+    /// schedule with a period of zero, or two schedules with one name, make `start()` fail.
+    ///
+    /// # Examples
+    /// ```
+    /// # use job_core::prelude::*;
+    /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)] struct Digest;
+    /// # impl Job for Digest {
+    /// #     const NAME: &'static str = "digest";
+    /// #     type Error = std::io::Error;
+    /// #     type Output = ();
+    /// #     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> { Ok(()) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use job_core::schedule::{Misfire, Schedule};
+    ///
+    /// let runtime = JobRuntime::builder()
+    ///     .register::<Digest>()
+    ///     .schedule(
+    ///         Schedule::cron("0 8 * * *")?.timezone("Europe/Berlin")?.misfire(Misfire::RunOnce),
+    ///         || Digest,
+    ///     )
+    ///     .start()?;
+    /// let schedules = runtime.client().schedules();
+    /// assert_eq!(schedules[0].schedule, "cron `0 8 * * *` in Europe/Berlin");
+    /// # runtime.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn schedule<J, F>(mut self, schedule: Schedule, make: F) -> Self
     where
         J: Job,
         F: FnMut() -> J + Send + 'static,
     {
-        if period.is_zero() {
-            self.problems
-                .push("`every` needs a period greater than zero".to_owned());
-        } else {
-            self.schedules.push(ScheduleSpec::every(period, make));
+        match ScheduleSpec::new(schedule, make) {
+            Ok(spec) => self.schedules.push(spec),
+            Err(problem) => self.problems.push(problem),
         }
         self
     }
 
+    /// Enqueues `make()` every `period` ([`schedule`](Self::schedule) with
+    /// [`Schedule::every`]): without drift (a slow enqueue does not push later ticks back;
+    /// missed ticks are skipped). In memory the first tick is one period after the start; on
+    /// a store that shares ticks, at the next multiple of the period since the Unix epoch.
+    pub fn every<J, F>(self, period: Duration, make: F) -> Self
+    where
+        J: Job,
+        F: FnMut() -> J + Send + 'static,
+    {
+        self.schedule(Schedule::every(period), make)
+    }
+
     /// Enqueues `make()` at each time matching a cron expression, in UTC: five fields
-    /// (`min hour day month weekday`) or six with seconds first. An invalid expression
-    /// makes `start()` fail.
+    /// (`min hour day month weekday`) or six with seconds first ([`schedule`](Self::schedule)
+    /// with [`Schedule::cron`], which also takes a time zone). An invalid expression makes
+    /// `start()` fail.
     pub fn cron<J, F>(mut self, expression: &str, make: F) -> Self
     where
         J: Job,
         F: FnMut() -> J + Send + 'static,
     {
-        match CronSchedule::parse(expression) {
-            Ok(schedule) => self.schedules.push(ScheduleSpec::cron(schedule, make)),
+        match Schedule::cron(expression) {
+            Ok(schedule) => return self.schedule(schedule, make),
             Err(e) => self.problems.push(e.to_string()),
         }
         self
@@ -454,6 +493,13 @@ impl JobRuntimeBuilder {
                 "health thresholds must satisfy 0 < degraded <= unhealthy <= 1 (got {} and {})",
                 t.degraded, t.unhealthy
             ));
+        }
+        let mut names: Vec<&str> = self.schedules.iter().map(ScheduleSpec::name).collect();
+        names.sort_unstable();
+        for pair in names.windows(2) {
+            if pair[0] == pair[1] && (problems.last() != Some(&duplicate_schedule(pair[0]))) {
+                problems.push(duplicate_schedule(pair[0]));
+            }
         }
         if let Some(d) = &self.durable {
             for option in &self.memory_only {
@@ -545,6 +591,12 @@ impl JobRuntimeBuilder {
         Client::install_ambient(runtime.client());
         Ok(runtime)
     }
+}
+
+fn duplicate_schedule(name: &str) -> String {
+    format!(
+        "two schedules are named `{name}`: give one of them a name of its own with `Schedule::named` (on a store that shares ticks, schedules with one name enqueue one job per tick between them)"
+    )
 }
 
 #[cfg(test)]

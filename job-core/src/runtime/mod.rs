@@ -100,6 +100,8 @@ pub(crate) struct Inner {
     pub(crate) durable: Option<durable::Durable>,
     /// Signalled when a job run in memory finished (a durable store's has its own).
     pub(crate) finished: wait::Finished,
+    /// The schedules running on this runtime, for [`Client::schedules`].
+    pub(crate) schedules: crate::schedule::Board,
     /// Cancelled once every worker has stopped (ends the lease heartbeat).
     pub(crate) workers_done: CancellationToken,
     /// Per in-memory worker: jobs it finished whose capacity permits it has not yet given
@@ -548,6 +550,42 @@ impl Client {
     /// True once shutdown has begun.
     pub fn is_stopping(&self) -> bool {
         self.inner.stopping.load(Ordering::Acquire)
+    }
+
+    /// The schedules this client's runtime runs (from its builder, and those started on
+    /// it with [`schedule::start`](crate::schedule::start)), each with its next run time.
+    pub fn schedules(&self) -> Vec<crate::schedule::ScheduleInfo> {
+        self.inner.schedules.list()
+    }
+
+    /// Whether a schedule's ticks are enqueued under ids the store dedups (see
+    /// [`JobId::for_tick`]): on a durable backend that changes nothing when an id is stored
+    /// already, every process running a schedule enqueues one job per tick between them.
+    pub(crate) fn ticks_are_shared(&self) -> bool {
+        self.durable().is_some_and(|d| d.caps.idempotent_enqueue)
+    }
+
+    /// The name of the durable backend, if any.
+    pub(crate) fn backend_name(&self) -> Option<&'static str> {
+        self.durable().map(|d| d.backend.name())
+    }
+
+    /// Enqueues a schedule's tick under its id `id`: on a durable backend an id already
+    /// stored changes nothing (another process enqueued this tick); in memory, as
+    /// [`enqueue`](Self::enqueue) with that id.
+    pub(crate) async fn enqueue_tick<J: Job>(
+        &self,
+        job: J,
+        id: JobId,
+    ) -> Result<JobId, EnqueueError<J>> {
+        let kind = match self.inner.check::<J>(&job) {
+            Ok(kind) => kind,
+            Err(e) => return Err(e.with(job)),
+        };
+        match self.durable() {
+            Some(d) => durable::enqueue_as(&self.inner, d, job, kind, id).await,
+            None => self.enqueue(job).await,
+        }
     }
 }
 

@@ -109,6 +109,7 @@ impl JobRuntime {
             report: tokio::sync::OnceCell::new(),
             durable,
             finished: super::wait::Finished::default(),
+            schedules: crate::schedule::Board::default(),
             workers_done: CancellationToken::new(),
             unreleased: (0..concurrency)
                 .map(|_| super::Unreleased::default())

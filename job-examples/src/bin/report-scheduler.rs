@@ -2,14 +2,18 @@
 //!
 //! ```text
 //! cargo run -p job-examples --bin report-scheduler -- --every 2s
-//! cargo run -p job-examples --bin report-scheduler -- --cron "0 * * * *"
+//! cargo run -p job-examples --bin report-scheduler -- --cron "0 9 * * *" --timezone Europe/Paris
 //! ```
+//!
+//! On a shared store (`--redis`, `--postgres`) any number of schedulers make one report per
+//! tick between them.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use job_core::BoxError;
+use job_core::schedule::Schedule;
 use job_examples::config::{ServiceArgs, parse_duration};
 use job_examples::http::{AppState, ops_router};
 use job_examples::report::GenerateReport;
@@ -25,15 +29,21 @@ struct Args {
     #[arg(long, env = "JOB_ADDR", default_value = "127.0.0.1:8081")]
     addr: String,
 
-    /// Enqueue a report every this long, measured from start without drift. Default 1h
-    /// when no --cron is given.
+    /// Enqueue a report every this long, without drift: counted from the start in memory, at
+    /// multiples of it since the Unix epoch on a shared store (one report per tick however
+    /// many schedulers run). Default 1h when no --cron is given.
     #[arg(long, env = "JOB_REPORT_EVERY", value_parser = parse_duration)]
     every: Option<Duration>,
 
-    /// Enqueue a report at each time matching this cron expression, in UTC: 5 fields
-    /// (min hour day month weekday) or 6 with seconds first. Repeatable.
+    /// Enqueue a report at each time matching this cron expression, on the --timezone
+    /// wall clock: 5 fields (min hour day month weekday) or 6 with seconds first.
+    /// Repeatable.
     #[arg(long, env = "JOB_REPORT_CRON")]
     cron: Vec<String>,
+
+    /// The IANA time zone --cron expressions are read in (`Europe/Paris`).
+    #[arg(long, env = "JOB_REPORT_TIMEZONE", default_value = "UTC")]
+    timezone: String,
 
     /// Who receives the reports (the fake mailer's recipients apply: flaky+N@, bounce@).
     #[arg(long, env = "JOB_REPORT_TO", default_value = "reports@example.com")]
@@ -87,9 +97,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
         builder = builder.every(period, report_maker(label, args.report_to.clone()));
     }
     for expression in &args.cron {
-        tracing::info!(cron = %expression, to = %args.report_to, "scheduling reports");
+        tracing::info!(cron = %expression, timezone = %args.timezone, to = %args.report_to, "scheduling reports");
         let label = format!("cron {expression}");
-        builder = builder.cron(expression, report_maker(label, args.report_to.clone()));
+        let schedule = Schedule::cron(expression)?.timezone(&args.timezone)?;
+        builder = builder.schedule(schedule, report_maker(label, args.report_to.clone()));
     }
     let runtime = builder.start()?;
     tracing::info!(addr = %listener.local_addr()?, "listening");

@@ -189,6 +189,36 @@ pub(crate) async fn enqueue<J: Job>(
         Ok(e) => e,
         Err(rejected) => return Err(rejected.with(job)),
     };
+    store_waiting(inner, d, job, kind, envelope, wait_for_room).await
+}
+
+/// Enqueues on the backend under the id `id` (a schedule's tick): when the store already
+/// holds that id, nothing changes and the call succeeds. Waits while the store is full.
+pub(crate) async fn enqueue_as<J: Job>(
+    inner: &Inner,
+    d: &Durable,
+    job: J,
+    kind: u16,
+    id: JobId,
+) -> Result<JobId, EnqueueError<J>> {
+    let mut envelope = match envelope_for(inner, &job, kind, None) {
+        Ok(e) => e,
+        Err(rejected) => return Err(rejected.with(job)),
+    };
+    envelope.id = id;
+    store_waiting(inner, d, job, kind, envelope, true).await
+}
+
+/// Stores `envelope` (made from `job`), waiting while the store is full when
+/// `wait_for_room`.
+async fn store_waiting<J: Job>(
+    inner: &Inner,
+    d: &Durable,
+    job: J,
+    kind: u16,
+    envelope: Envelope,
+    wait_for_room: bool,
+) -> Result<JobId, EnqueueError<J>> {
     let id = envelope.id;
     let mut pause = Duration::from_millis(10);
     loop {

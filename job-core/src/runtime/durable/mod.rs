@@ -29,7 +29,7 @@ mod settle;
 mod upkeep;
 
 pub(crate) use self::intake::{
-    BatchFailure, counted, enqueue, enqueue_batch, envelope_for, requeue,
+    BatchFailure, counted, enqueue, enqueue_as, enqueue_batch, envelope_for, requeue,
 };
 
 use self::fetch::{MAX_PREFETCH_PER_WORKER, fetcher};
