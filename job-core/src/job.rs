@@ -67,6 +67,17 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         JobOptions::default()
     }
 
+    /// The recurring schedule the job declares (`#[job(cron = "..", timezone = "..")]`):
+    /// every runtime the job is registered on runs it, as if given to
+    /// [`JobRuntimeBuilder::schedule`](crate::JobRuntimeBuilder::schedule). `None` (the
+    /// default): the job runs when enqueued.
+    fn recurring() -> Option<Recurring<Self>>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
     /// Declares the injected values `run` needs, so the runtime can refuse to start when one
     /// is missing instead of failing when the job first runs.
     fn dependencies(deps: &mut Dependencies) {
@@ -414,6 +425,75 @@ pub fn is_valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A job's own recurring schedule (see [`Job::recurring`]): the [`Schedule`] and the
+/// function that makes each tick's job.
+///
+/// ```
+/// # use job_core::prelude::*;
+/// use job_core::Recurring;
+/// use job_core::schedule::Schedule;
+///
+/// #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+/// struct Cleanup;
+///
+/// impl Job for Cleanup {
+///     const NAME: &'static str = "cleanup";
+///     type Error = std::io::Error;
+///     type Output = ();
+///     fn recurring() -> Option<Recurring<Self>> {
+///         Some(Recurring::new(Schedule::cron("0 3 * * *").ok()?, Cleanup::default))
+///     }
+///     async fn run(&self, _: &JobContext) -> Result<(), Self::Error> { Ok(()) }
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let runtime = JobRuntime::builder().register::<Cleanup>().start()?;
+/// assert_eq!(runtime.client().schedules()[0].name, "cleanup cron `0 3 * * *`");
+/// # runtime.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Recurring<J> {
+    pub(crate) schedule: Result<crate::schedule::Schedule, String>,
+    pub(crate) make: fn() -> J,
+}
+
+impl<J> Recurring<J> {
+    /// `make()` at each tick of `schedule`.
+    pub fn new(schedule: crate::schedule::Schedule, make: fn() -> J) -> Self {
+        Self {
+            schedule: Ok(schedule),
+            make,
+        }
+    }
+
+    /// What `#[job(cron = .., timezone = .., misfire = ..)]` expands to; the macro has
+    /// checked the expression and the zone already, so an error here (a different `cron` or
+    /// `chrono-tz` version at run time) becomes a problem `start()` reports.
+    #[doc(hidden)]
+    pub fn __declared(cron: &str, timezone: &str, run_once: bool, make: fn() -> J) -> Self {
+        use crate::schedule::{Misfire, Schedule};
+        let schedule = Schedule::cron(cron)
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.timezone(timezone).map_err(|e| e.to_string()))
+            .map(|s| {
+                s.misfire(if run_once {
+                    Misfire::RunOnce
+                } else {
+                    Misfire::Skip
+                })
+            });
+        Self { schedule, make }
+    }
+}
+
+impl<J> fmt::Debug for Recurring<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recurring")
+            .field("schedule", &self.schedule)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

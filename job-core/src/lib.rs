@@ -54,7 +54,7 @@ pub use error::{
     BoxError, CancelError, Cancellation, Classify, EnqueueError, EnqueueManyError, ErrorClass,
     Permanent, ProgressError, QueryError, RequeueError, ResultError, StartError, WaitError,
 };
-pub use job::{Job, JobId, JobOptions, JobOutput, RESULT_LIMIT, is_valid_name};
+pub use job::{Job, JobId, JobOptions, JobOutput, RESULT_LIMIT, Recurring, is_valid_name};
 pub use observe::health::{Health, HealthStatus, HealthThresholds};
 pub use observe::metrics::Stats;
 pub use observe::status::{JobState, JobStatus};
@@ -121,6 +121,22 @@ pub mod __private {
         type Error = E;
         fn into_result(self) -> Result<T, E> {
             self
+        }
+    }
+
+    /// A payload field of a `#[job(cron = ..)]` job, whose ticks run with default values.
+    #[diagnostic::on_unimplemented(
+        message = "a `#[job(cron = ..)]` job runs with a default payload, but `{Self}` has no default value",
+        label = "this parameter's type does not implement `Default`",
+        note = "give the parameter a type that implements `Default`, or remove `cron` and schedule the job on the runtime builder, whose closure makes each payload: `.schedule(Schedule::cron(\"..\")?, || MyJob {{ .. }})`"
+    )]
+    pub trait CronPayload: Sized {
+        fn cron_default() -> Self;
+    }
+
+    impl<T: Default> CronPayload for T {
+        fn cron_default() -> Self {
+            T::default()
         }
     }
 

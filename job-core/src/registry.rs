@@ -6,6 +6,8 @@
 
 use std::any::TypeId;
 use std::collections::HashMap;
+
+use crate::schedule::ScheduleSpec;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -162,6 +164,9 @@ pub(crate) struct JobType {
     pub(crate) decode: Decode,
     /// The same from JSON text (a durable backend's payload), without a `Value` between.
     pub(crate) decode_str: DecodeStr,
+    /// The job's own recurring schedule ([`Job::recurring`]), ready to start, or what is
+    /// wrong with it.
+    pub(crate) recurring: fn() -> Option<Result<ScheduleSpec, String>>,
 }
 
 impl JobType {
@@ -177,6 +182,14 @@ impl JobType {
             decode: |value| J::deserialize(value).map(|job| Box::new(job) as Box<dyn ErasedJob>),
             decode_str: |text| {
                 serde_json::from_str::<J>(text).map(|job| Box::new(job) as Box<dyn ErasedJob>)
+            },
+            recurring: || {
+                J::recurring().map(|r| {
+                    let make = r.make;
+                    r.schedule
+                        .map_err(|e| format!("job `{}`'s schedule: {e}", J::NAME))
+                        .and_then(|s| ScheduleSpec::new(s, make))
+                })
             },
         }
     }

@@ -21,6 +21,9 @@ pub(crate) const MAX_ATTEMPTS: Symbol = Symbol("max_attempts");
 pub(crate) const BACKOFF: Symbol = Symbol("backoff");
 pub(crate) const TIMEOUT: Symbol = Symbol("timeout");
 pub(crate) const CRATE: Symbol = Symbol("crate");
+pub(crate) const CRON: Symbol = Symbol("cron");
+pub(crate) const TIMEZONE: Symbol = Symbol("timezone");
+pub(crate) const MISFIRE: Symbol = Symbol("misfire");
 // `backoff(...)`.
 pub(crate) const INITIAL: Symbol = Symbol("initial");
 pub(crate) const MAX: Symbol = Symbol("max");

@@ -494,13 +494,6 @@ impl JobRuntimeBuilder {
                 t.degraded, t.unhealthy
             ));
         }
-        let mut names: Vec<&str> = self.schedules.iter().map(ScheduleSpec::name).collect();
-        names.sort_unstable();
-        for pair in names.windows(2) {
-            if pair[0] == pair[1] && (problems.last() != Some(&duplicate_schedule(pair[0]))) {
-                problems.push(duplicate_schedule(pair[0]));
-            }
-        }
         if let Some(d) = &self.durable {
             for option in &self.memory_only {
                 problems.push(format!(
@@ -530,6 +523,21 @@ impl JobRuntimeBuilder {
             std::mem::take(&mut self.overrides),
             &mut problems,
         );
+        // The schedules jobs declare (`#[job(cron = ..)]`), after those of the builder.
+        for entry in registry.kinds() {
+            match (entry.ty.recurring)() {
+                Some(Ok(spec)) => self.schedules.push(spec),
+                Some(Err(problem)) => problems.push(problem),
+                None => {}
+            }
+        }
+        let mut names: Vec<&str> = self.schedules.iter().map(ScheduleSpec::name).collect();
+        names.sort_unstable();
+        for pair in names.windows(2) {
+            if pair[0] == pair[1] && (problems.last() != Some(&duplicate_schedule(pair[0]))) {
+                problems.push(duplicate_schedule(pair[0]));
+            }
+        }
         if registry.is_empty() {
             problems.push(
                 "no job types are registered: define jobs with `#[job]` (and make sure their crate is linked, e.g. `use my_jobs as _;`) or call `.register::<J>()`"

@@ -77,9 +77,15 @@ impl CronSchedule {
                 expression: expression.to_owned(),
                 schedule,
             })
-            .map_err(|e| CronError {
-                expression: expression.to_owned(),
-                message: e.to_string(),
+            .map_err(|e| {
+                // The parser's message repeats the expression with a caret under the fault;
+                // its last line says what is wrong.
+                let text = e.to_string();
+                let message = text.lines().map(str::trim).rfind(|l| !l.is_empty());
+                CronError {
+                    expression: expression.to_owned(),
+                    message: message.unwrap_or("not a cron expression").to_owned(),
+                }
             })
     }
 

@@ -1,4 +1,5 @@
-//! `#[job(name = "..", queue = "..", max_attempts = N, backoff(..), timeout = "..", crate = path)]`.
+//! `#[job(name = "..", queue = "..", max_attempts = N, backoff(..), timeout = "..",
+//! cron = "..", timezone = "..", misfire = "..", crate = path)]`.
 //!
 //! Every key is read into a set-once [`Attr`]; a bad or repeated key is recorded in the
 //! [`Ctxt`] and parsing goes on, so all mistakes are reported together. What was valid is
@@ -11,13 +12,25 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, Lit, LitStr, Meta, MetaList, Path, Token};
 
+use super::schedule::{self, ScheduleArgs};
 use crate::attr::{
-    self, Attr, BACKOFF, CRATE, INITIAL, JITTER, MAX, MAX_ATTEMPTS, NAME, QUEUE, Symbol, TIMEOUT,
+    self, Attr, BACKOFF, CRATE, CRON, INITIAL, JITTER, MAX, MAX_ATTEMPTS, MISFIRE, NAME, QUEUE,
+    Symbol, TIMEOUT, TIMEZONE,
 };
 use crate::ctxt::Ctxt;
 use crate::duration;
 
-const KEYS: &[Symbol] = &[NAME, QUEUE, MAX_ATTEMPTS, BACKOFF, TIMEOUT, CRATE];
+const KEYS: &[Symbol] = &[
+    NAME,
+    QUEUE,
+    MAX_ATTEMPTS,
+    BACKOFF,
+    TIMEOUT,
+    CRON,
+    TIMEZONE,
+    MISFIRE,
+    CRATE,
+];
 const BACKOFF_KEYS: &[Symbol] = &[INITIAL, MAX, JITTER];
 const WHAT: &str = "`#[job]` argument";
 const WHAT_BACKOFF: &str = "`backoff` argument";
@@ -33,6 +46,8 @@ pub(crate) struct JobArgs {
     pub(crate) backoff: Option<BackoffArgs>,
     /// Milliseconds, at least 1.
     pub(crate) timeout: Option<u64>,
+    /// `cron = "..", timezone = "..", misfire = ".."`.
+    pub(crate) schedule: Option<ScheduleArgs>,
     /// `crate = path`.
     pub(crate) krate: Option<Path>,
 }
@@ -65,6 +80,11 @@ impl JobArgs {
         let mut backoff = Attr::none(WHAT, BACKOFF);
         let mut timeout = Attr::none(WHAT, TIMEOUT);
         let mut krate = Attr::none(WHAT, CRATE);
+        let mut cron = Attr::none(WHAT, CRON);
+        let mut timezone = Attr::none(WHAT, TIMEZONE);
+        let mut misfire = Attr::none(WHAT, MISFIRE);
+        // Where `timezone` and `misfire` were written, for the error when `cron` is not.
+        let mut schedule_keys: Vec<&Path> = Vec::new();
 
         for meta in &metas {
             let key = meta.path();
@@ -84,6 +104,20 @@ impl JobArgs {
                 if let Some(v) = name_value(cx, meta, "timeout = \"30s\"") {
                     timeout.set(cx, key, positive_duration(cx, v, TIMEOUT));
                 }
+            } else if *key == CRON {
+                if let Some(v) = name_value(cx, meta, "cron = \"0 * * * *\"") {
+                    cron.set(cx, key, schedule::cron_expression(cx, v));
+                }
+            } else if *key == TIMEZONE {
+                schedule_keys.push(key);
+                if let Some(v) = name_value(cx, meta, "timezone = \"Europe/Paris\"") {
+                    timezone.set(cx, key, schedule::timezone(cx, v));
+                }
+            } else if *key == MISFIRE {
+                schedule_keys.push(key);
+                if let Some(v) = name_value(cx, meta, "misfire = \"run_once\"") {
+                    misfire.set(cx, key, schedule::misfire(cx, v));
+                }
             } else if *key == CRATE {
                 if let Some(v) = name_value(cx, meta, "crate = ::my_app::jobs") {
                     krate.set(cx, key, attr::crate_path(cx, v));
@@ -101,7 +135,25 @@ impl JobArgs {
             }
         }
 
+        let cron_set = cron.is_set();
+        if !cron_set {
+            for key in schedule_keys {
+                cx.error_spanned_by(
+                    key,
+                    format!(
+                        "`{}` applies to a cron schedule: add `cron = \"0 * * * *\"` (the times to run at), or remove it",
+                        attr::path_to_string(key)
+                    ),
+                );
+            }
+        }
+        let schedule = cron.get().flatten().map(|cron| ScheduleArgs {
+            cron,
+            timezone: timezone.get().flatten(),
+            run_once: misfire.get().flatten().unwrap_or(false),
+        });
         Self {
+            schedule,
             name: name.get().flatten(),
             queue: queue.get().flatten(),
             max_attempts: max_attempts.get().flatten(),
@@ -153,9 +205,10 @@ fn unknown_key(key: &Path) -> String {
         "retries" | "max_retries" | "attempts" | "retry" | "max_attempt" => {
             " (`max_attempts` counts every attempt, the first included: `max_retries = 4` is `max_attempts = 5`)"
         }
-        "cron" | "every" | "schedule" => {
-            " (recurring jobs are scheduled on the runtime builder: `.every(period, || MyJob { .. })` or `.cron(\"0 * * * *\", || MyJob { .. })`)"
+        "every" | "schedule" | "interval" | "period" => {
+            " (a job declares a cron schedule, `cron = \"0 * * * *\"`; periodic schedules go on the runtime builder: `.every(period, || MyJob { .. })`)"
         }
+        "tz" | "time_zone" | "zone" => " (did you mean `timezone = \"Europe/Paris\"`?)",
         "job_name" | "rename" => " (did you mean `name`?)",
         "queue_name" => " (did you mean `queue`?)",
         "timeout_secs" | "deadline" => " (did you mean `timeout = \"30s\"`?)",

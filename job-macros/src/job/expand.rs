@@ -70,6 +70,7 @@ pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
         .clone()
         .unwrap_or_else(|| LitStr::new(&job.default_name(), fn_ident.span()));
     let options = options(args, &krate);
+    let recurring = recurring(args, &payload, &krate);
     let dependencies = dependencies(job, &krate);
     let run = run(job, &krate);
     let output = job
@@ -91,6 +92,7 @@ pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
             type Error = #error_ty;
             type Output = #output_ty;
             #options
+            #recurring
             #dependencies
             #run
         }
@@ -253,6 +255,35 @@ fn options(args: &JobArgs, krate: &TokenStream) -> TokenStream {
     quote! {
         fn options() -> #krate::JobOptions {
             #chain
+        }
+    }
+}
+
+/// `fn recurring()` for `cron = ".."`: each tick's job has every payload field at its
+/// type's default (a type without one is reported at its parameter).
+fn recurring(args: &JobArgs, payload: &[(&Ident, &Type)], krate: &TokenStream) -> TokenStream {
+    let Some(schedule) = &args.schedule else {
+        return TokenStream::new();
+    };
+    let private = quote!(#krate::__private);
+    let cron = &schedule.cron;
+    let timezone = schedule
+        .timezone
+        .clone()
+        .unwrap_or_else(|| LitStr::new("UTC", cron.span()));
+    let run_once = schedule.run_once;
+    let fields = payload.iter().map(|(ident, ty)| {
+        let default = quote_spanned!(ty.span()=> <#ty as #private::CronPayload>::cron_default());
+        quote!(#ident: #default)
+    });
+    quote! {
+        fn recurring() -> #private::Option<#krate::Recurring<Self>> {
+            #private::Option::Some(#krate::Recurring::__declared(
+                #cron,
+                #timezone,
+                #run_once,
+                || Self { #(#fields),* },
+            ))
         }
     }
 }

@@ -3,6 +3,7 @@
 mod args;
 mod ast;
 mod expand;
+mod schedule;
 mod valid;
 
 use proc_macro2::TokenStream;

@@ -28,8 +28,10 @@ mod intake;
 mod settle;
 mod upkeep;
 
+#[cfg(feature = "postgres")]
+pub(crate) use self::intake::counted;
 pub(crate) use self::intake::{
-    BatchFailure, counted, enqueue, enqueue_as, enqueue_batch, envelope_for, requeue,
+    BatchFailure, enqueue, enqueue_as, enqueue_batch, envelope_for, requeue,
 };
 
 use self::fetch::{MAX_PREFETCH_PER_WORKER, fetcher};
