@@ -78,6 +78,14 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
         None
     }
 
+    /// The job's uniqueness key (`#[job(unique(by = [..], for = ".."))]`): while another
+    /// job holds it, [`Client::enqueue`](crate::Client::enqueue) enqueues nothing and returns
+    /// that job's id (see [`unique`](crate::unique)). `None` (the default): every enqueue is
+    /// a new job.
+    fn unique(&self) -> Option<crate::Unique> {
+        None
+    }
+
     /// Declares the injected values `run` needs, so the runtime can refuse to start when one
     /// is missing instead of failing when the job first runs.
     fn dependencies(deps: &mut Dependencies) {

@@ -47,6 +47,7 @@ mod registry;
 pub mod retry;
 mod runtime;
 pub mod schedule;
+pub mod unique;
 
 pub use context::{Dependencies, JobContext, PROGRESS_LIMIT};
 pub use dead_letter::{DeadLetter, HookOutcome};
@@ -61,6 +62,7 @@ pub use observe::status::{JobState, JobStatus};
 pub use registry::JobRegistration;
 pub use retry::Backoff;
 pub use runtime::{Client, JobRuntime, JobRuntimeBuilder, ShutdownReport};
+pub use unique::{Enqueued, Unique};
 
 #[cfg(feature = "macros")]
 #[doc = include_str!("docs/job_error.md")]

@@ -39,6 +39,14 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     ) -> BoxFuture<'a, Result<usize, BackendError>> {
         (**self).enqueue_batch(envelopes, capacity)
     }
+    fn enqueue_unique<'a>(
+        &'a self,
+        envelope: Envelope,
+        capacity: u64,
+        unique: &'a crate::unique::UniqueKey,
+    ) -> BoxFuture<'a, Result<crate::Enqueued, BackendError>> {
+        (**self).enqueue_unique(envelope, capacity, unique)
+    }
     fn ack_batch<'a>(
         &'a self,
         acks: &'a [(JobId, LeaseToken)],

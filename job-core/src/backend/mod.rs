@@ -342,6 +342,10 @@ pub struct Capabilities {
     /// process ran it. Without it a waiter reads the status again at a growing interval
     /// (every 250 ms at most).
     pub finish_wakeups: bool,
+    /// [`Backend::enqueue_unique`] keeps uniqueness keys and checks them in the same atomic
+    /// step as the enqueue. Without it a unique enqueue answers
+    /// [`Unsupported`](crate::EnqueueError::Unsupported).
+    pub unique_keys: bool,
 }
 
 impl Capabilities {
@@ -361,6 +365,7 @@ impl Capabilities {
             progress: true,
             results: true,
             finish_wakeups: true,
+            unique_keys: true,
         }
     }
 }
@@ -525,6 +530,27 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
             }
             Ok(envelopes.len())
         })
+    }
+
+    /// Stores a new job under a uniqueness key, in one atomic step with the check (see
+    /// [`unique`](crate::unique)). When another job holds `unique.key` (it took the key less
+    /// than its window ago and, under [`UniqueUntil::Finished`](crate::unique::UniqueUntil),
+    /// has not finished), nothing changes and the answer is
+    /// [`Enqueued::Existing`](crate::Enqueued) with that job's id. Otherwise the job is
+    /// stored as [`enqueue`](Self::enqueue) stores it ([`BackendError::Full`] at `capacity`,
+    /// and then the key is not taken), the key names it for `unique.window`, and the answer
+    /// is `Enqueued::New`. An id already stored (this call repeated after a lost reply)
+    /// answers `New` and changes nothing. The default answers
+    /// [`BackendError::Unsupported`]; a backend that implements it declares
+    /// [`Capabilities::unique_keys`].
+    fn enqueue_unique<'a>(
+        &'a self,
+        envelope: Envelope,
+        capacity: u64,
+        unique: &'a crate::unique::UniqueKey,
+    ) -> BoxFuture<'a, Result<crate::Enqueued, BackendError>> {
+        let _ = (envelope, capacity, unique);
+        Box::pin(async { Err(BackendError::Unsupported("unique keys")) })
     }
 
     /// Reserves up to `max` ready jobs from `queues` for `lease`, first moving due scheduled

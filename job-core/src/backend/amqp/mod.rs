@@ -420,6 +420,9 @@ impl Backend for AmqpBackend {
             results: false,
             // Nothing to wait on without a status by id.
             finish_wakeups: false,
+            // A broker keeps messages, not keys: nowhere to hold one atomically with the
+            // publish.
+            unique_keys: false,
         }
     }
 

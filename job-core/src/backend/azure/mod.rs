@@ -829,6 +829,9 @@ impl Backend for AzureQueueBackend {
             results: false,
             // Nothing to wait on without a status by id.
             finish_wakeups: false,
+            // A queue keeps messages, not keys; a key in another store (a table) could not
+            // be taken in one atomic step with the message.
+            unique_keys: false,
             ..Capabilities::full()
         }
     }
