@@ -3,9 +3,16 @@
 
 use std::fmt;
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Delimiter, Group, TokenStream};
 use quote::{ToTokens, quote};
-use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitStr, Path, UnOp};
+use syn::ext::IdentExt;
+use syn::parse::{ParseStream, Parser};
+use syn::punctuated::Punctuated;
+use syn::token::{Brace, Bracket, Paren};
+use syn::{
+    Expr, ExprLit, ExprUnary, Ident, Lit, LitStr, MacroDelimiter, Meta, MetaList, MetaNameValue,
+    Path, PathSegment, Token, UnOp,
+};
 
 use crate::ctxt::Ctxt;
 
@@ -24,6 +31,11 @@ pub(crate) const CRATE: Symbol = Symbol("crate");
 pub(crate) const CRON: Symbol = Symbol("cron");
 pub(crate) const TIMEZONE: Symbol = Symbol("timezone");
 pub(crate) const MISFIRE: Symbol = Symbol("misfire");
+pub(crate) const UNIQUE: Symbol = Symbol("unique");
+// `unique(...)`.
+pub(crate) const BY: Symbol = Symbol("by");
+pub(crate) const FOR: Symbol = Symbol("for");
+pub(crate) const UNTIL: Symbol = Symbol("until");
 // `backoff(...)`.
 pub(crate) const INITIAL: Symbol = Symbol("initial");
 pub(crate) const MAX: Symbol = Symbol("max");
@@ -56,16 +68,130 @@ impl fmt::Display for Symbol {
 
 /// "`a`, `b` or `c`", for messages listing the valid keys.
 pub(crate) fn one_of(symbols: &[Symbol]) -> String {
+    one_of_names(&symbols.iter().map(|s| s.0).collect::<Vec<_>>())
+}
+
+/// "`a`, `b` or `c`", for messages listing names (keys, parameters).
+pub(crate) fn one_of_names<S: AsRef<str>>(names: &[S]) -> String {
     let mut out = String::new();
-    for (i, symbol) in symbols.iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
         if i > 0 {
-            out.push_str(if i + 1 == symbols.len() { " or " } else { ", " });
+            out.push_str(if i + 1 == names.len() { " or " } else { ", " });
         }
         out.push('`');
-        out.push_str(symbol.0);
+        out.push_str(name.as_ref());
         out.push('`');
     }
     out
+}
+
+/// Comma-separated keys, `a = 1, b(..), c`, as `Meta`s. Unlike syn's `Meta` parser, a key
+/// may be any keyword, as in `unique(for = "10m")`.
+pub(crate) fn parse_metas(tokens: TokenStream) -> syn::Result<Punctuated<Meta, Token![,]>> {
+    (|input: ParseStream<'_>| Punctuated::parse_terminated_with(input, parse_meta)).parse2(tokens)
+}
+
+/// The arguments of `key(..)`, as [`parse_metas`] reads them.
+pub(crate) fn parse_list(list: &MetaList) -> syn::Result<Punctuated<Meta, Token![,]>> {
+    parse_metas(list.tokens.clone())
+}
+
+/// One key: `path`, `path = expr` or `path(..)` (or `[..]`, `{..}`), the path's segments
+/// being identifiers or keywords.
+fn parse_meta(input: ParseStream<'_>) -> syn::Result<Meta> {
+    let leading_colon: Option<Token![::]> = input.parse()?;
+    let mut segments = Punctuated::new();
+    if !input.peek(Ident::peek_any) {
+        return Err(input.error(if input.is_empty() {
+            "expected a key"
+        } else if input.peek(Lit) {
+            "unexpected literal, expected a key such as `name = \"..\"`"
+        } else {
+            "unexpected token, expected a key such as `name = \"..\"`"
+        }));
+    }
+    segments.push_value(PathSegment::from(Ident::parse_any(input)?));
+    while input.peek(Token![::]) {
+        segments.push_punct(input.parse()?);
+        segments.push_value(PathSegment::from(Ident::parse_any(input)?));
+    }
+    let path = Path {
+        leading_colon,
+        segments,
+    };
+    if input.peek(Paren) || input.peek(Bracket) || input.peek(Brace) {
+        let group: Group = input.parse()?;
+        let span = group.delim_span();
+        let delimiter = match group.delimiter() {
+            Delimiter::Parenthesis => MacroDelimiter::Paren(Paren(span)),
+            Delimiter::Bracket => MacroDelimiter::Bracket(Bracket(span)),
+            _ => MacroDelimiter::Brace(Brace(span)),
+        };
+        Ok(Meta::List(MetaList {
+            path,
+            delimiter,
+            tokens: group.stream(),
+        }))
+    } else if input.peek(Token![=]) && !input.peek(Token![==]) && !input.peek(Token![=>]) {
+        let eq_token = input.parse()?;
+        if input.peek(Token![#]) && input.peek2(Bracket) {
+            return Err(input.error("unexpected attribute inside of attribute"));
+        }
+        Ok(Meta::NameValue(MetaNameValue {
+            path,
+            eq_token,
+            value: input.parse()?,
+        }))
+    } else {
+        Ok(Meta::Path(path))
+    }
+}
+
+/// The candidate closest to `written`, when one is close enough to be a likely typo: at
+/// most one edit (insertion, deletion, substitution or swap of neighbours) per three
+/// characters, at least one, and not every character replaced. Ties go to the earlier
+/// candidate.
+pub(crate) fn closest<'a, I>(written: &str, candidates: I) -> Option<&'a str>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    let budget = (written.chars().count() / 3).max(1);
+    let mut best: Option<(usize, &'a str)> = None;
+    for candidate in candidates {
+        let distance = edit_distance(written, candidate);
+        let longer = written.chars().count().max(candidate.chars().count());
+        if distance <= budget && distance < longer && best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, candidate));
+        }
+    }
+    best.map(|(_, candidate)| candidate)
+}
+
+/// Edits from `a` to `b`, a swap of two neighbours counting as one (optimal string
+/// alignment distance), case-insensitively.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().flat_map(char::to_lowercase).collect();
+    let b: Vec<char> = b.chars().flat_map(char::to_lowercase).collect();
+    // Three rows: two back (for swaps), one back, this one.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current: Vec<usize> = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        current[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (previous[j] + 1)
+                .min(current[j - 1] + 1)
+                .min(previous[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(before[j - 2] + 1);
+            }
+            current[j] = d;
+        }
+        std::mem::swap(&mut before, &mut previous);
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
 }
 
 /// The path a key is written as, for messages (`crate`, `retries`, `a::b`).
@@ -193,6 +319,50 @@ mod tests {
         assert_eq!(one_of(&[NAME, QUEUE]), "`name` or `queue`");
         assert_eq!(one_of(&[NAME, QUEUE, CRATE]), "`name`, `queue` or `crate`");
     }
+
+    #[test]
+    fn keys_may_be_keywords() {
+        let metas =
+            parse_metas(quote!(for = "10m", by = [a, b], crate = ::x, until, r#type(1))).unwrap();
+        let keys: Vec<String> = metas.iter().map(|m| path_to_string(m.path())).collect();
+        assert_eq!(keys, ["for", "by", "crate", "until", "r#type"]);
+        assert!(metas[0].path() == &FOR);
+        assert!(matches!(&metas[1], Meta::NameValue(nv) if matches!(nv.value, Expr::Array(_))));
+        assert!(matches!(&metas[3], Meta::Path(_)));
+        assert!(matches!(&metas[4], Meta::List(_)));
+        let list =
+            match syn::parse2::<Meta>(quote!(unique(for = "1m", until = "finished"))).unwrap() {
+                Meta::List(list) => list,
+                _ => unreachable!(),
+            };
+        assert_eq!(parse_list(&list).unwrap().len(), 2);
+        // syn's own `Meta` refuses `for`: the reason for `parse_metas`.
+        assert!(syn::parse2::<Meta>(quote!(for = "10m")).is_err());
+        assert!(parse_metas(quote!("x")).is_err());
+        assert!(parse_metas(quote!(a = )).is_err());
+    }
+
+    #[test]
+    fn finds_close_names() {
+        assert_eq!(edit_distance("subject", "subject"), 0);
+        assert_eq!(edit_distance("subjcet", "subject"), 1);
+        assert_eq!(edit_distance("", "to"), 2);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let params = ["to", "subject", "account_id"];
+        assert_eq!(closest("too", params), Some("to"));
+        assert_eq!(closest("t", params), Some("to"));
+        assert_eq!(closest("Subjet", params), Some("subject"));
+        assert_eq!(closest("acount_id", params), Some("account_id"));
+        assert_eq!(closest("body", params), None);
+        assert_eq!(closest("x", ["a", "b"]), None);
+        assert_eq!(
+            closest("queu", KEYS_FOR_TEST.iter().map(|s| s.0)),
+            Some("queue")
+        );
+        assert_eq!(closest("untill", [BY.0, FOR.0, UNTIL.0]), Some("until"));
+    }
+
+    const KEYS_FOR_TEST: &[Symbol] = &[NAME, QUEUE, TIMEOUT, UNIQUE];
 
     #[test]
     fn duplicate_is_reported_once_per_repeat() {

@@ -1,5 +1,5 @@
 //! `#[job(name = "..", queue = "..", max_attempts = N, backoff(..), timeout = "..",
-//! cron = "..", timezone = "..", misfire = "..", crate = path)]`.
+//! cron = "..", timezone = "..", misfire = "..", unique(..), crate = path)]`.
 //!
 //! Every key is read into a set-once [`Attr`]; a bad or repeated key is recorded in the
 //! [`Ctxt`] and parsing goes on, so all mistakes are reported together. What was valid is
@@ -7,15 +7,14 @@
 //! secondary errors.
 
 use proc_macro2::TokenStream;
-use syn::parse::Parser;
-use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Expr, Lit, LitStr, Meta, MetaList, Path, Token};
+use syn::{Expr, Lit, LitStr, Meta, MetaList, Path};
 
 use super::schedule::{self, ScheduleArgs};
+use super::unique::{self, UniqueArgs};
 use crate::attr::{
     self, Attr, BACKOFF, CRATE, CRON, INITIAL, JITTER, MAX, MAX_ATTEMPTS, MISFIRE, NAME, QUEUE,
-    Symbol, TIMEOUT, TIMEZONE,
+    Symbol, TIMEOUT, TIMEZONE, UNIQUE,
 };
 use crate::ctxt::Ctxt;
 use crate::duration;
@@ -29,6 +28,7 @@ const KEYS: &[Symbol] = &[
     CRON,
     TIMEZONE,
     MISFIRE,
+    UNIQUE,
     CRATE,
 ];
 const BACKOFF_KEYS: &[Symbol] = &[INITIAL, MAX, JITTER];
@@ -48,6 +48,9 @@ pub(crate) struct JobArgs {
     pub(crate) timeout: Option<u64>,
     /// `cron = "..", timezone = "..", misfire = ".."`.
     pub(crate) schedule: Option<ScheduleArgs>,
+    /// `unique(by = [..], for = "..", until = "..")`, its `by` not yet checked against the
+    /// fn's parameters.
+    pub(crate) unique: Option<UniqueArgs>,
     /// `crate = path`.
     pub(crate) krate: Option<Path>,
 }
@@ -66,7 +69,7 @@ pub(crate) struct BackoffArgs {
 impl JobArgs {
     /// Parses the attribute's arguments, recording every problem in `cx`.
     pub(crate) fn parse(cx: &Ctxt, args: TokenStream) -> Self {
-        let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
+        let metas = match attr::parse_metas(args) {
             Ok(metas) => metas,
             Err(e) => {
                 cx.syn_error(e);
@@ -83,6 +86,7 @@ impl JobArgs {
         let mut cron = Attr::none(WHAT, CRON);
         let mut timezone = Attr::none(WHAT, TIMEZONE);
         let mut misfire = Attr::none(WHAT, MISFIRE);
+        let mut unique = Attr::none(WHAT, UNIQUE);
         // Where `timezone` and `misfire` were written, for the error when `cron` is not.
         let mut schedule_keys: Vec<&Path> = Vec::new();
 
@@ -118,6 +122,8 @@ impl JobArgs {
                 if let Some(v) = name_value(cx, meta, "misfire = \"run_once\"") {
                     misfire.set(cx, key, schedule::misfire(cx, v));
                 }
+            } else if *key == UNIQUE {
+                unique.set(cx, key, unique::parse(cx, meta));
             } else if *key == CRATE {
                 if let Some(v) = name_value(cx, meta, "crate = ::my_app::jobs") {
                     krate.set(cx, key, attr::crate_path(cx, v));
@@ -154,6 +160,7 @@ impl JobArgs {
         });
         Self {
             schedule,
+            unique: unique.get().flatten(),
             name: name.get().flatten(),
             queue: queue.get().flatten(),
             max_attempts: max_attempts.get().flatten(),
@@ -173,7 +180,7 @@ impl JobArgs {
 }
 
 /// The value of `key = value`, or an error saying how to write it.
-fn name_value<'a>(cx: &Ctxt, meta: &'a Meta, example: &str) -> Option<&'a Expr> {
+pub(crate) fn name_value<'a>(cx: &Ctxt, meta: &'a Meta, example: &str) -> Option<&'a Expr> {
     match meta {
         Meta::NameValue(nv) => Some(&nv.value),
         Meta::Path(path) => {
@@ -215,7 +222,18 @@ fn unknown_key(key: &Path) -> String {
         "initial" | "max" | "jitter" | "initial_delay" | "max_delay" | "delay" => {
             " (backoff settings go inside `backoff(..)`: `backoff(initial = \"2s\", max = \"60s\", jitter = 0.2)`)"
         }
+        "dedup" | "dedupe" | "deduplicate" | "idempotency_key" | "idempotent" | "singleton"
+        | "uniq" | "unique_by" | "unique_for" | "unique_key" => {
+            " (did you mean `unique(by = [..], for = \"10m\")`?)"
+        }
+        "by" | "for" | "until" => {
+            " (uniqueness settings go inside `unique(..)`: `unique(by = [..], for = \"10m\")`)"
+        }
         _ => "",
+    };
+    let hint = match attr::closest(&written, KEYS.iter().map(|s| s.0)) {
+        Some(close) if hint.is_empty() => format!(" (did you mean `{close}`?)"),
+        _ => hint.to_owned(),
     };
     format!(
         "unknown {WHAT} `{written}`; expected one of {}{hint}",
@@ -312,7 +330,7 @@ fn positive_duration(cx: &Ctxt, value: &Expr, key: Symbol) -> Option<u64> {
 }
 
 fn parse_backoff(cx: &Ctxt, list: &MetaList) -> Option<BackoffArgs> {
-    let metas = match list.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated) {
+    let metas = match attr::parse_list(list) {
         Ok(metas) => metas,
         Err(e) => {
             cx.syn_error(e);
@@ -454,7 +472,9 @@ mod tests {
         assert_eq!(errors.len(), 7, "{errors:#?}");
         assert!(errors[0].contains("unknown `#[job]` argument `retries`"));
         assert!(
-            errors[0].contains("`name`, `queue`, `max_attempts`, `backoff`, `timeout` or `crate`")
+            errors[0].contains(
+                "`name`, `queue`, `max_attempts`, `backoff`, `timeout`, `cron`, `timezone`, `misfire`, `unique` or `crate`"
+            )
         );
         assert!(errors[1].contains("queue name \"a b\" is not valid"));
         assert!(errors[2].contains("at least 1"));

@@ -13,9 +13,14 @@ use syn::{Attribute, Ident, LitStr, Type};
 
 use super::args::JobArgs;
 use super::ast::{JobFn, Param};
+use super::unique::DeclaredUnique;
 use crate::attr::default_crate;
 
-pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
+pub(crate) fn generate(
+    args: &JobArgs,
+    job: &JobFn<'_>,
+    declared_unique: Option<&DeclaredUnique>,
+) -> TokenStream {
     let krate = args
         .krate
         .as_ref()
@@ -71,6 +76,7 @@ pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
         .unwrap_or_else(|| LitStr::new(&job.default_name(), fn_ident.span()));
     let options = options(args, &krate);
     let recurring = recurring(args, &payload, &krate);
+    let unique = unique(declared_unique, &krate);
     let dependencies = dependencies(job, &krate);
     let run = run(job, &krate);
     let output = job
@@ -93,6 +99,7 @@ pub(crate) fn generate(args: &JobArgs, job: &JobFn<'_>) -> TokenStream {
             type Output = #output_ty;
             #options
             #recurring
+            #unique
             #dependencies
             #run
         }
@@ -283,6 +290,35 @@ fn recurring(args: &JobArgs, payload: &[(&Ident, &Type)], krate: &TokenStream) -
                 #timezone,
                 #run_once,
                 || Self { #(#fields),* },
+            ))
+        }
+    }
+}
+
+/// `fn unique(&self)` for `unique(..)`: the key is the JSON of a tuple of references to
+/// the `by` fields in the order written (a 1-tuple for one), or of the whole payload.
+fn unique(declared: Option<&DeclaredUnique>, krate: &TokenStream) -> TokenStream {
+    let Some(declared) = declared else {
+        return TokenStream::new();
+    };
+    let private = quote!(#krate::__private);
+    let fields = match &declared.fields {
+        // Each reference is spanned at its `by` entry, where a field type that is not
+        // `Serialize` would be reported (besides its parameter).
+        Some(fields) => {
+            let refs = fields.iter().map(|f| quote_spanned!(f.span()=> &self.#f));
+            quote!(&(#(#refs,)*))
+        }
+        None => quote!(self),
+    };
+    let window_ms = declared.window_ms;
+    let until_finished = declared.until_finished;
+    quote! {
+        fn unique(&self) -> #private::Option<#krate::Unique> {
+            #private::Option::Some(#krate::Unique::__declared(
+                #fields,
+                #window_ms,
+                #until_finished,
             ))
         }
     }

@@ -4,6 +4,7 @@ mod args;
 mod ast;
 mod expand;
 mod schedule;
+mod unique;
 mod valid;
 
 use proc_macro2::TokenStream;
@@ -26,7 +27,11 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             valid::check_signature(&cx, &job);
             let signature_ok = cx.len() == before;
             valid::check_names(&cx, &args, &job);
-            signature_ok.then(|| expand::generate(&args, &job))
+            let unique = args
+                .unique
+                .as_ref()
+                .and_then(|u| unique::resolve(&cx, u, &job));
+            signature_ok.then(|| expand::generate(&args, &job, unique.as_ref()))
         }
         Err(_) => {
             not_a_fn(&cx, &item);

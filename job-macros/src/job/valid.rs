@@ -249,7 +249,7 @@ fn check_injected_type(
 }
 
 /// Tokens as the user would write them: `Vec<u8>`, `&str`.
-fn tokens<T: ToTokens>(t: &T) -> String {
+pub(crate) fn tokens<T: ToTokens>(t: &T) -> String {
     let text = t.to_token_stream().to_string();
     text.replace(" < ", "<")
         .replace(" >", ">")
