@@ -435,7 +435,7 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// A job's own recurring schedule (see [`Job::recurring`]): the [`Schedule`] and the
+/// A job's own recurring schedule (see [`Job::recurring`]): the [`Schedule`](crate::schedule::Schedule) and the
 /// function that makes each tick's job.
 ///
 /// ```

@@ -114,7 +114,6 @@ impl Unique {
     ///
     /// # Errors
     /// When the declared key's fields could not be serialized.
-    #[allow(dead_code)] // used by the runtime in the next slice
     pub(crate) fn for_job(&self, job: &str) -> Result<UniqueKey, String> {
         const NAMESPACE: uuid::Uuid =
             uuid::Uuid::from_u128(0x6a0b_5e1c_7d2f_4c3a_9e81_2f5d_0c47_b913);

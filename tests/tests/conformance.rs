@@ -11,6 +11,7 @@
 mod common;
 mod conformance {
     pub(super) mod schedules;
+    pub(super) mod unique;
 }
 
 use std::sync::atomic::Ordering;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use common::{Behavior, Probe, Recorder, eventually, wait_state};
 use conformance::schedules::ticks_run_once_across_processes;
+use conformance::unique::{a_key_is_held_as_asked, one_key_makes_one_job};
 use job_core::JobRuntimeBuilder;
 use job_core::backend::amqp::AmqpBackend;
 use job_core::backend::azure::AzureQueueBackend;
@@ -1062,6 +1064,8 @@ macro_rules! conformance {
             results_are_kept_and_typed,
             a_wait_hears_an_end_in_another_process,
             ticks_run_once_across_processes,
+            one_key_makes_one_job,
+            a_key_is_held_as_asked,
         );
     };
 }

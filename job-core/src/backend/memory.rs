@@ -21,6 +21,7 @@ use super::{
 use crate::dead_letter::DeadLetter;
 use crate::job::JobId;
 use crate::observe::status::{JobState, JobStatus};
+use crate::unique::{Enqueued, UniqueKey, UniqueUntil};
 
 enum Body {
     Envelope(Envelope),
@@ -71,6 +72,66 @@ struct State {
     scheduled: BTreeSet<(u64, JobId)>,
     dead: VecDeque<DeadLetter>,
     finished: VecDeque<(Instant, JobId)>,
+    /// Uniqueness keys: the job holding each, until when, and whether its end frees it.
+    uniques: HashMap<String, (JobId, Instant, UniqueUntil)>,
+}
+
+impl State {
+    /// Stores a new job (see [`Backend::enqueue`]); false when the id was stored already.
+    fn store(&mut self, envelope: Envelope, capacity: u64) -> Result<bool, BackendError> {
+        if self.jobs.contains_key(&envelope.id) {
+            // Already stored (an enqueue repeated after a lost reply, in a real store):
+            // counts as stored and changes nothing, even when the store is full.
+            return Ok(false);
+        }
+        let live = self
+            .jobs
+            .values()
+            .filter(|s| !s.state.is_finished())
+            .count() as u64;
+        if live >= capacity {
+            return Err(BackendError::Full);
+        }
+        let id = envelope.id;
+        let now_ms = unix_ms(SystemTime::now());
+        let delayed = envelope.not_before.filter(|&t| t > now_ms);
+        let queue = envelope.queue.clone();
+        self.jobs.insert(
+            id,
+            Stored {
+                body: Body::Envelope(envelope),
+                state: if delayed.is_some() {
+                    JobState::Scheduled
+                } else {
+                    JobState::Queued
+                },
+                last_error: None,
+                updated_ms: now_ms,
+                lease: None,
+                done: None,
+                cancel_requested: false,
+                progress: None,
+                result: None,
+            },
+        );
+        match delayed {
+            Some(at) => {
+                self.scheduled.insert((at, id));
+            }
+            None => self.ready.entry(queue).or_default().push_back(id),
+        }
+        Ok(true)
+    }
+
+    /// The job holding `key`, if one does (a job gone from the store has finished).
+    fn key_holder(&self, key: &str) -> Option<JobId> {
+        let &(id, until, mode) = self.uniques.get(key)?;
+        if Instant::now() >= until {
+            return None;
+        }
+        let live = || self.jobs.get(&id).is_some_and(|s| !s.state.is_finished());
+        (mode == UniqueUntil::Window || live()).then_some(id)
+    }
 }
 
 /// The backend contract in process memory. See the [module docs](self).
@@ -257,47 +318,39 @@ impl Backend for MemoryBackend {
         envelope: Envelope,
         capacity: u64,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let stored = self.lock().store(envelope, capacity);
+        if matches!(stored, Ok(true)) {
+            self.wake();
+        }
+        ready_now(stored.map(|_| ()))
+    }
+
+    fn enqueue_unique<'a>(
+        &'a self,
+        envelope: Envelope,
+        capacity: u64,
+        unique: &'a UniqueKey,
+    ) -> BoxFuture<'a, Result<Enqueued, BackendError>> {
         let mut st = self.lock();
-        if st.jobs.contains_key(&envelope.id) {
-            // Already stored (an enqueue repeated after a lost reply, in a real store):
-            // counts as stored and changes nothing, even when the store is full.
-            return ready_now(Ok(()));
-        }
-        let live = st.jobs.values().filter(|s| !s.state.is_finished()).count() as u64;
-        if live >= capacity {
-            return ready_now(Err(BackendError::Full));
-        }
         let id = envelope.id;
-        let now_ms = unix_ms(SystemTime::now());
-        let delayed = envelope.not_before.filter(|&t| t > now_ms);
-        let queue = envelope.queue.clone();
-        st.jobs.insert(
-            id,
-            Stored {
-                body: Body::Envelope(envelope),
-                state: if delayed.is_some() {
-                    JobState::Scheduled
-                } else {
-                    JobState::Queued
-                },
-                last_error: None,
-                updated_ms: now_ms,
-                lease: None,
-                done: None,
-                cancel_requested: false,
-                progress: None,
-                result: None,
-            },
-        );
-        match delayed {
-            Some(at) => {
-                st.scheduled.insert((at, id));
-            }
-            None => st.ready.entry(queue).or_default().push_back(id),
+        if st.jobs.contains_key(&id) {
+            return ready_now(Ok(Enqueued::New(id)));
         }
+        if let Some(holder) = st.key_holder(&unique.key) {
+            return ready_now(Ok(Enqueued::Existing(holder)));
+        }
+        if let Err(e) = st.store(envelope, capacity) {
+            return ready_now(Err(e));
+        }
+        let now = Instant::now();
+        if st.uniques.len() >= 1024 && st.uniques.len().is_power_of_two() {
+            st.uniques.retain(|_, &mut (_, until, _)| until > now);
+        }
+        st.uniques
+            .insert(unique.key.clone(), (id, now + unique.window, unique.until));
         drop(st);
         self.wake();
-        ready_now(Ok(()))
+        ready_now(Ok(Enqueued::New(id)))
     }
 
     fn reserve<'a>(

@@ -54,9 +54,12 @@ impl Client {
         J: Job,
         I: IntoIterator<Item = J>,
     {
-        let mut jobs = jobs.into_iter();
+        let mut jobs = jobs.into_iter().peekable();
         let mut ids = Vec::with_capacity(jobs.size_hint().0);
-        let Some(d) = self.durable() else {
+        // A job with a uniqueness key is checked and stored one at a time (a batch would
+        // have to answer per job which key another job holds).
+        let keyed = jobs.peek().is_some_and(|j| j.unique().is_some());
+        let Some(d) = self.durable().filter(|_| !keyed) else {
             while let Some(job) = jobs.next() {
                 match self.enqueue(job).await {
                     Ok(id) => ids.push(id),

@@ -25,6 +25,7 @@ pub(crate) mod shutdown;
 mod timer;
 #[cfg(feature = "postgres")]
 mod transactional;
+mod unique;
 mod wait;
 mod worker;
 
@@ -49,6 +50,7 @@ use crate::observe::health::{Health, HealthThresholds};
 use crate::observe::metrics::{Counters, Stats};
 use crate::observe::status::{JobState, JobStatus, StatusStore};
 use crate::registry::{ErasedJob, Registry};
+use crate::unique::Enqueued;
 use builder::ShutdownHook;
 use timer::Timed;
 
@@ -109,6 +111,8 @@ pub(crate) struct Inner {
     /// queue empty). `depth` does not count them.
     pub(crate) unreleased: Box<[Unreleased]>,
     pub(crate) release_batch: usize,
+    /// The in-memory runtime's uniqueness keys (a durable store keeps its own).
+    pub(crate) uniques: unique::Uniques,
 }
 
 /// One worker's count of finished jobs whose permits it still holds, alone on its cache
@@ -184,6 +188,12 @@ impl Client {
     /// and then go to the backend together, in one call: concurrent producers (request
     /// handlers) share round trips, and a lone producer's call goes out at once.
     pub async fn enqueue<J: Job>(&self, job: J) -> Result<JobId, EnqueueError<J>> {
+        if let Some(unique) = job.unique() {
+            return self
+                .keyed(job, unique, None, true, None)
+                .await
+                .map(Enqueued::id);
+        }
         let kind = match self.inner.check::<J>(&job) {
             Ok(kind) => kind,
             Err(e) => return Err(e.with(job)),
@@ -207,6 +217,9 @@ impl Client {
     /// [`EnqueueError::WouldBlock`] on a durable backend; otherwise as
     /// [`enqueue`](Self::enqueue).
     pub fn try_enqueue<J: Job>(&self, job: J) -> Result<JobId, EnqueueError<J>> {
+        if let Some(unique) = job.unique() {
+            return self.try_enqueue_keyed(job, unique);
+        }
         let kind = match self.inner.check::<J>(&job) {
             Ok(kind) => kind,
             Err(e) => return Err(e.with(job)),
@@ -262,6 +275,12 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn enqueue_if_room<J: Job>(&self, job: J) -> Result<JobId, EnqueueError<J>> {
+        if let Some(unique) = job.unique() {
+            return self
+                .keyed(job, unique, None, false, None)
+                .await
+                .map(Enqueued::id);
+        }
         let Some(d) = self.durable() else {
             return self.try_enqueue(job);
         };
@@ -285,6 +304,12 @@ impl Client {
         job: J,
         delay: Duration,
     ) -> Result<JobId, EnqueueError<J>> {
+        if let Some(unique) = job.unique() {
+            return self
+                .keyed(job, unique, Some(delay), true, None)
+                .await
+                .map(Enqueued::id);
+        }
         let kind = match self.inner.check::<J>(&job) {
             Ok(kind) => kind,
             Err(e) => return Err(e.with(job)),
@@ -578,6 +603,15 @@ impl Client {
         job: J,
         id: JobId,
     ) -> Result<JobId, EnqueueError<J>> {
+        if let Some(unique) = job.unique() {
+            // One run at a time across processes, as the job asks: the tick's own id keeps
+            // the tick once, the key keeps it out while another run holds the key.
+            let tick = self.ticks_are_shared().then_some(id);
+            return self
+                .keyed(job, unique, None, true, tick)
+                .await
+                .map(Enqueued::id);
+        }
         let kind = match self.inner.check::<J>(&job) {
             Ok(kind) => kind,
             Err(e) => return Err(e.with(job)),

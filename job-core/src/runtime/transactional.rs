@@ -6,6 +6,7 @@ use sqlx::PgConnection;
 
 use super::Client;
 use super::durable::{counted, envelope_for};
+use crate::backend::BackendError;
 use crate::error::{EnqueueError, error_chain};
 use crate::job::{Job, JobId};
 
@@ -38,6 +39,10 @@ impl Client {
     /// tx.commit().await?; // the user and the job, or neither
     /// # Ok(()) }
     /// ```
+    ///
+    /// A job with a uniqueness key (`#[job(unique(..))]`) takes it in the same transaction
+    /// (a savepoint in the caller's): a rollback frees the key with the job, and until the
+    /// caller commits, another enqueue of that key waits for the outcome.
     ///
     /// # Errors
     /// As [`enqueue`](Self::enqueue), except that a full store answers
@@ -78,6 +83,28 @@ impl Client {
             Err(rejected) => return Err(rejected.with(job)),
         };
         let id = envelope.id;
+        if let Some(unique) = job.unique() {
+            let key = match unique.for_job(J::NAME) {
+                Ok(key) => key,
+                Err(message) => return Err(EnqueueError::Serialize { job, message }),
+            };
+            return match pg
+                .enqueue_unique_on(tx.as_mut(), &envelope, d.capacity(), &key)
+                .await
+            {
+                Ok(outcome) => {
+                    if outcome.is_new() {
+                        counted(&self.inner, kind, 1);
+                    }
+                    Ok(outcome.id())
+                }
+                Err(BackendError::Full) => Err(EnqueueError::QueueFull(job)),
+                Err(e) => Err(EnqueueError::Backend {
+                    job,
+                    message: error_chain(&e),
+                }),
+            };
+        }
         match pg
             .enqueue_on(tx.as_mut(), std::slice::from_ref(&envelope), d.capacity())
             .await

@@ -117,6 +117,7 @@ impl JobRuntime {
             // Small against the capacity, so that batching never starves a producer waiting
             // for room for long.
             release_batch: (capacity / (4 * concurrency.max(1))).clamp(1, 16),
+            uniques: super::unique::Uniques::default(),
         });
         let handles: Vec<_> = if inner.durable.is_some() {
             super::durable::launch(&inner, concurrency)

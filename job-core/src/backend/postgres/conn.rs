@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/schema_v3.sql"),
     include_str!("sql/schema_v4.sql"),
     include_str!("sql/schema_v5.sql"),
+    include_str!("sql/schema_v6.sql"),
 ];
 
 /// Every statement, with `{s}` replaced by the quoted schema name.
@@ -50,6 +51,9 @@ pub(super) struct Sql {
     pub(super) cancelled: Arc<str>,
     pub(super) progress: Arc<str>,
     pub(super) watch: Arc<str>,
+    pub(super) unique_take: Arc<str>,
+    pub(super) unique_holder: Arc<str>,
+    pub(super) unique_sweep: Arc<str>,
 }
 
 impl Sql {
@@ -58,6 +62,9 @@ impl Sql {
         Self {
             enqueue: s(include_str!("sql/enqueue.sql")),
             enqueue_one: s(include_str!("sql/enqueue_one.sql")),
+            unique_take: s(include_str!("sql/unique_take.sql")),
+            unique_holder: s(include_str!("sql/unique_holder.sql")),
+            unique_sweep: s(include_str!("sql/unique_sweep.sql")),
             reserve: s(include_str!("sql/reserve.sql")),
             next_due: s(include_str!("sql/next_due.sql")),
             ack: s(include_str!("sql/ack.sql")),

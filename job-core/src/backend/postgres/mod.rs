@@ -162,6 +162,7 @@ use super::{
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
 use crate::observe::status::{JobState, JobStatus};
+use crate::unique::{Enqueued, UniqueKey, UniqueUntil};
 
 /// Jobs one statement stores at most (a longer batch is split).
 const ENQUEUE_BATCH: usize = 1000;
@@ -434,6 +435,41 @@ impl PostgresBackend {
         // another transaction committed after this statement's snapshot, which
         // `stored_before` cannot see).
         Ok(usize::from(inserted > 0 || stored_before || free > 0))
+    }
+
+    /// Takes `unique`'s key and stores the job in one transaction on `conn` (the caller's,
+    /// for [`Client::enqueue_tx`](crate::Client::enqueue_tx)): see `unique_take.sql`.
+    pub(crate) async fn enqueue_unique_on(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        capacity: u64,
+        unique: &UniqueKey,
+    ) -> Result<Enqueued, BackendError> {
+        self.ensure_schema().await?;
+        let mut tx = bounded(self.limit(), sqlx::Connection::begin(&mut *conn)).await?;
+        let q = sqlx::query(sql(&self.sql.unique_take))
+            .bind(unique.key.as_str())
+            .bind(envelope.id.as_uuid())
+            .bind(millis(unique.window).max(1))
+            .bind(unique.until == UniqueUntil::Finished);
+        if bounded(self.limit(), q.fetch_optional(&mut *tx))
+            .await?
+            .is_none()
+        {
+            let q = sqlx::query(sql(&self.sql.unique_holder)).bind(unique.key.as_str());
+            let row = bounded(self.limit(), q.fetch_one(&mut *tx)).await?;
+            let holder: Uuid = get_at(&row, 0)?;
+            bounded(self.limit(), tx.commit()).await?;
+            return Ok(Enqueued::Existing(JobId::from(holder)));
+        }
+        if self.enqueue_one(&mut tx, envelope, capacity).await? == 0 {
+            // Full: the key goes back with the rollback.
+            bounded(self.limit(), tx.rollback()).await?;
+            return Err(BackendError::Full);
+        }
+        bounded(self.limit(), tx.commit()).await?;
+        Ok(Enqueued::New(envelope.id))
     }
 
     async fn do_enqueue_batch(
@@ -847,6 +883,19 @@ impl Backend for PostgresBackend {
                 1 => Ok(()),
                 _ => Err(BackendError::Full),
             }
+        })
+    }
+
+    fn enqueue_unique<'a>(
+        &'a self,
+        envelope: Envelope,
+        capacity: u64,
+        unique: &'a UniqueKey,
+    ) -> BoxFuture<'a, Result<Enqueued, BackendError>> {
+        Box::pin(async move {
+            let mut conn = bounded(self.limit(), self.pool.acquire()).await?;
+            self.enqueue_unique_on(&mut conn, &envelope, capacity, unique)
+                .await
         })
     }
 

@@ -151,8 +151,8 @@ impl PostgresBackend {
         Ok(reaped)
     }
 
-    /// Deletes succeeded rows past their retention, and dead letters past theirs or beyond
-    /// the capacity, a batch per statement, for at most `SWEEP_TIME` per reaper pass.
+    /// Deletes succeeded rows past their retention, uniqueness keys past their window, and
+    /// dead letters past theirs or beyond the capacity, a batch per statement, for at most `SWEEP_TIME` per reaper pass.
     async fn sweep(&self) -> Result<(), BackendError> {
         let until = tokio::time::Instant::now() + SWEEP_TIME;
         loop {
@@ -166,6 +166,8 @@ impl PostgresBackend {
                 break;
             }
         }
+        let q = sqlx::query(sql(&self.sql.unique_sweep)).bind(REAP_BATCH);
+        bounded(self.limit(), q.execute(&self.pool)).await?;
         let q = sqlx::query(sql(&self.sql.expire_dead))
             .bind(millis(self.settings.dead_letter_retention))
             .bind(REAP_BATCH)

@@ -201,6 +201,7 @@ use super::{
 use crate::dead_letter::DeadLetter;
 use crate::job::{JobId, is_valid_name};
 use crate::observe::status::{JobState, JobStatus};
+use crate::unique::{Enqueued, UniqueKey, UniqueUntil};
 
 /// Due scheduled jobs promoted to ready per reservation (more wait for the next one).
 const PROMOTE_BATCH: usize = 1000;
@@ -305,6 +306,57 @@ impl RedisBackend {
         {
             1 => Ok(()),
             _ => Err(BackendError::Full),
+        }
+    }
+
+    /// One script call: the key checked and, unless another job holds it, the job stored
+    /// and the key taken (enqueue.lua, 'unique').
+    async fn do_enqueue_unique(
+        &self,
+        envelope: Envelope,
+        capacity: u64,
+        unique: &UniqueKey,
+    ) -> Result<Enqueued, BackendError> {
+        check_name("queue", &envelope.queue)?;
+        check_name("job", &envelope.job)?;
+        let mut inv = self.invocation(&self.scripts.enqueue);
+        inv.arg(capacity.to_string())
+            .arg("unique")
+            .arg(&unique.key)
+            .arg(
+                u64::try_from(unique.window.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .arg(match unique.until {
+                UniqueUntil::Window => "window",
+                UniqueUntil::Finished => "finished",
+            })
+            .arg(envelope.id.to_string())
+            .arg(envelope.payload.as_str())
+            .arg(&envelope.job)
+            .arg(&envelope.queue)
+            .arg(envelope.max_attempts)
+            .arg(envelope.attempt)
+            .arg(envelope.recoveries)
+            .arg(envelope.enqueued_at)
+            .arg(
+                envelope
+                    .not_before
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            );
+        let (stored, status, holder): (usize, String, String) = self.run_script(inv).await?;
+        match (stored, status.as_str()) {
+            (_, "existing") => holder.parse().map(Enqueued::Existing).map_err(|_| {
+                BackendError::Corrupt(format!("unique key names `{holder}`, not a job id"))
+            }),
+            (1, "ok") => Ok(Enqueued::New(envelope.id)),
+            (_, "full") => Err(BackendError::Full),
+            _ => Err(BackendError::Corrupt(format!(
+                "job {} cannot be stored: its key holds a value that is not a job record",
+                envelope.id
+            ))),
         }
     }
 
@@ -627,6 +679,15 @@ impl Backend for RedisBackend {
         capacity: u64,
     ) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(self.do_enqueue(envelope, capacity))
+    }
+
+    fn enqueue_unique<'a>(
+        &'a self,
+        envelope: Envelope,
+        capacity: u64,
+        unique: &'a UniqueKey,
+    ) -> BoxFuture<'a, Result<Enqueued, BackendError>> {
+        Box::pin(self.do_enqueue_unique(envelope, capacity, unique))
     }
 
     fn reserve<'a>(

@@ -245,7 +245,7 @@ async fn store_waiting<J: Job>(
 }
 
 /// Waits a jittered `pause` for the backend to have room, and doubles it (up to 500 ms).
-async fn wait_for_room_in(pause: &mut Duration) {
+pub(crate) async fn wait_for_room_in(pause: &mut Duration) {
     tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
     *pause = (*pause * 2).min(Duration::from_millis(500));
 }

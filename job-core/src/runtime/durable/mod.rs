@@ -28,10 +28,9 @@ mod intake;
 mod settle;
 mod upkeep;
 
-#[cfg(feature = "postgres")]
-pub(crate) use self::intake::counted;
 pub(crate) use self::intake::{
-    BatchFailure, enqueue, enqueue_as, enqueue_batch, envelope_for, requeue,
+    BatchFailure, counted, enqueue, enqueue_as, enqueue_batch, envelope_for, requeue,
+    wait_for_room_in,
 };
 
 use self::fetch::{MAX_PREFETCH_PER_WORKER, fetcher};

@@ -2,9 +2,12 @@
 -- ARGV: base, capacity, then either 'each' and per job: id, payload, job, queue,
 -- max_attempts, attempt, recoveries, enqueued, not_before ('' = none); or 'same', job,
 -- queue, max_attempts, and per job: id, payload, enqueued (fresh jobs of one type, ready at
--- once). Stores jobs in order while capacity allows; an id already stored changes nothing
--- and counts as stored. Returns {stored, status}: 'ok', 'full' (the rest did not fit), or
--- 'corrupt' (the next job's key holds another type).
+-- once); or 'unique', key, window_ms, 'window' | 'finished', and one job as for 'each'.
+-- Stores jobs in order while capacity allows; an id already stored changes nothing and
+-- counts as stored. Returns {stored, status}: 'ok', 'full' (the rest did not fit), or
+-- 'corrupt' (the next job's key holds another type); for 'unique', {stored, status,
+-- holder}, where status 'existing' means another job holds the key (`holder`, its id) and
+-- nothing was stored.
 local cap = tonumber(ARGV[2])
 local live = tonumber(redis.call('GET', K_LIVE) or '0')
 local now = nil
@@ -73,34 +76,66 @@ if ARGV[3] == 'same' then
   live_add(added)
   return {stored, status}
 end
-for i = 4, #ARGV, 9 do
-  local id, p, job, q, m, a, r, e, nb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
-  local k = jk(id)
-  local verdict = admit(k)
-  if verdict == 'corrupt' or verdict == 'full' then
-    status = verdict
-    break
-  end
-  if verdict == 'new' then
-    redis.call('HSET', k, 'p', p, 'j', job, 'q', q, 'm', m, 'e', e)
-    if a ~= '0' then redis.call('HSET', k, 'a', a) end
-    if r ~= '0' then redis.call('HSET', k, 'r', r) end
-    local at = tonumber(nb)
-    if at then
-      now = now or now_ms()
-      redis.call('HSET', k, 'nb', nb)
+-- Stores the jobs given as for 'each' from ARGV[from] on.
+local function each(from)
+  for i = from, #ARGV, 9 do
+    local id, p, job, q, m, a, r, e, nb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+    local k = jk(id)
+    local verdict = admit(k)
+    if verdict == 'corrupt' or verdict == 'full' then
+      status = verdict
+      break
     end
-    if at and at > now then
-      redis.call('HSET', k, 's', 'scheduled')
-      redis.call('SADD', K_QUEUES, q)
-      redis.call('ZADD', K_SCHEDULED, at, id)
-    elseif redis.call('RPUSH', rk(q), id) == 1 then
-      -- The queue was empty: make sure it is known (the set only grows), and wake a worker.
-      redis.call('SADD', K_QUEUES, q)
-      signal(q)
+    if verdict == 'new' then
+      redis.call('HSET', k, 'p', p, 'j', job, 'q', q, 'm', m, 'e', e)
+      if a ~= '0' then redis.call('HSET', k, 'a', a) end
+      if r ~= '0' then redis.call('HSET', k, 'r', r) end
+      local at = tonumber(nb)
+      if at then
+        now = now or now_ms()
+        redis.call('HSET', k, 'nb', nb)
+      end
+      if at and at > now then
+        redis.call('HSET', k, 's', 'scheduled')
+        redis.call('SADD', K_QUEUES, q)
+        redis.call('ZADD', K_SCHEDULED, at, id)
+      elseif redis.call('RPUSH', rk(q), id) == 1 then
+        -- The queue was empty: make sure it is known (the set only grows), and wake a worker.
+        redis.call('SADD', K_QUEUES, q)
+        signal(q)
+      end
     end
+    stored = stored + 1
   end
-  stored = stored + 1
+  live_add(added)
 end
-live_add(added)
+if ARGV[3] == 'unique' then
+  -- The key lives beside the jobs (same hash tag), a hash of the job holding it (`i`) and
+  -- how it holds it (`m`), expiring with its window. Held 'finished': a holder that has
+  -- ended (or whose record is gone) frees it.
+  local uk, window, mode, id = B .. 'unique:' .. ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+  local fresh = redis.call('EXISTS', jk(id)) == 0
+  if fresh then
+    local h = fields(uk, 'i', 'm')
+    local held = h and h[1]
+    if held and held ~= id then
+      local holds = true
+      if h[2] == 'finished' then
+        local f = fields(jk(held), 's')
+        local s = f and f[1]
+        holds = redis.call('EXISTS', jk(held)) == 1
+          and s ~= 'succeeded' and s ~= 'dead' and s ~= 'cancelled'
+      end
+      if holds then return {0, 'existing', held} end
+    end
+  end
+  each(7)
+  if fresh and stored == 1 then
+    redis.call('DEL', uk)
+    redis.call('HSET', uk, 'i', id, 'm', mode)
+    redis.call('PEXPIRE', uk, window)
+  end
+  return {stored, status, ''}
+end
+each(4)
 return {stored, status}
