@@ -1,6 +1,8 @@
 //! The HTTP surface: enqueue, signup (on Postgres), job status, runtime status, health,
 //! metrics, and the admin dead-letter routes. Every error answers `{"error": "..."}`.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -11,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use job_core::{
     CancelError, Cancellation, Client, EnqueueError, HealthStatus, Job, JobId, QueryError,
-    RequeueError,
+    RequeueError, Unique,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::de::DeserializeOwned;
@@ -221,13 +223,52 @@ async fn send_email(
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     // Without waiting for room on any backend: a full store answers 503 at once, and on a
     // durable one the 202 comes only after the store has the job.
-    let id = state
+    let Some(key) = idempotency_key(&headers)? else {
+        let id = state
+            .client
+            .enqueue_if_room(job)
+            .await
+            .map_err(|e| enqueue_failed(&e))?;
+        tracing::info!(job_id = %id, "email job enqueued");
+        return Ok(accepted(id));
+    };
+    let enqueued = state
         .client
-        .enqueue_if_room(job)
+        .enqueue_unique_if_room(job, Unique::new(key, IDEMPOTENCY_WINDOW))
         .await
         .map_err(|e| enqueue_failed(&e))?;
-    tracing::info!(job_id = %id, "email job enqueued");
-    Ok(accepted(id))
+    let mut response = accepted(enqueued.id());
+    if enqueued.is_new() {
+        tracing::info!(job_id = %enqueued.id(), "email job enqueued");
+    } else {
+        tracing::info!(job_id = %enqueued.id(), "repeated Idempotency-Key: the first request's job");
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// How long an `Idempotency-Key` of `POST /send-email` names its job (Stripe's 24 h).
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The request's `Idempotency-Key`, if it has one: 1 to 255 visible ASCII characters (400
+/// otherwise). The same key within [`IDEMPOTENCY_WINDOW`] answers 202 with the first
+/// request's job id and `Idempotent-Replayed: true`, and enqueues nothing; the body of the
+/// repeat is not compared with the first one's.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "`Idempotency-Key` must be 1 to 255 visible ASCII characters (a UUID is a good key)",
+        )),
+    }
 }
 
 /// `POST /signup` with `{"email": ...}`: inserts the user and enqueues the welcome email
@@ -301,6 +342,7 @@ fn enqueue_failed<J: Job>(e: &EnqueueError<J>) -> ApiError {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
         }
         EnqueueError::PayloadTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e),
+        EnqueueError::Unsupported { .. } => ApiError::new(StatusCode::NOT_IMPLEMENTED, e),
         _ => {
             tracing::error!(job = J::NAME, error = %e, "enqueue failed");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)

@@ -648,3 +648,77 @@ fn on_redis_a_full_store_answers_503_at_once() {
         "a full store must be answered at once, not waited for: took {took:?}"
     );
 }
+
+/// `Idempotency-Key` on `POST /send-email`: the same key again answers 202 with the first
+/// request's job id and `Idempotent-Replayed: true`, and one email is sent; another key is
+/// another email; a malformed key is a 400 that enqueues nothing.
+fn an_idempotency_key_sends_one_email(server: &Service) {
+    let post = |key: &str, to: &str| {
+        server.request(
+            "POST",
+            "/send-email",
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", key),
+            ],
+            Some(email(to, "once").to_string().as_bytes()),
+        )
+    };
+    let first = post("order-42", "idem@example.com");
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let id = first.json()["job_id"].as_str().unwrap().to_owned();
+    wait_for_state(server, &id, "succeeded");
+    // After it ran, too: the key holds for 24 h.
+    for _ in 0..3 {
+        let again = post("order-42", "idem@example.com");
+        assert_eq!(again.status, 202, "{}", again.body);
+        assert_eq!(again.json()["job_id"], id.as_str());
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.header("location"), Some(&*format!("/jobs/{id}")));
+    }
+    let other = post("order-43", "idem@example.com");
+    assert_eq!(other.status, 202);
+    let other_id = other.json()["job_id"].as_str().unwrap().to_owned();
+    assert_ne!(other_id, id);
+    wait_for_state(server, &other_id, "succeeded");
+    for bad in ["", "with space", &"k".repeat(256)] {
+        let r = post(bad, "bad-key@example.com");
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.body);
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("Idempotency-Key")
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let sent: Vec<String> = server
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("email sent"))
+        .collect();
+    assert_eq!(sent.len(), 2, "one email per key: {sent:#?}");
+    assert!(
+        sent.iter().all(|l| l.contains("to=idem@example.com")),
+        "{sent:#?}"
+    );
+}
+
+#[test]
+fn an_idempotency_key_sends_one_email_in_memory() {
+    an_idempotency_key_sends_one_email(&Service::start(BIN, FAST));
+}
+
+#[test]
+fn an_idempotency_key_sends_one_email_on_redis() {
+    let url =
+        std::env::var("JOB_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let prefix = format!("email-idem-{}", std::process::id());
+    let _cleanup = common::RedisCleanup {
+        prefix: prefix.clone(),
+    };
+    let mut args = vec!["--redis", &url, "--redis-prefix", &prefix];
+    args.extend_from_slice(FAST);
+    an_idempotency_key_sends_one_email(&Service::start(BIN, &args));
+}

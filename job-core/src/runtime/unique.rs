@@ -61,6 +61,21 @@ impl Client {
         self.keyed(job, unique, None, true, None).await
     }
 
+    /// [`enqueue_unique`](Self::enqueue_unique) without waiting for room, as
+    /// [`enqueue_if_room`](Self::enqueue_if_room): a full runtime or store answers
+    /// [`EnqueueError::QueueFull`] at once (a duplicate is answered whether or not there is
+    /// room). The call for request handlers.
+    ///
+    /// # Errors
+    /// As [`enqueue_unique`](Self::enqueue_unique), and `QueueFull` instead of waiting.
+    pub async fn enqueue_unique_if_room<J: Job>(
+        &self,
+        job: J,
+        unique: Unique,
+    ) -> Result<Enqueued, EnqueueError<J>> {
+        self.keyed(job, unique, None, false, None).await
+    }
+
     /// As [`enqueue`](Self::enqueue), and says whether the job was enqueued or another job
     /// holds the key the job declares (`#[job(unique(..))]`): `enqueue` returns the same id
     /// either way. A job without a declared key is always [`Enqueued::New`].
