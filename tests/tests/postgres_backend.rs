@@ -640,8 +640,19 @@ async fn an_enqueue_after_its_pooled_connections_were_terminated_succeeds() {
     .unwrap();
     assert!(killed.len() >= 3, "{killed:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // A unique enqueue (its own transaction) goes again on another connection too.
+    let key = job_core::unique::UniqueKey::new(
+        "0123456789abcdef0123456789abcdef",
+        Duration::from_secs(60),
+        job_core::unique::UniqueUntil::Window,
+    );
+    let unique = envelope("default", 2);
+    assert_eq!(
+        b.enqueue_unique(unique.clone(), 100, &key).await.unwrap(),
+        job_core::Enqueued::New(unique.id)
+    );
     b.enqueue(envelope("default", 1), 100).await.unwrap();
-    assert_eq!(b.stats().await.unwrap().ready, 1);
+    assert_eq!(b.stats().await.unwrap().ready, 2);
 }
 
 /// The reaper vacuums the job table itself once enough rows have churned (autovacuum

@@ -893,9 +893,24 @@ impl Backend for PostgresBackend {
         unique: &'a UniqueKey,
     ) -> BoxFuture<'a, Result<Enqueued, BackendError>> {
         Box::pin(async move {
-            let mut conn = bounded(self.limit(), self.pool.acquire()).await?;
-            self.enqueue_unique_on(&mut conn, &envelope, capacity, unique)
-                .await
+            // As for batches: a pooled connection the server dropped fails on use, and the
+            // enqueue goes again on the next one. Safe if the lost one had committed: the key
+            // already names this id, and the id is stored, so the repeat answers `New` and
+            // changes nothing.
+            let mut lost = 0;
+            loop {
+                let mut conn = bounded(self.limit(), self.pool.acquire()).await?;
+                match self
+                    .enqueue_unique_on(&mut conn, &envelope, capacity, unique)
+                    .await
+                {
+                    Err(e) if lost < self.settings.max_connections && connection_lost(&e) => {
+                        conn.close_on_drop();
+                        lost += 1;
+                    }
+                    result => return result,
+                }
+            }
         })
     }
 
