@@ -313,12 +313,19 @@ fn positive_duration(cx: &Ctxt, value: &Expr, key: Symbol) -> Option<u64> {
             "`{key}` must be a duration string, such as `{key} = \"30s\"` (units `ms`, `s`, `m`, `h`)"
         ),
     )?;
+    positive_millis(
+        cx,
+        lit,
+        &format!("`{key}` must be longer than zero, such as \"500ms\" or \"30s\""),
+    )
+}
+
+/// The milliseconds a duration literal gives, at least 1; `zero` is the error for a zero
+/// duration.
+pub(crate) fn positive_millis(cx: &Ctxt, lit: &LitStr, zero: &str) -> Option<u64> {
     match duration::parse_millis(&lit.value()) {
         Ok(0) => {
-            cx.error_spanned_by(
-                lit,
-                format!("`{key}` must be longer than zero, such as \"500ms\" or \"30s\""),
-            );
+            cx.error_spanned_by(lit, zero);
             None
         }
         Ok(ms) => Some(ms),

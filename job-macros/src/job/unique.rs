@@ -10,7 +10,6 @@ use super::ast::{JobFn, Param};
 use super::valid::tokens;
 use crate::attr::{self, Attr, BY, FOR, Symbol, UNTIL};
 use crate::ctxt::Ctxt;
-use crate::duration;
 
 const KEYS: &[Symbol] = &[BY, FOR, UNTIL];
 const WHAT: &str = "`unique` argument";
@@ -217,20 +216,11 @@ fn parse_window(cx: &Ctxt, value: &Expr) -> Option<u64> {
         value,
         "`for` must be a duration string, such as `for = \"10m\"` (units `ms`, `s`, `m`, `h`)",
     )?;
-    match duration::parse_millis(&lit.value()) {
-        Ok(0) => {
-            cx.error_spanned_by(
-                lit,
-                "`for` must be longer than zero: it is how long after the first enqueue a duplicate is not enqueued, such as \"10m\" or \"24h\"",
-            );
-            None
-        }
-        Ok(ms) => Some(ms),
-        Err(message) => {
-            cx.error_spanned_by(lit, message);
-            None
-        }
-    }
+    super::args::positive_millis(
+        cx,
+        lit,
+        "`for` must be longer than zero: it is how long after the first enqueue a duplicate is not enqueued, such as \"10m\" or \"24h\"",
+    )
 }
 
 /// `"window"` (false) or `"finished"` (true).

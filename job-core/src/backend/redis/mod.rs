@@ -331,21 +331,8 @@ impl RedisBackend {
             .arg(match unique.until {
                 UniqueUntil::Window => "window",
                 UniqueUntil::Finished => "finished",
-            })
-            .arg(envelope.id.to_string())
-            .arg(envelope.payload.as_str())
-            .arg(&envelope.job)
-            .arg(&envelope.queue)
-            .arg(envelope.max_attempts)
-            .arg(envelope.attempt)
-            .arg(envelope.recoveries)
-            .arg(envelope.enqueued_at)
-            .arg(
-                envelope
-                    .not_before
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
-            );
+            });
+        each_args(&mut inv, &envelope);
         let (stored, status, holder): (usize, String, String) = self.run_script(inv).await?;
         match (stored, status.as_str()) {
             (_, "existing") => holder.parse().map(Enqueued::Existing).map_err(|_| {
@@ -401,20 +388,8 @@ impl RedisBackend {
                 _ => {
                     inv.arg("each");
                     for envelope in chunk {
-                        inv.arg(envelope.id.to_string())
-                            .arg(payload(envelope)?)
-                            .arg(&envelope.job)
-                            .arg(&envelope.queue)
-                            .arg(envelope.max_attempts)
-                            .arg(envelope.attempt)
-                            .arg(envelope.recoveries)
-                            .arg(envelope.enqueued_at)
-                            .arg(
-                                envelope
-                                    .not_before
-                                    .map(|t| t.to_string())
-                                    .unwrap_or_default(),
-                            );
+                        payload(envelope)?; // the names checked
+                        each_args(&mut inv, envelope);
                     }
                 }
             }
@@ -896,6 +871,25 @@ impl Backend for RedisBackend {
             }
         })
     }
+}
+
+/// One job's arguments as enqueue.lua's 'each' and 'unique' modes take them: id, payload,
+/// job, queue, max_attempts, attempt, recoveries, enqueued, not_before ('' = none).
+fn each_args(inv: &mut ::redis::ScriptInvocation<'_>, envelope: &Envelope) {
+    inv.arg(envelope.id.to_string())
+        .arg(envelope.payload.as_str())
+        .arg(&envelope.job)
+        .arg(&envelope.queue)
+        .arg(envelope.max_attempts)
+        .arg(envelope.attempt)
+        .arg(envelope.recoveries)
+        .arg(envelope.enqueued_at)
+        .arg(
+            envelope
+                .not_before
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+        );
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), BackendError> {
